@@ -1,0 +1,37 @@
+"""hashsession: live Redis sessions, one hash per session."""
+
+from hashsession.cookies import CookiePolicy
+from hashsession.errors import (
+    BackendError,
+    CodecError,
+    ConfigurationError,
+    ConflictError,
+    DecodeError,
+    EncodeError,
+    HashSessionError,
+    InvalidKeyError,
+    LimitExceededError,
+    ValueTypeError,
+)
+from hashsession.protocol import MISSING
+from hashsession.session import Session
+from hashsession.store import SessionStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MISSING",
+    "CookiePolicy",
+    "Session",
+    "SessionStore",
+    "BackendError",
+    "CodecError",
+    "ConfigurationError",
+    "ConflictError",
+    "DecodeError",
+    "EncodeError",
+    "HashSessionError",
+    "InvalidKeyError",
+    "LimitExceededError",
+    "ValueTypeError",
+]

@@ -1,0 +1,141 @@
+"""Validated, immutable settings shared by every session of a store."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from hashsession import ids
+from hashsession.codecs import Codec, resolve_codec
+from hashsession.cookies import CookiePolicy, Signer
+from hashsession.errors import ConfigurationError
+
+__all__ = ["KeyLayout", "SessionConfig", "seconds"]
+
+KeyLayout = Literal["digest", "raw"]
+_RAW_ID = re.compile(r"[!#-+\--:<-\[\]-~]{1,256}")  # printable ASCII cookie octets
+
+
+def seconds(setting: str, value: object, *, allow_none: bool = False) -> int | None:
+    """Whole seconds from an int or a timedelta; a clear error naming ``setting`` otherwise."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, timedelta):
+        value = int(value.total_seconds())
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(setting, f"must be a positive number of seconds, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Everything a session needs to know about its store, checked once at start-up."""
+
+    prefix: str
+    idle_ms: int
+    absolute_ms: int
+    codec: Codec
+    signer: Signer | None
+    cookie: CookiePolicy
+    max_key_bytes: int
+    max_value_bytes: int
+    max_keys: int
+    key_layout: KeyLayout
+    adopt_unknown_ids: bool
+    id_factory: Callable[[], str] | None
+    refresh_cookie: bool
+    edit_retries: int
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        prefix: str = "hs:",
+        ttl: int | timedelta = 14 * 24 * 3600,
+        absolute_ttl: int | timedelta | None = None,
+        secret_keys: Sequence[str | bytes] | None = None,
+        codec: str | Codec | None = None,
+        cookie: CookiePolicy | Mapping[str, Any] | None = None,
+        max_key_length: int = 256,
+        max_value_size: int = 512 * 1024,
+        max_keys: int = 1000,
+        key_layout: KeyLayout = "digest",
+        adopt_unknown_ids: bool = False,
+        id_factory: Callable[[], str] | None = None,
+        refresh_cookie: bool = True,
+        edit_retries: int = 10,
+    ) -> SessionConfig:
+        """Check every setting, naming the first bad one."""
+        if not isinstance(prefix, str) or "\n" in prefix:
+            raise ConfigurationError("prefix", f"must be a str without newlines, not {prefix!r}")
+        idle = seconds("ttl", ttl)
+        absolute = seconds("absolute_ttl", absolute_ttl, allow_none=True)
+        if isinstance(secret_keys, (str, bytes)):
+            raise ConfigurationError("secret_keys", "must be a list of keys, newest first")
+        signer = Signer(list(secret_keys)) if secret_keys is not None else None
+        for name, value, low in (
+            ("max_key_length", max_key_length, 1),
+            ("max_value_size", max_value_size, 1),
+            ("max_keys", max_keys, 1),
+            ("edit_retries", edit_retries, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigurationError(name, f"must be a whole number >= {low}, not {value!r}")
+        if max_keys > 3000:
+            raise ConfigurationError("max_keys", "must be at most 3000 (one Lua call's arguments)")
+        if key_layout not in ("digest", "raw"):
+            raise ConfigurationError("key_layout", f"must be 'digest' or 'raw', not {key_layout!r}")
+        if id_factory is not None and not callable(id_factory):
+            raise ConfigurationError("id_factory", "must be a callable returning a new id")
+        if id_factory is not None and key_layout != "raw":
+            raise ConfigurationError("id_factory", "custom ids need key_layout='raw'")
+        return cls(
+            prefix=prefix,
+            idle_ms=idle * 1000,  # type: ignore[operator]
+            absolute_ms=(absolute or 0) * 1000,
+            codec=resolve_codec(codec),
+            signer=signer,
+            cookie=CookiePolicy.coerce(cookie),
+            max_key_bytes=max_key_length,
+            max_value_bytes=max_value_size,
+            max_keys=max_keys,
+            key_layout=key_layout,
+            adopt_unknown_ids=bool(adopt_unknown_ids),
+            id_factory=id_factory,
+            refresh_cookie=bool(refresh_cookie),
+            edit_retries=edit_retries,
+        )
+
+    # ids, keys and cookies -------------------------------------------------
+
+    def new_id(self, like: str | None = None) -> str:
+        """A fresh id; given the id it replaces, one whose key shares that key's slot."""
+        if self.id_factory is not None:
+            return self.id_factory()
+        if self.key_layout == "digest":
+            return ids.new_id(ids.tag_of(like) if like else None)
+        return ids.new_id()
+
+    def key_of(self, session_id: str) -> str:
+        """The Redis key holding the session ``session_id``."""
+        if self.key_layout == "digest":
+            return ids.digest_key(self.prefix, session_id)
+        return ids.raw_key(self.prefix, session_id)
+
+    def cookie_value(self, session_id: str) -> str:
+        """What the cookie carries for ``session_id``: the id, signed when keys are set."""
+        return self.signer.sign(session_id) if self.signer is not None else session_id
+
+    def id_from_cookie(self, value: str) -> str | None:
+        """The session id a cookie value carries, or ``None`` if it is forged or malformed."""
+        if self.signer is not None:
+            unsigned = self.signer.unsign(value)
+            if unsigned is None:
+                return None
+            value = unsigned
+        if self.key_layout == "digest":
+            return value if ids.is_native_id(value) else None
+        return value if _RAW_ID.fullmatch(value) else None

@@ -1,0 +1,490 @@
+"""The sans-I/O heart of a session: which Redis command each operation sends.
+
+:class:`SessionCore` holds one request's view of one session (its id, whether it
+is known to exist, what the response must say) and, for every operation,
+*plans* a step: the command to send and how to turn the reply into the result.
+It never talks to Redis. :class:`~hashsession.session.Session` and
+:class:`~hashsession.aio.AsyncSession` only send what it plans, so the two
+flavours cannot drift apart.
+
+A step is ``(command, finish, value)``:
+
+* ``command is None``: no round trip is needed; ``value`` is the result;
+* ``finish is None``: the raw reply is the result;
+* otherwise ``finish(reply)`` is the result, or :data:`AGAIN` when the session
+  turned out to be gone and the operation must be planned afresh (the core has
+  already switched to a new, empty session, so the next plan creates it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from enum import Enum
+from typing import Any, Final
+
+from redis.exceptions import ResponseError
+
+from hashsession.config import SessionConfig
+from hashsession.errors import (
+    BackendError,
+    DecodeError,
+    EncodeError,
+    HashSessionError,
+    InvalidKeyError,
+    LimitExceededError,
+    ValueTypeError,
+)
+from hashsession.scripts import CREATE, CREATED_FIELD, LIMIT_ERROR, LIVE, OPEN, TTL_FIELD
+
+__all__ = ["AGAIN", "MISSING", "Command", "SessionCore", "Step"]
+
+Command = tuple[Any, ...]
+Step = tuple[Command | None, Callable[[Any], Any] | None, Any]
+
+
+class _Marker(Enum):
+    AGAIN = "again"
+    MISSING = "missing"
+
+
+AGAIN: Final = _Marker.AGAIN
+MISSING: Final = _Marker.MISSING
+
+_SET, _INCR, _INCR_FLOAT = LIVE["set"].sha, LIVE["incr"].sha, LIVE["incr_float"].sha
+_SETDEFAULT, _POP, _LEN = LIVE["setdefault"].sha, LIVE["pop"].sha, LIVE["len"].sha
+_CLEAR, _CAS, _TOUCH, _RENAME = (
+    LIVE["clear"].sha,
+    LIVE["cas"].sha,
+    LIVE["touch"].sha,
+    LIVE["rename"].sha,
+)
+
+
+class State(Enum):
+    """Where a session stands in this request."""
+
+    NEW = "new"  # nothing in Redis for it (yet): reads are empty, the first write creates it
+    PENDING = "pending"  # an id came with the request; the first command checks and slides it
+    LIVE = "live"  # known to exist in this request; its TTL was slid already
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _text(name: bytes | str) -> str:
+    return name.decode("utf-8") if isinstance(name, bytes) else name
+
+
+def _is_user_field(name: bytes | str) -> bool:
+    return not (name[:1] == b"\x00" or name[:1] == "\x00")
+
+
+class SessionCore:
+    """One request's session, as state plus plans; no I/O."""
+
+    __slots__ = (
+        "_id",
+        "_incoming_id",
+        "_key",
+        "_state",
+        "_ttl_override",
+        "accessed",
+        "config",
+        "had_cookie",
+        "invalidated",
+        "lost",
+        "modified",
+        "rejected",
+    )
+
+    def __init__(
+        self, config: SessionConfig, session_id: str | None, *, had_cookie: bool = False
+    ) -> None:
+        self.config = config
+        self._id = session_id
+        self._incoming_id = session_id
+        self._key = config.key_of(session_id) if session_id is not None else None
+        self._state = State.PENDING if session_id is not None else State.NEW
+        self._ttl_override: int | None = None
+        self.had_cookie = had_cookie
+        self.rejected = had_cookie and session_id is None
+        self.accessed = False
+        self.modified = False
+        self.invalidated = False
+        self.lost = False
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def id(self) -> str | None:
+        """The session's id, or ``None`` while nothing is stored for it."""
+        return self._id if self._state is not State.NEW else None
+
+    @property
+    def key(self) -> str | None:
+        """The Redis key of the session, or ``None`` while nothing is stored for it."""
+        return self._key if self._state is not State.NEW else None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def is_new(self) -> bool:
+        """Whether the session did not exist in Redis when this request began."""
+        return self._incoming_id is None or self.lost or self._id != self._incoming_id
+
+    def __repr__(self) -> str:
+        return f"<session {self._state.value} key={self.key!r}>"
+
+    # ------------------------------------------------------------ keys/values
+
+    def field(self, key: object) -> str:
+        """Check a session key and return it as the hash field it names."""
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise InvalidKeyError(key, "session keys must be str")
+        if key[:1] == "\x00":
+            raise InvalidKeyError(key, "keys starting with a NUL byte are reserved")
+        limit = self.config.max_key_bytes
+        if len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit:
+            raise LimitExceededError(key, f"key longer than {limit} bytes")
+        return key
+
+    def encode(self, key: str, value: Any) -> bytes:
+        """The stored bytes of ``value``; errors name ``key``."""
+        try:
+            raw = self.config.codec.dumps(value)
+        except Exception as exc:
+            raise EncodeError(key, f"cannot encode {type(value).__name__}: {exc}") from exc
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        if len(raw) > self.config.max_value_bytes:
+            raise LimitExceededError(
+                key, f"value of {len(raw)} bytes is over the {self.config.max_value_bytes} limit"
+            )
+        return raw
+
+    def decode(self, key: str, raw: bytes) -> Any:
+        """The value stored as ``raw`` under ``key``; a :class:`DecodeError` names the key."""
+        try:
+            return self.config.codec.loads(raw)
+        except Exception as exc:
+            raise DecodeError(key, f"stored value cannot be decoded: {exc}") from exc
+
+    def error(self, exc: Exception, key: str | None) -> HashSessionError:
+        """The hashsession error for a redis-py error met while working on ``key``."""
+        message = str(exc)
+        if isinstance(exc, ResponseError):
+            if message == LIMIT_ERROR:
+                return LimitExceededError(
+                    key, f"the session would hold more than {self.config.max_keys} keys"
+                )
+            if "not an integer" in message or "not a float" in message:
+                return ValueTypeError(key, "the stored value is not a number to increment")
+        return BackendError(f"Redis failed on session {self.key!r}: {message}")
+
+    # ---------------------------------------------------------- state changes
+
+    def _lose(self) -> _Marker:
+        """The session vanished (expired, invalidated, never existed): start afresh."""
+        self._state = State.NEW
+        self.lost = True
+        if not (self.config.adopt_unknown_ids and not self.invalidated):
+            self._id = None
+            self._key = None
+        return AGAIN
+
+    def _open(self, op: str, *args: Any) -> Command:
+        assert self._key is not None
+        c = self.config
+        return ("EVALSHA", OPEN.sha, 1, self._key, c.idle_ms, _now_ms(), c.absolute_ms, op, *args)
+
+    def _opened(self, reply: Any) -> Any:
+        if reply is None:
+            return self._lose()
+        self._state = State.LIVE
+        return reply[0] if reply else None
+
+    def _plan_create(self, pairs: list[tuple[str, bytes]], result: Any) -> Step:
+        c = self.config
+        if len(pairs) > c.max_keys:
+            raise LimitExceededError(pairs[-1][0], f"the session would hold more than {c.max_keys}")
+        if self._id is None:
+            self._id = c.new_id()
+            self._key = c.key_of(self._id)
+        now = _now_ms()
+        ttl = self._ttl_override or c.idle_ms
+        if c.absolute_ms:
+            ttl = min(ttl, c.absolute_ms)
+        cmd: list[Any] = ["EVALSHA", CREATE.sha, 1, self._key, ttl, CREATED_FIELD, now]
+        if self._ttl_override:
+            cmd += [TTL_FIELD, self._ttl_override]
+        for f, v in pairs:
+            cmd += [f, v]
+
+        def created(reply: Any) -> Any:
+            if reply == 1:
+                self._state = State.LIVE
+                return result
+            # The key exists already: an adopted id someone else just created, or a
+            # vanishingly unlikely collision of fresh ids.
+            if c.adopt_unknown_ids and self._id == self._incoming_id:
+                self._state = State.LIVE
+            else:
+                self._id = self._key = None
+            return AGAIN
+
+        return tuple(cmd), created, None
+
+    def _write(self, live: Command, op: str, args: tuple[Any, ...], finish: Callable[[Any], Any]) -> Step:
+        """A write on an existing session: the live script, or OPEN on the first command."""
+        if self._state is State.LIVE:
+
+            def done(reply: Any) -> Any:
+                return self._lose() if reply is None else finish(reply)
+
+            return live, done, None
+
+        def first(reply: Any) -> Any:
+            out = self._opened(reply)
+            return out if out is AGAIN else finish(out)
+
+        return self._open(op, *args), first, None
+
+    def _read(self, live: Command, op: str, args: tuple[Any, ...], empty: Any) -> Step:
+        if self._state is State.LIVE:
+            return live, None, None
+        if self._state is State.NEW:
+            return None, None, empty
+        return self._open(op, *args), self._opened, None
+
+    # ------------------------------------------------------------------ reads
+
+    def plan_get(self, field: str) -> Step:
+        """``HGET``: the raw value of ``field`` or ``None``."""
+        self.accessed = True
+        return self._read(("HGET", self._key, field), "get", (field,), None)
+
+    def plan_has(self, field: str) -> Step:
+        self.accessed = True
+        step = self._read(("HEXISTS", self._key, field), "has", (field,), False)
+        return step
+
+    def plan_keys(self) -> Step:
+        self.accessed = True
+        if self._state is State.NEW:
+            return None, None, []
+        step = self._read(("HKEYS", self._key), "keys", (), [])
+
+        def names(reply: Any) -> Any:
+            if step[1] is not None:
+                reply = step[1](reply)
+                if reply is AGAIN:
+                    return AGAIN
+            return [_text(n) for n in reply or () if _is_user_field(n)]
+
+        return step[0], names, None
+
+    def plan_all(self) -> Step:
+        """``HGETALL`` of the user fields, as a dict of raw values."""
+        self.accessed = True
+        if self._state is State.NEW:
+            return None, None, {}
+        step = self._read(("HGETALL", self._key), "all", (), {})
+
+        def pairs(reply: Any) -> Any:
+            if step[1] is not None:
+                reply = step[1](reply)
+                if reply is AGAIN:
+                    return AGAIN
+            if isinstance(reply, list):
+                reply = dict(zip(reply[::2], reply[1::2]))
+            return {_text(k): v for k, v in (reply or {}).items() if _is_user_field(k)}
+
+        return step[0], pairs, None
+
+    def plan_len(self) -> Step:
+        self.accessed = True
+        return self._read(("EVALSHA", _LEN, 1, self._key), "len", (), 0)
+
+    def plan_hmget(self, fields: list[str]) -> Step:
+        """Raw values of several fields in one ``HMGET``."""
+        self.accessed = True
+        return self._read(("HMGET", self._key, *fields), "hmget", tuple(fields), [None] * len(fields))
+
+    # ----------------------------------------------------------------- writes
+
+    def plan_set(self, pairs: list[tuple[str, bytes]]) -> Step:
+        """``HSET`` of one or more fields, after checking the session still exists."""
+        self.accessed = self.modified = True
+        if self._state is State.NEW:
+            return self._plan_create(pairs, None)
+        flat: list[Any] = [self.config.max_keys]
+        for f, v in pairs:
+            flat += [f, v]
+        args = tuple(flat)
+        return self._write(("EVALSHA", _SET, 1, self._key, *args), "set", args, _none)
+
+    def plan_incr(self, field: str, amount: int | float) -> Step:
+        """``HINCRBY`` (or ``HINCRBYFLOAT`` for a float amount) of ``field``."""
+        self.accessed = self.modified = True
+        is_float = isinstance(amount, float)
+        if self._state is State.NEW:
+            return self._plan_create([(field, repr(amount).encode("ascii"))], amount)
+        args = (self.config.max_keys, field, repr(amount))
+        if is_float:
+            return self._write(("EVALSHA", _INCR_FLOAT, 1, self._key, *args), "incr_float", args, float)
+        return self._write(("EVALSHA", _INCR, 1, self._key, *args), "incr", args, _same)
+
+    def plan_setdefault(self, field: str, raw: bytes) -> Step:
+        """Store ``raw`` unless ``field`` is set; the raw value stored afterwards."""
+        self.accessed = self.modified = True
+        if self._state is State.NEW:
+            return self._plan_create([(field, raw)], raw)
+        args = (self.config.max_keys, field, raw)
+        return self._write(("EVALSHA", _SETDEFAULT, 1, self._key, *args), "setdefault", args, _same)
+
+    def plan_pop(self, field: str) -> Step:
+        """Read and delete ``field`` atomically; its raw value or ``None``."""
+        self.accessed = self.modified = True
+        return self._read(("EVALSHA", _POP, 1, self._key, field), "pop", (field,), None)
+
+    def plan_delete(self, field: str) -> Step:
+        """``HDEL``: 1 if the field existed."""
+        self.accessed = self.modified = True
+        return self._read(("HDEL", self._key, field), "delete", (field,), 0)
+
+    def plan_clear(self) -> Step:
+        """Delete every user field, keeping the session (and its metadata) alive."""
+        self.accessed = self.modified = True
+        return self._read(("EVALSHA", _CLEAR, 1, self._key), "clear", (), 0)
+
+    def plan_cas(
+        self, expected: Iterable[tuple[str, bytes | None]], changes: Iterable[tuple[str, bytes | None]]
+    ) -> Step:
+        """Apply ``changes`` (raw, or ``None`` to delete) only if every field is as ``expected``."""
+        self.accessed = self.modified = True
+        expected = list(expected)
+        changes = list(changes)
+        if self._state is State.NEW:
+            if any(raw is not None for _, raw in expected):
+                return None, None, False
+            sets = [(f, raw) for f, raw in changes if raw is not None]
+            if not sets:
+                return None, None, True
+            return self._plan_create(sets, True)
+        args: list[Any] = [self.config.max_keys, len(expected)]
+        for f, raw in expected:
+            args += [f, "0", ""] if raw is None else [f, "1", raw]
+        for f, raw in changes:
+            args += [f, "d", ""] if raw is None else [f, "s", raw]
+        targs = tuple(args)
+        return self._write(("EVALSHA", _CAS, 1, self._key, *targs), "cas", targs, _truth)
+
+    def plan_touch(self, ttl_ms: int | None) -> Step:
+        """Slide the expiry now; with ``ttl_ms``, also make it this session's idle timeout."""
+        self.accessed = True
+        if ttl_ms is not None:
+            self.modified = True
+        if self._state is State.NEW:
+            self._ttl_override = ttl_ms or self._ttl_override
+            return None, None, None
+        c = self.config
+        cmd = ("EVALSHA", _TOUCH, 1, self._key, ttl_ms or "", c.idle_ms, _now_ms(), c.absolute_ms)
+
+        def touched(reply: Any) -> Any:
+            if reply is None:
+                if ttl_ms is not None:
+                    self._ttl_override = ttl_ms
+                self._lose()
+                return None
+            self._state = State.LIVE
+            return None
+
+        return cmd, touched, None
+
+    def plan_regenerate(self) -> Step:
+        """Move the data to a new id in one atomic ``RENAMENX`` (same slot by construction)."""
+        self.accessed = self.modified = True
+        if self._state is State.NEW:
+            if self._id is not None:  # an adopted id that holds nothing: stop adopting it
+                self._id = self._key = None
+            return None, None, None
+        new_id = self.config.new_id(like=self._id)
+        new_key = self.config.key_of(new_id)
+        cmd = ("EVALSHA", _RENAME, 2, self._key, new_key)
+
+        def renamed(reply: Any) -> Any:
+            if reply is None:
+                self._lose()
+                return None
+            if reply == 0:  # the new key exists: impossible with fresh ids, so try another
+                return AGAIN
+            self._id, self._key, self._state = new_id, new_key, State.LIVE
+            return None
+
+        return cmd, renamed, None
+
+    def plan_invalidate(self) -> Step:
+        """Delete the session; the response expires the cookie; later writes start a new one."""
+        self.accessed = self.modified = True
+        key = self._key if self._state is not State.NEW else None
+        self.invalidated = True
+        self._state = State.NEW
+        self._id = self._key = None
+        self._ttl_override = None
+        if key is None:
+            return None, None, None
+        return ("DEL", key), _none, None
+
+    # ---------------------------------------------------------------- cookies
+
+    def set_cookie_header(self) -> str | None:
+        """The ``Set-Cookie`` value this response must carry, if any."""
+        c = self.config
+        if self._state is not State.NEW and self._id is not None:
+            if self._id != self._incoming_id or self.lost:
+                return c.cookie.set_cookie(c.cookie_value(self._id))
+            if c.refresh_cookie and c.cookie.max_age and self._state is State.LIVE:
+                return c.cookie.set_cookie(c.cookie_value(self._id))
+            return None
+        if self.had_cookie and (self.invalidated or self.lost or (self.rejected and self.accessed)):
+            if c.adopt_unknown_ids and self._id is not None and not self.invalidated:
+                return None
+            return c.cookie.delete_cookie()
+        return None
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """``Set-Cookie`` and ``Vary: Cookie`` headers for the response, as needed."""
+        headers: list[tuple[str, str]] = []
+        cookie = self.set_cookie_header()
+        if cookie is not None:
+            headers.append(("Set-Cookie", cookie))
+        if self.accessed:
+            headers.append(("Vary", "Cookie"))
+        return headers
+
+
+def _none(reply: Any) -> None:
+    return None
+
+
+def _same(reply: Any) -> Any:
+    return reply
+
+
+def _truth(reply: Any) -> bool:
+    return bool(reply)
+
+
+def pairs_of(core: SessionCore, items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[tuple[str, bytes]]:
+    """Checked fields and encoded values of ``update()``'s argument."""
+    source = items.items() if isinstance(items, Mapping) else items
+    out = []
+    for key, value in source:
+        field = core.field(key)
+        out.append((field, core.encode(field, value)))
+    return out

@@ -1,0 +1,299 @@
+"""The synchronous session: a live ``MutableMapping`` over one Redis hash.
+
+Every operation is one Redis command, sent when it is called. There is no
+``save()``: ``session["cart"] = [1, 2]`` has reached Redis when the line returns,
+or it has raised. Mutating a value read from the session (``session["cart"]
+.append(3)``) changes only your copy; use :meth:`Session.edit` for that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+from hashsession.errors import BackendError, ConflictError
+from hashsession.protocol import AGAIN, MISSING, Command, SessionCore, Step, pairs_of
+from hashsession.scripts import by_sha
+from hashsession.values import Recorder, counted, increment_of
+
+if TYPE_CHECKING:
+    import redis
+
+__all__ = ["Session", "ttl_ms"]
+
+
+def ttl_ms(ttl: int | float | timedelta) -> int:
+    """Milliseconds from seconds or a timedelta; must be positive."""
+    secs = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+    if isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs <= 0:
+        raise ValueError(f"a timeout must be a positive number of seconds, not {ttl!r}")
+    return int(secs * 1000)
+
+
+class Session(MutableMapping[str, Any]):
+    """One request's session: a dict whose every change is written to Redis at once.
+
+    Reads and writes each cost one round trip; a session never touched costs
+    none. ``incr``, ``setdefault``, ``pop`` and ``session[k] += n`` are atomic
+    on the server, so concurrent requests never lose each other's updates.
+    """
+
+    __slots__ = ("_client", "_core")
+
+    def __init__(self, core: SessionCore, client: redis.Redis) -> None:
+        self._core = core
+        self._client = client
+
+    # ------------------------------------------------------------ transport
+
+    def _send(self, cmd: Command, key: str | None) -> Any:
+        execute = self._client.execute_command
+        try:
+            try:
+                return execute(*cmd)
+            except NoScriptError:
+                return execute("EVAL", by_sha(cmd[1]).source, *cmd[2:])
+        except RedisError as exc:
+            raise self._core.error(exc, key) from exc
+
+    def _run(self, plan: Callable[..., Step], key: str | None, *args: Any) -> Any:
+        while True:
+            cmd, finish, value = plan(*args)
+            if cmd is None:
+                return value
+            reply = self._send(cmd, key)
+            if finish is None:
+                return reply
+            out = finish(reply)
+            if out is not AGAIN:
+                return out
+
+    # ------------------------------------------------------------- identity
+
+    @property
+    def id(self) -> str | None:
+        """The session id, or ``None`` until something is stored."""
+        return self._core.id
+
+    @property
+    def new(self) -> bool:
+        """Whether the session did not exist when this request began."""
+        return self._core.is_new
+
+    @property
+    def accessed(self) -> bool:
+        """Whether this request read or wrote the session (responses then vary on Cookie)."""
+        return self._core.accessed
+
+    @property
+    def modified(self) -> bool:
+        """Whether this request changed the session."""
+        return self._core.modified
+
+    @property
+    def invalidated(self) -> bool:
+        return self._core.invalidated
+
+    @property
+    def core(self) -> SessionCore:
+        """The sans-I/O state behind this session (for adapters)."""
+        return self._core
+
+    def __repr__(self) -> str:
+        return f"<Session {self._core.state.value} id={'set' if self.id else None}>"
+
+    # ---------------------------------------------------------------- reads
+
+    def __getitem__(self, key: str) -> Any:
+        field = self._core.field(key)
+        raw = self._run(self._core.plan_get, field, field)
+        if raw is None:
+            raise KeyError(key)
+        return counted(self._core.decode(field, raw), self._core, field)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key``, or ``default``; one ``HGET``."""
+        field = self._core.field(key)
+        raw = self._run(self._core.plan_get, field, field)
+        return default if raw is None else self._core.decode(field, raw)
+
+    def __contains__(self, key: object) -> bool:
+        field = self._core.field(key)
+        return bool(self._run(self._core.plan_has, field, field))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._run(self._core.plan_keys, None))
+
+    def __len__(self) -> int:
+        return int(self._run(self._core.plan_len, None))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every key and value, from one ``HGETALL``."""
+        raw = self._run(self._core.plan_all, None)
+        decode = self._core.decode
+        return {k: decode(k, v) for k, v in raw.items()}
+
+    def keys(self) -> Any:
+        """The keys, from one ``HKEYS``."""
+        return dict.fromkeys(self._run(self._core.plan_keys, None)).keys()
+
+    def items(self) -> Any:
+        """Key/value pairs, from one ``HGETALL``."""
+        return self.to_dict().items()
+
+    def values(self) -> Any:
+        """The values, from one ``HGETALL``."""
+        return self.to_dict().values()
+
+    def get_many(self, *keys: str) -> list[Any]:
+        """Several values (``None`` where missing) in one ``HMGET``."""
+        fields = [self._core.field(k) for k in keys]
+        raws = self._run(self._core.plan_hmget, None, fields)
+        return [None if r is None else self._core.decode(f, r) for f, r in zip(fields, raws)]
+
+    # --------------------------------------------------------------- writes
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        core = self._core
+        field = core.field(key)
+        delta = increment_of(value, core, field)
+        if delta is not None:
+            self._run(core.plan_incr, field, field, delta)
+            return
+        self._run(core.plan_set, field, [(field, core.encode(field, value))])
+
+    def set(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key`` now (the same as ``session[key] = value``)."""
+        core = self._core
+        field = core.field(key)
+        self._run(core.plan_set, field, [(field, core.encode(field, value))])
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Store many keys in one ``HSET``: all of them or, on error, none."""
+        pairs = pairs_of(self._core, other)
+        if kwargs:
+            pairs += pairs_of(self._core, kwargs)
+        if pairs:
+            self._run(self._core.plan_set, pairs[0][0], pairs)
+
+    def __delitem__(self, key: str) -> None:
+        field = self._core.field(key)
+        if not self._run(self._core.plan_delete, field, field):
+            raise KeyError(key)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` if present; whether it was."""
+        field = self._core.field(key)
+        return bool(self._run(self._core.plan_delete, field, field))
+
+    def incr(self, key: str, amount: int = 1) -> int:
+        """Add ``amount`` to the integer under ``key`` (0 if missing) with ``HINCRBY``."""
+        if type(amount) is not int:
+            raise TypeError(f"incr() takes an int amount, not {type(amount).__name__}")
+        field = self._core.field(key)
+        return int(self._run(self._core.plan_incr, field, field, amount))
+
+    def incr_float(self, key: str, amount: float = 1.0) -> float:
+        """Add ``amount`` to the number under ``key`` with ``HINCRBYFLOAT``."""
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise TypeError(f"incr_float() takes a number, not {type(amount).__name__}")
+        field = self._core.field(key)
+        return float(self._run(self._core.plan_incr, field, field, float(amount)))
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        """The value under ``key``, storing ``default`` first if missing; one atomic step."""
+        field = self._core.field(key)
+        raw = self._run(self._core.plan_setdefault, field, field, self._core.encode(field, default))
+        return self._core.decode(field, raw)
+
+    def pop(self, key: str, default: Any = MISSING) -> Any:
+        """Remove ``key`` and return its value, atomically."""
+        field = self._core.field(key)
+        raw = self._run(self._core.plan_pop, field, field)
+        if raw is None:
+            if default is MISSING:
+                raise KeyError(key)
+            return default
+        return self._core.decode(field, raw)
+
+    def clear(self) -> None:
+        """Remove every key; the session itself (id, expiry) stays."""
+        self._run(self._core.plan_clear, None)
+
+    def compare_and_set(
+        self, expected: Mapping[str, Any], changes: Mapping[str, Any]
+    ) -> bool:
+        """Apply ``changes`` only if every key in ``expected`` holds that value.
+
+        ``MISSING`` in ``expected`` means "absent"; in ``changes`` it deletes.
+        Values are compared by their encoding. One atomic round trip.
+        """
+        core = self._core
+        exp = [(core.field(k), None if v is MISSING else core.encode(k, v)) for k, v in expected.items()]
+        chg = [(core.field(k), None if v is MISSING else core.encode(k, v)) for k, v in changes.items()]
+        return bool(self._run(core.plan_cas, None, exp, chg))
+
+    @contextmanager
+    def edit(self, key: str, default: Any = None) -> Iterator[Any]:
+        """Read-modify-write one value without losing concurrent changes.
+
+        ``with session.edit("cart", []) as cart: cart.append(3)`` reads the value,
+        lets the block change it, then writes it only if nobody changed it
+        meanwhile; otherwise it re-reads, replays the block's calls on the newer
+        value and tries again, raising :class:`ConflictError` after
+        ``edit_retries`` tries. An exception in the block writes nothing.
+        """
+        core = self._core
+        field = core.field(key)
+        raw = self._run(core.plan_get, field, field)
+        recorder = Recorder(self._initial(field, raw, default))
+        yield recorder
+        for _ in range(core.config.edit_retries):
+            new_raw = core.encode(field, recorder.target)
+            if self._run(core.plan_cas, field, [(field, raw)], [(field, new_raw)]):
+                return
+            raw = self._run(core.plan_get, field, field)
+            recorder = recorder.replay_on(self._initial(field, raw, default))
+        raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
+
+    def _initial(self, field: str, raw: bytes | None, default: Any) -> Any:
+        core = self._core
+        if raw is None:  # a private copy of the default, so edits never alter the caller's object
+            return core.decode(field, core.encode(field, default))
+        return core.decode(field, raw)
+
+    def apply(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """Set ``key`` to ``fn(current value)`` atomically, rerunning ``fn`` on conflict."""
+        core = self._core
+        field = core.field(key)
+        for _ in range(core.config.edit_retries):
+            raw = self._run(core.plan_get, field, field)
+            new = fn(self._initial(field, raw, default))
+            if self._run(core.plan_cas, field, [(field, raw)], [(field, core.encode(field, new))]):
+                return new
+        raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def touch(self, ttl: int | float | timedelta | None = None) -> None:
+        """Slide the idle timeout now; with ``ttl``, make it this session's timeout from now on."""
+        self._run(self._core.plan_touch, None, None if ttl is None else ttl_ms(ttl))
+
+    def adjust_timeout(self, ttl: int | float | timedelta) -> None:
+        """Change this session's idle timeout for the rest of its life."""
+        self.touch(ttl)
+
+    def regenerate(self) -> None:
+        """Give the session a new id, keeping its data and expiry; the old id stops working."""
+        self._run(self._core.plan_regenerate, None)
+
+    def invalidate(self) -> None:
+        """Delete the session now; the response expires its cookie."""
+        self._run(self._core.plan_invalidate, None)
+
+    def save(self) -> None:
+        """Nothing to do: every change was written when it was made."""

@@ -1,0 +1,192 @@
+"""Fixtures shared by the whole suite.
+
+Every pytest process (each xdist worker too) starts one private redis-server
+(``redis_server``) and empties it before each test that asks for ``redis_url``
+or a client. ``counted`` gives a client that counts round trips exactly, and
+``make_server`` starts extra servers (sentinels, cluster nodes, ...) that are
+stopped when the test ends.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import redis
+from redis.connection import AbstractConnection, Connection, parse_url
+
+from hashsession.embedded import EmbeddedRedis
+
+# -- the shared server -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """One embedded redis-server per pytest process, stopped at the end of the session."""
+    server = EmbeddedRedis().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    """URL of the shared server, emptied (FLUSHALL) before the test."""
+    admin = redis_server.client()
+    try:
+        admin.flushall()
+    finally:
+        admin.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client (bytes responses) on the emptied shared server."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# -- counting round trips --------------------------------------------------
+
+
+def _wire_command_names(packed: object) -> list[str]:
+    """Names (upper-case) of the commands in one packed RESP write."""
+    if isinstance(packed, str):
+        data = packed.encode()
+    elif isinstance(packed, (bytes, bytearray, memoryview)):
+        data = bytes(packed)
+    else:
+        data = b"".join(bytes(chunk) for chunk in packed)  # type: ignore[attr-defined]
+    names: list[str] = []
+    pos = 0
+    while pos < len(data):
+        if data[pos : pos + 1] != b"*":
+            raise AssertionError(f"unexpected bytes on the wire at {pos}: {data[pos : pos + 40]!r}")
+        end = data.index(b"\r\n", pos)
+        count = int(data[pos + 1 : end])
+        pos = end + 2
+        for index in range(count):
+            end = data.index(b"\r\n", pos)
+            length = int(data[pos + 1 : end])
+            pos = end + 2
+            if index == 0:
+                names.append(data[pos : pos + length].decode("utf-8", "replace").upper())
+            pos += length + 2
+    return names
+
+
+class Counted:
+    """A client whose every write to Redis is recorded.
+
+    One call of ``send_packed_command`` is one round trip: a single command, or a
+    whole pipeline (MULTI/EXEC included). The handshake a new connection makes
+    (HELLO, CLIENT SETINFO, SELECT, ...) is not counted, so results do not depend
+    on whether the pool already had a connection.
+
+    ``count`` is the number of round trips since the last ``reset()``,
+    ``commands`` the command names sent (upper-case, in order) and ``batches``
+    the same names grouped by round trip.
+    """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self.count = 0
+        self.batches: list[list[str]] = []
+        self._lock = threading.Lock()
+        base: type[AbstractConnection] = parse_url(url).get("connection_class", Connection)
+        self.client: redis.Redis = redis.Redis.from_url(
+            url, connection_class=self._connection_class(base), **kwargs
+        )
+
+    def _connection_class(self, base: type[AbstractConnection]) -> type[AbstractConnection]:
+        recorder = self
+
+        class CountingConnection(base):  # type: ignore[valid-type,misc]
+            _handshaking = 0
+
+            def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
+                self._handshaking += 1
+                try:
+                    return super().connect_check_health(*args, **kwargs)
+                finally:
+                    self._handshaking -= 1
+
+            def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                if not self._handshaking:
+                    recorder._record(_wire_command_names(command))
+                super().send_packed_command(command, check_health)
+
+        return CountingConnection
+
+    def _record(self, names: list[str]) -> None:
+        with self._lock:
+            self.count += 1
+            self.batches.append(names)
+
+    @property
+    def commands(self) -> list[str]:
+        with self._lock:
+            return [name for batch in self.batches for name in batch]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.count = 0
+            self.batches = []
+
+    def describe(self) -> str:
+        with self._lock:
+            batches = list(self.batches)
+        if not batches:
+            return "no round trips"
+        return "; ".join(f"#{n}: {' '.join(batch)}" for n, batch in enumerate(batches, 1))
+
+    @contextmanager
+    def expect(self, n: int) -> Iterator[Counted]:
+        """Reset, run the block, then assert it made exactly ``n`` round trips."""
+        self.reset()
+        yield self
+        assert self.count == n, f"expected {n} round trip(s), got {self.count}: {self.describe()}"
+
+    def close(self) -> None:
+        self.client.close()
+
+
+@pytest.fixture
+def counted(redis_url: str) -> Iterator[Counted]:
+    """A :class:`Counted` client on the emptied shared server."""
+    recorder = Counted(redis_url)
+    try:
+        yield recorder
+    finally:
+        recorder.close()
+
+
+# -- extra servers ---------------------------------------------------------
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., EmbeddedRedis]]:
+    """Factory: ``make_server(*args, **kwargs)`` starts ``EmbeddedRedis(args=args, **kwargs)``.
+
+    Every server it started is stopped when the test ends.
+    """
+    servers: list[EmbeddedRedis] = []
+
+    def make(*args: str, **kwargs: Any) -> EmbeddedRedis:
+        extra = tuple(kwargs.pop("args", ()))
+        server = EmbeddedRedis(args=(*args, *extra), **kwargs)
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield make
+    finally:
+        for server in reversed(servers):
+            server.stop()
