@@ -16,7 +16,11 @@ from typing import Any
 
 import pytest
 import redis
-from redis.connection import AbstractConnection, Connection, parse_url
+from redis.connection import (
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 
 from hashsession.embedded import EmbeddedRedis
 
@@ -55,6 +59,8 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 # -- counting round trips --------------------------------------------------
+
+_ConnectionClass = type[Connection | UnixDomainSocketConnection]
 
 
 def _wire_command_names(packed: object) -> list[str]:
@@ -100,12 +106,16 @@ class Counted:
         self.count = 0
         self.batches: list[list[str]] = []
         self._lock = threading.Lock()
-        base: type[AbstractConnection] = parse_url(url).get("connection_class", Connection)
+        base: _ConnectionClass = Connection
+        if url.startswith("unix://"):
+            base = UnixDomainSocketConnection
+        elif url.startswith("rediss://"):
+            base = SSLConnection
         self.client: redis.Redis = redis.Redis.from_url(
             url, connection_class=self._connection_class(base), **kwargs
         )
 
-    def _connection_class(self, base: type[AbstractConnection]) -> type[AbstractConnection]:
+    def _connection_class(self, base: _ConnectionClass) -> _ConnectionClass:
         recorder = self
 
         class CountingConnection(base):  # type: ignore[valid-type,misc]

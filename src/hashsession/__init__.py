@@ -21,17 +21,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MISSING",
-    "CookiePolicy",
-    "Session",
-    "SessionStore",
     "BackendError",
     "CodecError",
     "ConfigurationError",
     "ConflictError",
+    "CookiePolicy",
     "DecodeError",
     "EncodeError",
     "HashSessionError",
     "InvalidKeyError",
     "LimitExceededError",
+    "Session",
+    "SessionStore",
     "ValueTypeError",
 ]

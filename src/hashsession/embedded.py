@@ -355,7 +355,7 @@ class EmbeddedRedis:
             probe = redis.Redis(
                 unix_socket_path=self.unix_socket,
                 socket_connect_timeout=0.5,
-                socket_timeout=2.0,
+                socket_timeout=0.5,
                 password=password,
                 retry=Retry(NoBackoff(), 0),
             )
@@ -365,7 +365,7 @@ class EmbeddedRedis:
                 host=_HOST,
                 port=port,
                 socket_connect_timeout=0.5,
-                socket_timeout=2.0,
+                socket_timeout=0.5,
                 password=password,
                 retry=Retry(NoBackoff(), 0),
             )

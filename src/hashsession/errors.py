@@ -3,15 +3,17 @@
 ::
 
     HashSessionError
-     ├── ConfigurationError (ValueError)   a setting is wrong; raised at start-up, names it
-     ├── BackendError                      Redis failed or is unreachable; the redis-py error is __cause__
-     ├── InvalidKeyError (TypeError, ValueError)  a session key is not a str, is too long or is reserved
-     ├── CodecError (ValueError)           a value could not be encoded or decoded; names the key
+     ├── ConfigurationError (ValueError)   a setting is wrong; at start-up; names it
+     ├── BackendError                      Redis failed; the redis-py error is __cause__
+     ├── InvalidKeyError (TypeError, ValueError)   a key is not a str or is reserved
+     ├── CodecError (ValueError)           a value could not be encoded or decoded
      │    ├── EncodeError
      │    └── DecodeError
-     ├── ValueTypeError (TypeError)        an increment met a value that is not a number; names the key
-     ├── LimitExceededError (ValueError)   a value, key or key count is over its limit; names the key
-     └── ConflictError                     an optimistic edit kept losing races; names the key
+     ├── ValueTypeError (TypeError)        an increment met a value that is not a number
+     ├── LimitExceededError (ValueError)   a value, key or key count is over its limit
+     └── ConflictError                     an optimistic edit kept losing races
+
+Errors about one session key carry it as ``.key``; ``ConfigurationError`` has ``.setting``.
 
 Bad cookies are not errors: they give a fresh session.
 """

@@ -19,7 +19,7 @@ __all__ = ["ID_LENGTH", "digest_key", "is_native_id", "new_id", "raw_key", "tag_
 _TAG_LENGTH = 4
 _RANDOM_LENGTH = 43  # base64url of 32 bytes, padding stripped
 ID_LENGTH = _TAG_LENGTH + _RANDOM_LENGTH
-_NATIVE = re.compile(r"[A-Za-z0-9_-]{%d}" % ID_LENGTH)
+_NATIVE = re.compile(rf"[A-Za-z0-9_-]{{{ID_LENGTH}}}")
 
 
 def new_id(tag: str | None = None) -> str:
@@ -42,7 +42,9 @@ def tag_of(session_id: str) -> str:
 def digest_key(prefix: str, session_id: str) -> str:
     """The Redis key of a native id: prefix, hash-tagged slot tag, 144-bit digest."""
     digest = hashlib.blake2b(session_id.encode("ascii"), digest_size=18).digest()
-    return f"{prefix}{{{session_id[:_TAG_LENGTH]}}}{base64.urlsafe_b64encode(digest).decode('ascii')}"
+    return (
+        f"{prefix}{{{session_id[:_TAG_LENGTH]}}}{base64.urlsafe_b64encode(digest).decode('ascii')}"
+    )
 
 
 def raw_key(prefix: str, session_id: str) -> str:

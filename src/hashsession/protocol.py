@@ -143,9 +143,8 @@ class SessionCore:
 
     def field(self, key: object) -> str:
         """Check a session key and return it as the hash field it names."""
-        if type(key) is not str:
-            if not isinstance(key, str):
-                raise InvalidKeyError(key, "session keys must be str")
+        if type(key) is not str and not isinstance(key, str):
+            raise InvalidKeyError(key, "session keys must be str")
         if key[:1] == "\x00":
             raise InvalidKeyError(key, "keys starting with a NUL byte are reserved")
         limit = self.config.max_key_bytes
@@ -173,6 +172,14 @@ class SessionCore:
             return self.config.codec.loads(raw)
         except Exception as exc:
             raise DecodeError(key, f"stored value cannot be decoded: {exc}") from exc
+
+    def raw_items(self, values: Mapping[str, Any]) -> list[tuple[str, bytes | None]]:
+        """Checked fields and encoded values; ``MISSING`` becomes ``None`` (absent)."""
+        out: list[tuple[str, bytes | None]] = []
+        for key, value in values.items():
+            field = self.field(key)
+            out.append((field, None if value is MISSING else self.encode(field, value)))
+        return out
 
     def error(self, exc: Exception, key: str | None) -> HashSessionError:
         """The hashsession error for a redis-py error met while working on ``key``."""
@@ -239,7 +246,9 @@ class SessionCore:
 
         return tuple(cmd), created, None
 
-    def _write(self, live: Command, op: str, args: tuple[Any, ...], finish: Callable[[Any], Any]) -> Step:
+    def _write(
+        self, live: Command, op: str, args: tuple[Any, ...], finish: Callable[[Any], Any]
+    ) -> Step:
         """A write on an existing session: the live script, or OPEN on the first command."""
         if self._state is State.LIVE:
 
@@ -301,7 +310,7 @@ class SessionCore:
                 if reply is AGAIN:
                     return AGAIN
             if isinstance(reply, list):
-                reply = dict(zip(reply[::2], reply[1::2]))
+                reply = dict(zip(reply[::2], reply[1::2], strict=True))
             return {_text(k): v for k, v in (reply or {}).items() if _is_user_field(k)}
 
         return step[0], pairs, None
@@ -313,7 +322,9 @@ class SessionCore:
     def plan_hmget(self, fields: list[str]) -> Step:
         """Raw values of several fields in one ``HMGET``."""
         self.accessed = True
-        return self._read(("HMGET", self._key, *fields), "hmget", tuple(fields), [None] * len(fields))
+        return self._read(
+            ("HMGET", self._key, *fields), "hmget", tuple(fields), [None] * len(fields)
+        )
 
     # ----------------------------------------------------------------- writes
 
@@ -336,7 +347,9 @@ class SessionCore:
             return self._plan_create([(field, repr(amount).encode("ascii"))], amount)
         args = (self.config.max_keys, field, repr(amount))
         if is_float:
-            return self._write(("EVALSHA", _INCR_FLOAT, 1, self._key, *args), "incr_float", args, float)
+            return self._write(
+                ("EVALSHA", _INCR_FLOAT, 1, self._key, *args), "incr_float", args, float
+            )
         return self._write(("EVALSHA", _INCR, 1, self._key, *args), "incr", args, _same)
 
     def plan_setdefault(self, field: str, raw: bytes) -> Step:
@@ -363,7 +376,9 @@ class SessionCore:
         return self._read(("EVALSHA", _CLEAR, 1, self._key), "clear", (), 0)
 
     def plan_cas(
-        self, expected: Iterable[tuple[str, bytes | None]], changes: Iterable[tuple[str, bytes | None]]
+        self,
+        expected: Iterable[tuple[str, bytes | None]],
+        changes: Iterable[tuple[str, bytes | None]],
     ) -> Step:
         """Apply ``changes`` (raw, or ``None`` to delete) only if every field is as ``expected``."""
         self.accessed = self.modified = True
@@ -480,7 +495,9 @@ def _truth(reply: Any) -> bool:
     return bool(reply)
 
 
-def pairs_of(core: SessionCore, items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[tuple[str, bytes]]:
+def pairs_of(
+    core: SessionCore, items: Mapping[str, Any] | Iterable[tuple[str, Any]]
+) -> list[tuple[str, bytes]]:
     """Checked fields and encoded values of ``update()``'s argument."""
     source = items.items() if isinstance(items, Mapping) else items
     out = []

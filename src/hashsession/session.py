@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, RedisError
 
-from hashsession.errors import BackendError, ConflictError
+from hashsession.errors import ConflictError
 from hashsession.protocol import AGAIN, MISSING, Command, SessionCore, Step, pairs_of
 from hashsession.scripts import by_sha
 from hashsession.values import Recorder, counted, increment_of
@@ -51,7 +51,7 @@ class Session(MutableMapping[str, Any]):
     # ------------------------------------------------------------ transport
 
     def _send(self, cmd: Command, key: str | None) -> Any:
-        execute = self._client.execute_command
+        execute: Callable[..., Any] = self._client.execute_command
         try:
             try:
                 return execute(*cmd)
@@ -153,7 +153,10 @@ class Session(MutableMapping[str, Any]):
         """Several values (``None`` where missing) in one ``HMGET``."""
         fields = [self._core.field(k) for k in keys]
         raws = self._run(self._core.plan_hmget, None, fields)
-        return [None if r is None else self._core.decode(f, r) for f, r in zip(fields, raws)]
+        return [
+            None if r is None else self._core.decode(f, r)
+            for f, r in zip(fields, raws, strict=True)
+        ]
 
     # --------------------------------------------------------------- writes
 
@@ -224,17 +227,20 @@ class Session(MutableMapping[str, Any]):
         """Remove every key; the session itself (id, expiry) stays."""
         self._run(self._core.plan_clear, None)
 
-    def compare_and_set(
-        self, expected: Mapping[str, Any], changes: Mapping[str, Any]
-    ) -> bool:
+    def compare_and_set(self, expected: Mapping[str, Any], changes: Mapping[str, Any]) -> bool:
         """Apply ``changes`` only if every key in ``expected`` holds that value.
 
         ``MISSING`` in ``expected`` means "absent"; in ``changes`` it deletes.
         Values are compared by their encoding. One atomic round trip.
         """
         core = self._core
-        exp = [(core.field(k), None if v is MISSING else core.encode(k, v)) for k, v in expected.items()]
-        chg = [(core.field(k), None if v is MISSING else core.encode(k, v)) for k, v in changes.items()]
+        exp = [
+            (core.field(k), None if v is MISSING else core.encode(k, v))
+            for k, v in expected.items()
+        ]
+        chg = [
+            (core.field(k), None if v is MISSING else core.encode(k, v)) for k, v in changes.items()
+        ]
         return bool(self._run(core.plan_cas, None, exp, chg))
 
     @contextmanager

@@ -19,14 +19,14 @@ class Counter(int):
     _key: str
     _delta: int | float
 
-    def __iadd__(self, other: object) -> Any:  # type: ignore[misc]
+    def __iadd__(self, other: object) -> Any:
         if type(other) is int:
             return counted(int(self) + other, self._owner, self._key, self._delta + other)
         if type(other) is float:
             return counted(int(self) + other, self._owner, self._key, self._delta + other)
         return NotImplemented
 
-    def __isub__(self, other: object) -> Any:  # type: ignore[misc]
+    def __isub__(self, other: object) -> Any:
         if type(other) is int or type(other) is float:
             return self.__iadd__(-other)
         return NotImplemented
@@ -39,12 +39,12 @@ class FloatCounter(float):
     _key: str
     _delta: int | float
 
-    def __iadd__(self, other: object) -> Any:  # type: ignore[misc]
+    def __iadd__(self, other: object) -> Any:
         if type(other) is int or type(other) is float:
             return counted(float(self) + other, self._owner, self._key, self._delta + other)
         return NotImplemented
 
-    def __isub__(self, other: object) -> Any:  # type: ignore[misc]
+    def __isub__(self, other: object) -> Any:
         if type(other) is int or type(other) is float:
             return self.__iadd__(-other)
         return NotImplemented
@@ -65,9 +65,13 @@ def counted(value: Any, owner: object, key: str, delta: int | float = 0) -> Any:
 
 def increment_of(value: object, owner: object, key: str) -> int | float | None:
     """The pending increment if ``value`` came from ``owner[key]`` and was ``+=``-ed."""
-    if (type(value) is Counter or type(value) is FloatCounter) and value._owner is owner:  # type: ignore[union-attr]
-        if value._key == key and value._delta:  # type: ignore[union-attr]
-            return value._delta  # type: ignore[union-attr,no-any-return]
+    if (
+        (type(value) is Counter or type(value) is FloatCounter)
+        and value._owner is owner
+        and value._key == key
+        and value._delta
+    ):
+        return value._delta
     return None
 
 

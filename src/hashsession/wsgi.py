@@ -60,7 +60,7 @@ class SessionMiddleware:
             if started or not _must_send_cookie(session):
                 raise
             log.exception("unhandled error in the app; answering 500 with the session cookie")
-            start("500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info())
+            start("500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info())  # type: ignore[arg-type]
             return [b"Internal Server Error"]
 
 
