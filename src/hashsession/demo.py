@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 from collections.abc import Iterable
 from socketserver import ThreadingMixIn
@@ -61,8 +62,8 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, redis: str | None = None
     """Serve the demo until interrupted; ``redis=None`` starts an embedded Redis."""
     store = SessionStore(redis=redis)
     with make_server(host, port, make_app(store), server_class=_ThreadingServer) as server:
-        print(f"hashsession demo on http://{host}:{server.server_port}/ (Ctrl-C to stop)", flush=True)
-        try:
+        print(
+            f"hashsession demo on http://{host}:{server.server_port}/ (Ctrl-C to stop)", flush=True
+        )
+        with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
-        except KeyboardInterrupt:
-            pass

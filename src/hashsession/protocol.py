@@ -173,6 +173,12 @@ class SessionCore:
         except Exception as exc:
             raise DecodeError(key, f"stored value cannot be decoded: {exc}") from exc
 
+    def initial_value(self, field: str, raw: bytes | None, default: Any) -> Any:
+        """The value an edit starts from: the stored one, or a private copy of ``default``."""
+        if raw is None:
+            return self.decode(field, self.encode(field, default))
+        return self.decode(field, raw)
+
     def raw_items(self, values: Mapping[str, Any]) -> list[tuple[str, bytes | None]]:
         """Checked fields and encoded values; ``MISSING`` becomes ``None`` (absent)."""
         out: list[tuple[str, bytes | None]] = []

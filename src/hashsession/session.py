@@ -256,21 +256,15 @@ class Session(MutableMapping[str, Any]):
         core = self._core
         field = core.field(key)
         raw = self._run(core.plan_get, field, field)
-        recorder = Recorder(self._initial(field, raw, default))
+        recorder = Recorder(core.initial_value(field, raw, default))
         yield recorder
         for _ in range(core.config.edit_retries):
             new_raw = core.encode(field, recorder.target)
             if self._run(core.plan_cas, field, [(field, raw)], [(field, new_raw)]):
                 return
             raw = self._run(core.plan_get, field, field)
-            recorder = recorder.replay_on(self._initial(field, raw, default))
+            recorder = recorder.replay_on(core.initial_value(field, raw, default))
         raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
-
-    def _initial(self, field: str, raw: bytes | None, default: Any) -> Any:
-        core = self._core
-        if raw is None:  # a private copy of the default, so edits never alter the caller's object
-            return core.decode(field, core.encode(field, default))
-        return core.decode(field, raw)
 
     def apply(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         """Set ``key`` to ``fn(current value)`` atomically, rerunning ``fn`` on conflict."""
@@ -278,7 +272,7 @@ class Session(MutableMapping[str, Any]):
         field = core.field(key)
         for _ in range(core.config.edit_retries):
             raw = self._run(core.plan_get, field, field)
-            new = fn(self._initial(field, raw, default))
+            new = fn(core.initial_value(field, raw, default))
             if self._run(core.plan_cas, field, [(field, raw)], [(field, core.encode(field, new))]):
                 return new
         raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")

@@ -9,20 +9,20 @@ request's ``Cookie`` header and, when the response starts,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from hashsession.codecs import Codec
-from hashsession.config import KeyLayout, SessionConfig
+from hashsession.config import SessionConfig
 from hashsession.cookies import CookiePolicy
 from hashsession.errors import ConfigurationError
 from hashsession.protocol import SessionCore
 from hashsession.session import Session
 
-__all__ = ["SessionStore", "connect"]
+if TYPE_CHECKING:
+    from hashsession.aio import AsyncSession
+
+__all__ = ["SessionStore", "StoreBase", "connect"]
 
 log = logging.getLogger("hashsession")
 
@@ -43,51 +43,16 @@ def connect(target: str | redis.Redis | None) -> redis.Redis:
     raise ConfigurationError("redis", f"expected a URL or a redis-py client, not {target!r}")
 
 
-class SessionStore:
-    """Where sessions live, and how they are named, signed, encoded and expired.
+class StoreBase:
+    """What both store flavours share: validated settings and cookie handling, no I/O."""
 
-    All settings are keyword-only and checked here; a bad one raises
-    :class:`~hashsession.ConfigurationError` naming it.
-    ``redis`` is a URL, a redis-py client, or ``None`` for a private embedded
-    redis-server (development only; a log line says so).
-    """
+    config: SessionConfig
 
-    def __init__(
-        self,
-        *,
-        redis: str | redis.Redis | None = None,
-        prefix: str = "hs:",
-        ttl: int | timedelta = 14 * 24 * 3600,
-        absolute_ttl: int | timedelta | None = None,
-        secret_keys: Sequence[str | bytes] | None = None,
-        codec: str | Codec | None = None,
-        cookie: CookiePolicy | Mapping[str, Any] | None = None,
-        max_key_length: int = 256,
-        max_value_size: int = 512 * 1024,
-        max_keys: int = 1000,
-        key_layout: KeyLayout = "digest",
-        adopt_unknown_ids: bool = False,
-        id_factory: Callable[[], str] | None = None,
-        refresh_cookie: bool = True,
-        edit_retries: int = 10,
-    ) -> None:
-        self.config = SessionConfig.build(
-            prefix=prefix,
-            ttl=ttl,
-            absolute_ttl=absolute_ttl,
-            secret_keys=secret_keys,
-            codec=codec,
-            cookie=cookie,
-            max_key_length=max_key_length,
-            max_value_size=max_value_size,
-            max_keys=max_keys,
-            key_layout=key_layout,
-            adopt_unknown_ids=adopt_unknown_ids,
-            id_factory=id_factory,
-            refresh_cookie=refresh_cookie,
-            edit_retries=edit_retries,
-        )
-        self.client = connect(redis)
+    def __init__(self, **settings: Any) -> None:
+        try:
+            self.config = SessionConfig.build(**settings)
+        except TypeError as exc:  # an unknown keyword
+            raise ConfigurationError("settings", str(exc)) from None
 
     @property
     def cookie(self) -> CookiePolicy:
@@ -106,21 +71,39 @@ class SessionStore:
             log.debug("ignoring a session cookie that is malformed or badly signed")
         return SessionCore(config, None, had_cookie=bool(values))
 
+    def core_for_value(self, cookie_value: str | None) -> SessionCore:
+        """The sans-I/O session for a bare cookie value (as a framework's cookie jar gives it)."""
+        if cookie_value is None:
+            return SessionCore(self.config, None)
+        session_id = self.config.id_from_cookie(cookie_value)
+        return SessionCore(self.config, session_id, had_cookie=True)
+
+    @staticmethod
+    def response_headers(session: Session | AsyncSession) -> list[tuple[str, str]]:
+        """``Set-Cookie`` and ``Vary`` headers the response must carry, as needed."""
+        return session.core.response_headers()
+
+
+class SessionStore(StoreBase):
+    """Where sessions live, and how they are named, signed, encoded and expired.
+
+    ``redis`` is a URL, a redis-py client, or ``None`` for a private embedded
+    redis-server (development only; a log line says so). The other settings
+    are keyword-only and checked here (see :meth:`SessionConfig.build`); a bad
+    one raises :class:`~hashsession.ConfigurationError` naming it.
+    """
+
+    def __init__(self, *, redis: str | redis.Redis | None = None, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.client = connect(redis)
+
     def open(self, cookie_header: str | None = None) -> Session:
         """The session for a request, given its ``Cookie`` header; lazy, costs no round trip."""
         return Session(self.core_for(cookie_header), self.client)
 
     def open_id(self, cookie_value: str | None) -> Session:
-        """The session for a bare cookie value (as a framework's cookie jar gives it)."""
-        if cookie_value is None:
-            return Session(SessionCore(self.config, None), self.client)
-        session_id = self.config.id_from_cookie(cookie_value)
-        return Session(SessionCore(self.config, session_id, had_cookie=True), self.client)
-
-    @staticmethod
-    def response_headers(session: Session) -> list[tuple[str, str]]:
-        """``Set-Cookie`` and ``Vary`` headers the response must carry, as needed."""
-        return session.core.response_headers()
+        """The session for a bare cookie value."""
+        return Session(self.core_for_value(cookie_value), self.client)
 
     def close(self) -> None:
         """Close the Redis connections this store opened."""

@@ -1,0 +1,288 @@
+"""The asyncio flavour: ``AsyncSessionStore`` and ``AsyncSession`` on ``redis.asyncio``.
+
+Same operations, same semantics and the same sans-I/O core as the sync
+:class:`~hashsession.session.Session`; every method is awaitable. Dunder
+methods cannot await, so the mapping syntax has named twins: ``get``/``set``/
+``delete``/``has``/``length``/``keys`` stand for ``s[k]``, ``s[k] = v``,
+``del s[k]``, ``k in s``, ``len(s)`` and ``iter(s)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from hashsession.errors import ConfigurationError, ConflictError
+from hashsession.protocol import AGAIN, MISSING, Command, SessionCore, Step, pairs_of
+from hashsession.scripts import by_sha
+from hashsession.session import ttl_ms
+from hashsession.store import StoreBase
+from hashsession.values import Recorder
+
+__all__ = ["AsyncSession", "AsyncSessionStore"]
+
+
+def connect(target: str | aioredis.Redis | None) -> aioredis.Redis:
+    """An asyncio redis-py client from a URL, a ready client, or ``None`` (embedded server)."""
+    if target is None:
+        from hashsession.embedded import default_server
+
+        return aioredis.Redis.from_url(default_server().url)
+    if isinstance(target, str):
+        try:
+            return aioredis.Redis.from_url(target)
+        except ValueError as exc:
+            raise ConfigurationError("redis", f"bad Redis URL: {exc}") from exc
+    if callable(getattr(target, "execute_command", None)):
+        return target
+    raise ConfigurationError("redis", f"expected a URL or a redis.asyncio client, not {target!r}")
+
+
+class AsyncSession:
+    """One request's session for asyncio code: every change is written when awaited."""
+
+    __slots__ = ("_client", "_core")
+
+    def __init__(self, core: SessionCore, client: aioredis.Redis) -> None:
+        self._core = core
+        self._client = client
+
+    # ------------------------------------------------------------ transport
+
+    async def _send(self, cmd: Command, key: str | None) -> Any:
+        execute: Callable[..., Awaitable[Any]] = self._client.execute_command
+        try:
+            try:
+                return await execute(*cmd)
+            except NoScriptError:
+                return await execute("EVAL", by_sha(cmd[1]).source, *cmd[2:])
+        except RedisError as exc:
+            raise self._core.error(exc, key) from exc
+
+    async def _run(self, plan: Callable[..., Step], key: str | None, *args: Any) -> Any:
+        while True:
+            cmd, finish, value = plan(*args)
+            if cmd is None:
+                return value
+            reply = await self._send(cmd, key)
+            if finish is None:
+                return reply
+            out = finish(reply)
+            if out is not AGAIN:
+                return out
+
+    # ------------------------------------------------------------- identity
+
+    @property
+    def id(self) -> str | None:
+        """The session id, or ``None`` until something is stored."""
+        return self._core.id
+
+    @property
+    def new(self) -> bool:
+        """Whether the session did not exist when this request began."""
+        return self._core.is_new
+
+    @property
+    def accessed(self) -> bool:
+        """Whether this request read or wrote the session."""
+        return self._core.accessed
+
+    @property
+    def modified(self) -> bool:
+        """Whether this request changed the session."""
+        return self._core.modified
+
+    @property
+    def invalidated(self) -> bool:
+        return self._core.invalidated
+
+    @property
+    def core(self) -> SessionCore:
+        """The sans-I/O state behind this session (for adapters)."""
+        return self._core
+
+    def __repr__(self) -> str:
+        return f"<AsyncSession {self._core.state.value} id={'set' if self.id else None}>"
+
+    # ---------------------------------------------------------------- reads
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key``, or ``default``; one ``HGET``."""
+        field = self._core.field(key)
+        raw = await self._run(self._core.plan_get, field, field)
+        return default if raw is None else self._core.decode(field, raw)
+
+    async def has(self, key: str) -> bool:
+        """Whether ``key`` is set (``key in session``); one ``HEXISTS``."""
+        field = self._core.field(key)
+        return bool(await self._run(self._core.plan_has, field, field))
+
+    async def keys(self) -> list[str]:
+        """The keys, from one ``HKEYS``."""
+        return list(await self._run(self._core.plan_keys, None))
+
+    async def length(self) -> int:
+        """How many keys the session holds (``len(session)``)."""
+        return int(await self._run(self._core.plan_len, None))
+
+    async def to_dict(self) -> dict[str, Any]:
+        """Every key and value, from one ``HGETALL``."""
+        raw = await self._run(self._core.plan_all, None)
+        decode = self._core.decode
+        return {k: decode(k, v) for k, v in raw.items()}
+
+    async def items(self) -> list[tuple[str, Any]]:
+        """Key/value pairs, from one ``HGETALL``."""
+        return list((await self.to_dict()).items())
+
+    async def values(self) -> list[Any]:
+        """The values, from one ``HGETALL``."""
+        return list((await self.to_dict()).values())
+
+    async def get_many(self, *keys: str) -> list[Any]:
+        """Several values (``None`` where missing) in one ``HMGET``."""
+        fields = [self._core.field(k) for k in keys]
+        raws = await self._run(self._core.plan_hmget, None, fields)
+        decode = self._core.decode
+        return [None if r is None else decode(f, r) for f, r in zip(fields, raws, strict=True)]
+
+    # --------------------------------------------------------------- writes
+
+    async def set(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key`` now."""
+        core = self._core
+        field = core.field(key)
+        await self._run(core.plan_set, field, [(field, core.encode(field, value))])
+
+    async def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Store many keys in one ``HSET``: all of them or, on error, none."""
+        pairs = pairs_of(self._core, other)
+        if kwargs:
+            pairs += pairs_of(self._core, kwargs)
+        if pairs:
+            await self._run(self._core.plan_set, pairs[0][0], pairs)
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key`` if present; whether it was."""
+        field = self._core.field(key)
+        return bool(await self._run(self._core.plan_delete, field, field))
+
+    async def incr(self, key: str, amount: int = 1) -> int:
+        """Add ``amount`` to the integer under ``key`` (0 if missing) with ``HINCRBY``."""
+        if type(amount) is not int:
+            raise TypeError(f"incr() takes an int amount, not {type(amount).__name__}")
+        field = self._core.field(key)
+        return int(await self._run(self._core.plan_incr, field, field, amount))
+
+    async def incr_float(self, key: str, amount: float = 1.0) -> float:
+        """Add ``amount`` to the number under ``key`` with ``HINCRBYFLOAT``."""
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise TypeError(f"incr_float() takes a number, not {type(amount).__name__}")
+        field = self._core.field(key)
+        return float(await self._run(self._core.plan_incr, field, field, float(amount)))
+
+    async def setdefault(self, key: str, default: Any = None) -> Any:
+        """The value under ``key``, storing ``default`` first if missing; one atomic step."""
+        core = self._core
+        field = core.field(key)
+        raw = await self._run(core.plan_setdefault, field, field, core.encode(field, default))
+        return core.decode(field, raw)
+
+    async def pop(self, key: str, default: Any = MISSING) -> Any:
+        """Remove ``key`` and return its value, atomically."""
+        field = self._core.field(key)
+        raw = await self._run(self._core.plan_pop, field, field)
+        if raw is None:
+            if default is MISSING:
+                raise KeyError(key)
+            return default
+        return self._core.decode(field, raw)
+
+    async def clear(self) -> None:
+        """Remove every key; the session itself (id, expiry) stays."""
+        await self._run(self._core.plan_clear, None)
+
+    async def compare_and_set(
+        self, expected: Mapping[str, Any], changes: Mapping[str, Any]
+    ) -> bool:
+        """Apply ``changes`` only if every key in ``expected`` holds that value (one round trip)."""
+        core = self._core
+        return bool(
+            await self._run(core.plan_cas, None, core.raw_items(expected), core.raw_items(changes))
+        )
+
+    @asynccontextmanager
+    async def edit(self, key: str, default: Any = None) -> AsyncIterator[Any]:
+        """``async with session.edit("cart", []) as cart:``, as :meth:`Session.edit`."""
+        core = self._core
+        field = core.field(key)
+        raw = await self._run(core.plan_get, field, field)
+        recorder = Recorder(core.initial_value(field, raw, default))
+        yield recorder
+        for _ in range(core.config.edit_retries):
+            new_raw = core.encode(field, recorder.target)
+            if await self._run(core.plan_cas, field, [(field, raw)], [(field, new_raw)]):
+                return
+            raw = await self._run(core.plan_get, field, field)
+            recorder = recorder.replay_on(core.initial_value(field, raw, default))
+        raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
+
+    async def apply(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
+        """Set ``key`` to ``fn(current value)`` atomically, rerunning ``fn`` on conflict."""
+        core = self._core
+        field = core.field(key)
+        for _ in range(core.config.edit_retries):
+            raw = await self._run(core.plan_get, field, field)
+            new = fn(core.initial_value(field, raw, default))
+            if await self._run(
+                core.plan_cas, field, [(field, raw)], [(field, core.encode(field, new))]
+            ):
+                return new
+        raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def touch(self, ttl: int | float | timedelta | None = None) -> None:
+        """Slide the idle timeout now; with ``ttl``, make it this session's timeout from now on."""
+        await self._run(self._core.plan_touch, None, None if ttl is None else ttl_ms(ttl))
+
+    async def adjust_timeout(self, ttl: int | float | timedelta) -> None:
+        """Change this session's idle timeout for the rest of its life."""
+        await self.touch(ttl)
+
+    async def regenerate(self) -> None:
+        """Give the session a new id, keeping its data and expiry; the old id stops working."""
+        await self._run(self._core.plan_regenerate, None)
+
+    async def invalidate(self) -> None:
+        """Delete the session now; the response expires its cookie."""
+        await self._run(self._core.plan_invalidate, None)
+
+    async def save(self) -> None:
+        """Nothing to do: every change was written when it was made."""
+
+
+class AsyncSessionStore(StoreBase):
+    """The asyncio store: :class:`~hashsession.SessionStore`'s settings, on ``redis.asyncio``."""
+
+    def __init__(self, *, redis: str | aioredis.Redis | None = None, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.client = connect(redis)
+
+    def open(self, cookie_header: str | None = None) -> AsyncSession:
+        """The session for a request, given its ``Cookie`` header; lazy, costs no round trip."""
+        return AsyncSession(self.core_for(cookie_header), self.client)
+
+    def open_id(self, cookie_value: str | None) -> AsyncSession:
+        """The session for a bare cookie value."""
+        return AsyncSession(self.core_for_value(cookie_value), self.client)
+
+    async def aclose(self) -> None:
+        """Close the Redis connections this store opened."""
+        await self.client.aclose()
