@@ -1,0 +1,70 @@
+"""Pure ASGI middleware: an ``AsyncSession`` in ``scope["session"]``, cookie on the way out.
+
+Works under any ASGI framework (Starlette's ``request.session`` and FastAPI
+dependencies read the same scope key). The session is lazy: no Redis command
+until the app uses it. ``Set-Cookie`` and ``Vary`` are added to
+``http.response.start``, so streaming responses work; lifespan events pass
+straight through; websocket scopes get a readable session too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from hashsession.aio import AsyncSession, AsyncSessionStore
+
+__all__ = ["SessionMiddleware", "session_of"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class SessionMiddleware:
+    """Wraps an ASGI app so that ``scope[scope_key]`` is the request's live session."""
+
+    def __init__(
+        self, app: ASGIApp, *, store: AsyncSessionStore | None = None, scope_key: str = "session"
+    ) -> None:
+        self.app = app
+        self.store = store if store is not None else AsyncSessionStore()
+        self.scope_key = scope_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        cookie = b"; ".join(v for k, v in scope.get("headers", ()) if k == b"cookie")
+        session = self.store.open(cookie.decode("latin-1") if cookie else None)
+        scope[self.scope_key] = session
+        if kind == "websocket":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = session.core.response_headers()
+                if extra:
+                    headers = list(message.get("headers", ()))
+                    headers += [
+                        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra
+                    ]
+                    message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_cookie)
+
+
+def session_of(scope: Scope, scope_key: str = "session") -> AsyncSession:
+    """The session the middleware put in ``scope``; a clear error if it is not installed."""
+    try:
+        session = scope[scope_key]
+    except KeyError:
+        raise RuntimeError("hashsession.asgi.SessionMiddleware is not installed") from None
+    if not isinstance(session, AsyncSession):
+        raise RuntimeError(f"scope[{scope_key!r}] is not a hashsession session")
+    return session
