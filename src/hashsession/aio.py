@@ -21,7 +21,7 @@ from hashsession.errors import ConfigurationError, ConflictError
 from hashsession.protocol import AGAIN, MISSING, Command, SessionCore, Step, pairs_of
 from hashsession.scripts import by_sha
 from hashsession.session import ttl_ms
-from hashsession.store import StoreBase
+from hashsession.store import StoreBase, checked_client
 from hashsession.values import Recorder
 
 __all__ = ["AsyncSession", "AsyncSessionStore"]
@@ -39,7 +39,7 @@ def connect(target: str | aioredis.Redis | None) -> aioredis.Redis:
         except ValueError as exc:
             raise ConfigurationError("redis", f"bad Redis URL: {exc}") from exc
     if callable(getattr(target, "execute_command", None)):
-        return target
+        return checked_client(target)  # type: ignore[no-any-return]
     raise ConfigurationError("redis", f"expected a URL or a redis.asyncio client, not {target!r}")
 
 

@@ -114,7 +114,12 @@ class SessionConfig:
     def new_id(self, like: str | None = None) -> str:
         """A fresh id; given the id it replaces, one whose key shares that key's slot."""
         if self.id_factory is not None:
-            return self.id_factory()
+            made = self.id_factory()
+            if not isinstance(made, str) or not _RAW_ID.fullmatch(made):
+                raise ConfigurationError(
+                    "id_factory", f"made {made!r}; ids must be 1-256 printable cookie-safe chars"
+                )
+            return made
         if self.key_layout == "digest":
             return ids.new_id(ids.tag_of(like) if like else None)
         return ids.new_id()

@@ -39,8 +39,18 @@ def connect(target: str | redis.Redis | None) -> redis.Redis:
         except ValueError as exc:
             raise ConfigurationError("redis", f"bad Redis URL: {exc}") from exc
     if callable(getattr(target, "execute_command", None)):
-        return target
+        return checked_client(target)  # type: ignore[no-any-return]
     raise ConfigurationError("redis", f"expected a URL or a redis-py client, not {target!r}")
+
+
+def checked_client(client: Any) -> Any:
+    """``client`` itself, once it is known to hand back bytes (codecs need the raw bytes)."""
+    kwargs: dict[str, Any] = getattr(client, "get_connection_kwargs", dict)()
+    if kwargs.get("decode_responses"):
+        raise ConfigurationError(
+            "redis", "the client must not use decode_responses=True: values are codec bytes"
+        )
+    return client
 
 
 class StoreBase:

@@ -64,14 +64,19 @@ def counted(value: Any, owner: object, key: str, delta: int | float = 0) -> Any:
 
 
 def increment_of(value: object, owner: object, key: str) -> int | float | None:
-    """The pending increment if ``value`` came from ``owner[key]`` and was ``+=``-ed."""
+    """The pending increment if ``value`` came from ``owner[key]`` and was ``+=``-ed.
+
+    The increment is handed out once: assigning the same value again is a plain write.
+    """
     if (
         (type(value) is Counter or type(value) is FloatCounter)
         and value._owner is owner
         and value._key == key
         and value._delta
     ):
-        return value._delta
+        delta = value._delta
+        value._delta = 0
+        return delta
     return None
 
 
