@@ -9,6 +9,8 @@ methods cannot await, so the mapping syntax has named twins: ``get``/``set``/
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -27,20 +29,50 @@ from hashsession.values import Recorder
 __all__ = ["AsyncSession", "AsyncSessionStore"]
 
 
-def connect(target: str | aioredis.Redis | None) -> aioredis.Redis:
-    """An asyncio redis-py client from a URL, a ready client, or ``None`` (embedded server)."""
-    if target is None:
-        from hashsession.embedded import default_server
+def _from_url(url: str) -> aioredis.Redis:
+    try:
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=200, timeout=20)
+    except ValueError as exc:
+        raise ConfigurationError("redis", f"bad Redis URL: {exc}") from exc
+    return checked_client(aioredis.Redis(connection_pool=pool))  # type: ignore[no-any-return]
 
-        return aioredis.Redis.from_url(default_server().url)
-    if isinstance(target, str):
+
+class _Clients:
+    """One asyncio client per event loop for a URL (a client is bound to the loop it ran on)."""
+
+    def __init__(self, target: str | aioredis.Redis | None) -> None:
+        if target is None:
+            from hashsession.embedded import default_server
+
+            target = default_server().url
+        self.url: str | None = None
+        self.fixed: aioredis.Redis | None = None
+        if isinstance(target, str):
+            self.url = target
+            self.fixed = _from_url(target)  # validates the URL now; serves calls with no loop
+        elif callable(getattr(target, "execute_command", None)):
+            self.fixed = checked_client(target)
+            self.url = None
+        else:
+            raise ConfigurationError(
+                "redis", f"expected a URL or a redis.asyncio client, not {target!r}"
+            )
+        self.per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def current(self) -> aioredis.Redis:
+        assert self.fixed is not None
+        if self.url is None:
+            return self.fixed
         try:
-            return aioredis.Redis.from_url(target)
-        except ValueError as exc:
-            raise ConfigurationError("redis", f"bad Redis URL: {exc}") from exc
-    if callable(getattr(target, "execute_command", None)):
-        return checked_client(target)  # type: ignore[no-any-return]
-    raise ConfigurationError("redis", f"expected a URL or a redis.asyncio client, not {target!r}")
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self.fixed
+        client = self.per_loop.get(loop)
+        if client is None:
+            client = self.per_loop[loop] = _from_url(self.url)
+        return client
 
 
 class AsyncSession:
@@ -225,10 +257,11 @@ class AsyncSession:
         raw = await self._run(core.plan_get, field, field)
         recorder = Recorder(core.initial_value(field, raw, default))
         yield recorder
-        for _ in range(core.config.edit_retries):
+        for attempt in range(core.config.edit_retries):
             new_raw = core.encode(field, recorder.target)
             if await self._run(core.plan_cas, field, [(field, raw)], [(field, new_raw)]):
                 return
+            await asyncio.sleep(core.backoff(attempt))
             raw = await self._run(core.plan_get, field, field)
             recorder = recorder.replay_on(core.initial_value(field, raw, default))
         raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
@@ -237,7 +270,9 @@ class AsyncSession:
         """Set ``key`` to ``fn(current value)`` atomically, rerunning ``fn`` on conflict."""
         core = self._core
         field = core.field(key)
-        for _ in range(core.config.edit_retries):
+        for attempt in range(core.config.edit_retries):
+            if attempt:
+                await asyncio.sleep(core.backoff(attempt))
             raw = await self._run(core.plan_get, field, field)
             new = fn(core.initial_value(field, raw, default))
             if await self._run(
@@ -273,7 +308,12 @@ class AsyncSessionStore(StoreBase):
 
     def __init__(self, *, redis: str | aioredis.Redis | None = None, **settings: Any) -> None:
         super().__init__(**settings)
-        self.client = connect(redis)
+        self._clients = _Clients(redis)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The client for the running event loop (a URL gets one client per loop)."""
+        return self._clients.current()
 
     def open(self, cookie_header: str | None = None) -> AsyncSession:
         """The session for a request, given its ``Cookie`` header; lazy, costs no round trip."""
@@ -284,5 +324,5 @@ class AsyncSessionStore(StoreBase):
         return AsyncSession(self.core_for_value(cookie_value), self.client)
 
     async def aclose(self) -> None:
-        """Close the Redis connections this store opened."""
+        """Close the Redis connections of the running loop's client."""
         await self.client.aclose()

@@ -6,7 +6,8 @@ the package itself is never imported.
 
 Every server started here listens on 127.0.0.1 (or on a unix socket only),
 keeps nothing on disk outside its own temporary directory, and is stopped at
-interpreter exit if nobody stopped it before.
+interpreter exit if nobody stopped it before. A small ``/bin/sh`` watchdog also
+stops it if the parent dies without running its exit hooks (SIGTERM, SIGKILL).
 """
 
 from __future__ import annotations
@@ -105,6 +106,40 @@ class _StartError(RuntimeError):
         self.port_taken = port_taken
 
 
+# Watches a server on behalf of its parent: the parent holds the write end of
+# the watchdog's stdin, so when the parent dies in any way (SIGTERM and SIGKILL
+# skip atexit) the read hits end-of-file and the watchdog stops the server and
+# removes its directory. A normal stop() first writes a newline: stand down.
+# (The directory holds no data, so it goes at once; a dead server may stay a
+# zombie until init reaps it, so the wait for it is bounded.)
+_WATCHDOG_SCRIPT = """
+read line && exit 0
+kill -TERM "$1" 2>/dev/null
+rm -rf -- "$2"
+i=0
+while kill -0 "$1" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+kill -KILL "$1" 2>/dev/null
+rm -rf -- "$2"
+exit 0
+"""
+_SHELL = "/bin/sh"
+
+
+def _start_watchdog(pid: int, directory: str) -> subprocess.Popen[bytes] | None:
+    if os.name != "posix" or not os.access(_SHELL, os.X_OK):
+        return None
+    try:
+        return subprocess.Popen(
+            [_SHELL, "-c", _WATCHDOG_SCRIPT, "hashsession-redis-watchdog", str(pid), directory],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+        )
+    except OSError:  # pragma: no cover - no shell: atexit still covers normal exits
+        return None
+
+
 class _Child:
     """What one running server owns; torn down by :meth:`close`."""
 
@@ -120,8 +155,15 @@ class _Child:
         self.log_path = log_path
         self.unix_socket = unix_socket
         self.owner_pid = os.getpid()
+        self.watchdog = _start_watchdog(process.pid, directory)
 
     def close(self) -> None:
+        watchdog = self.watchdog
+        if watchdog is not None and watchdog.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                watchdog.stdin.write(b"\n")
+            with contextlib.suppress(OSError, ValueError):
+                watchdog.stdin.close()
         process = self.process
         if process.poll() is None:
             try:
@@ -132,6 +174,12 @@ class _Child:
                 process.wait()
             except ProcessLookupError:  # pragma: no cover - already gone
                 pass
+        if watchdog is not None:
+            try:
+                watchdog.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:  # pragma: no cover - a stuck shell
+                watchdog.kill()
+                watchdog.wait()
         if self.unix_socket is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.unix_socket)
@@ -337,7 +385,13 @@ class EmbeddedRedis:
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
-        child = _Child(process, directory, log_path, self.unix_socket)
+        try:
+            child = _Child(process, directory, log_path, self.unix_socket)
+        except BaseException:
+            process.kill()
+            process.wait()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         try:
             self._wait_ready(child, port)
         except BaseException:

@@ -18,6 +18,7 @@ A step is ``(command, finish, value)``:
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
@@ -134,7 +135,7 @@ class SessionCore:
     @property
     def is_new(self) -> bool:
         """Whether the session did not exist in Redis when this request began."""
-        return self._incoming_id is None or self.lost or self._id != self._incoming_id
+        return self._incoming_id is None or self.lost or self.invalidated
 
     def __repr__(self) -> str:
         return f"<session {self._state.value} key={self.key!r}>"
@@ -173,6 +174,15 @@ class SessionCore:
         except Exception as exc:
             raise DecodeError(key, f"stored value cannot be decoded: {exc}") from exc
 
+    @staticmethod
+    def backoff(attempt: int) -> float:
+        """Seconds to wait before retry ``attempt`` of a lost optimistic write.
+
+        Random and growing (up to 50 ms), so racing writers spread out instead of
+        colliding again in lockstep.
+        """
+        return random.uniform(0, min(0.05, 0.002 * 2**attempt))
+
     def initial_value(self, field: str, raw: bytes | None, default: Any) -> Any:
         """The value an edit starts from: the stored one, or a private copy of ``default``."""
         if raw is None:
@@ -191,9 +201,10 @@ class SessionCore:
         """The hashsession error for a redis-py error met while working on ``key``."""
         message = str(exc)
         if isinstance(exc, ResponseError):
-            if message == LIMIT_ERROR:
+            if message.startswith(LIMIT_ERROR):
+                over = message[len(LIMIT_ERROR) + 1 :] or key
                 return LimitExceededError(
-                    key, f"the session would hold more than {self.config.max_keys} keys"
+                    over, f"the session would hold more than {self.config.max_keys} keys"
                 )
             if "not an integer" in message or "not a float" in message:
                 return ValueTypeError(key, "the stored value is not a number to increment")
@@ -210,10 +221,11 @@ class SessionCore:
             self._key = None
         return AGAIN
 
-    def _open(self, op: str, *args: Any) -> Command:
+    def _open(self, op: str, *args: Any, keys: tuple[str, ...] = ()) -> Command:
         assert self._key is not None
         c = self.config
-        return ("EVALSHA", OPEN.sha, 1, self._key, c.idle_ms, _now_ms(), c.absolute_ms, op, *args)
+        head = ("EVALSHA", OPEN.sha, 1 + len(keys), self._key, *keys)
+        return (*head, c.idle_ms, _now_ms(), c.absolute_ms, op, *args)
 
     def _opened(self, reply: Any) -> Any:
         if reply is None:
@@ -224,7 +236,9 @@ class SessionCore:
     def _plan_create(self, pairs: list[tuple[str, bytes]], result: Any) -> Step:
         c = self.config
         if len(pairs) > c.max_keys:
-            raise LimitExceededError(pairs[-1][0], f"the session would hold more than {c.max_keys}")
+            raise LimitExceededError(
+                pairs[c.max_keys][0], f"the session would hold more than {c.max_keys} keys"
+            )
         if self._id is None:
             self._id = c.new_id()
             self._key = c.key_of(self._id)
@@ -436,9 +450,14 @@ class SessionCore:
             return None, None, None
         new_id = self.config.new_id(like=self._id)
         new_key = self.config.key_of(new_id)
-        cmd = ("EVALSHA", _RENAME, 2, self._key, new_key)
+        if self._state is State.LIVE:
+            cmd: Command = ("EVALSHA", _RENAME, 2, self._key, new_key)
+        else:  # the request's first command: slide the TTL too
+            cmd = self._open("rename", keys=(new_key,))
 
         def renamed(reply: Any) -> Any:
+            if self._state is State.PENDING and reply is not None:
+                reply = reply[0]
             if reply is None:
                 self._lose()
                 return None

@@ -31,13 +31,18 @@ local function users(k)
   end
   return n
 end
-local function over(k, n, lim, fields)
-  if n + #fields <= lim then return false end
-  local count = users(k)
+-- The first of the new fields that would take the session past lim user keys, or false.
+local function over(k, n, lim, fields, removed)
+  removed = removed or 0
+  if n - removed + #fields <= lim then return false end
+  local count = users(k) - removed
   for _, f in ipairs(fields) do
-    if redis.call('HEXISTS', k, f) == 0 then count = count + 1 end
+    if redis.call('HEXISTS', k, f) == 0 then
+      count = count + 1
+      if count > lim then return {err = 'HASHSESSION_LIMIT ' .. f} end
+    end
   end
-  return count > lim
+  return false
 end
 local function slide(k, idle, now, abs)
   local m = redis.call('HMGET', k, '\0c', '\0t')
@@ -54,7 +59,6 @@ local function slide(k, idle, now, abs)
   redis.call('PEXPIRE', k, idle)
   return idle
 end
-local LIMIT = {err = 'HASHSESSION_LIMIT'}
 """
 
 # Each operation is a Lua function of the key and the ARGV index its arguments
@@ -66,7 +70,8 @@ _OPS: dict[str, str] = {
   if n == 0 then return false end
   local fields = {}
   for j = a + 1, #ARGV, 2 do fields[#fields + 1] = ARGV[j] end
-  if over(k, n, tonumber(ARGV[a]), fields) then return LIMIT end
+  local full = over(k, n, tonumber(ARGV[a]), fields)
+  if full then return full end
   redis.call('HSET', k, unpack(ARGV, a + 1))
   return 1
 end""",
@@ -74,20 +79,23 @@ end""",
     "incr": r"""function(k, a)
   local n = redis.call('HLEN', k)
   if n == 0 then return false end
-  if over(k, n, tonumber(ARGV[a]), {ARGV[a + 1]}) then return LIMIT end
+  local full = over(k, n, tonumber(ARGV[a]), {ARGV[a + 1]})
+  if full then return full end
   return redis.call('HINCRBY', k, ARGV[a + 1], ARGV[a + 2])
 end""",
     "incr_float": r"""function(k, a)
   local n = redis.call('HLEN', k)
   if n == 0 then return false end
-  if over(k, n, tonumber(ARGV[a]), {ARGV[a + 1]}) then return LIMIT end
+  local full = over(k, n, tonumber(ARGV[a]), {ARGV[a + 1]})
+  if full then return full end
   return redis.call('HINCRBYFLOAT', k, ARGV[a + 1], ARGV[a + 2])
 end""",
     # limit, field, value -> the value now stored
     "setdefault": r"""function(k, a)
   local n = redis.call('HLEN', k)
   if n == 0 then return false end
-  if over(k, n, tonumber(ARGV[a]), {ARGV[a + 1]}) then return LIMIT end
+  local full = over(k, n, tonumber(ARGV[a]), {ARGV[a + 1]})
+  if full then return full end
   redis.call('HSETNX', k, ARGV[a + 1], ARGV[a + 2])
   return redis.call('HGET', k, ARGV[a + 1])
 end""",
@@ -125,20 +133,24 @@ end""",
     end
     j = j + 3
   end
-  local sets, fields = {}, {}
+  local sets, fields, dels = {}, {}, {}
   for x = j, #ARGV, 3 do
     if ARGV[x + 1] == 's' then
       fields[#fields + 1] = ARGV[x]
       sets[#sets + 1] = ARGV[x]
       sets[#sets + 1] = ARGV[x + 2]
     else
-      redis.call('HDEL', k, ARGV[x])
+      dels[#dels + 1] = ARGV[x]
     end
   end
   if #sets > 0 then
-    if over(k, redis.call('HLEN', k), tonumber(ARGV[a]), fields) then return LIMIT end
-    redis.call('HSET', k, unpack(sets))
+    local removed = 0
+    for _, f in ipairs(dels) do removed = removed + redis.call('HEXISTS', k, f) end
+    local full = over(k, n, tonumber(ARGV[a]), fields, removed)
+    if full then return full end
   end
+  if #dels > 0 then redis.call('HDEL', k, unpack(dels)) end
+  if #sets > 0 then redis.call('HSET', k, unpack(sets)) end
   return 1
 end""",
     # new idle ms or '', default idle ms, now ms, absolute ms -> the TTL applied

@@ -8,6 +8,7 @@ or it has raised. Mutating a value read from the session (``session["cart"]
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from datetime import timedelta
@@ -42,11 +43,14 @@ class Session(MutableMapping[str, Any]):
     on the server, so concurrent requests never lose each other's updates.
     """
 
-    __slots__ = ("_client", "_core")
+    __slots__ = ("_client", "_core", "_snapshot")
 
     def __init__(self, core: SessionCore, client: redis.Redis) -> None:
         self._core = core
         self._client = client
+        # Values fetched by keys()'s HGETALL, each served once to the __getitem__ that
+        # dict(session) calls right after, so dict(session) is one round trip.
+        self._snapshot: dict[str, bytes] | None = None
 
     # ------------------------------------------------------------ transport
 
@@ -61,6 +65,7 @@ class Session(MutableMapping[str, Any]):
             raise self._core.error(exc, key) from exc
 
     def _run(self, plan: Callable[..., Step], key: str | None, *args: Any) -> Any:
+        self._snapshot = None
         while True:
             cmd, finish, value = plan(*args)
             if cmd is None:
@@ -110,7 +115,10 @@ class Session(MutableMapping[str, Any]):
 
     def __getitem__(self, key: str) -> Any:
         field = self._core.field(key)
-        raw = self._run(self._core.plan_get, field, field)
+        snapshot = self._snapshot
+        raw = snapshot.pop(field, None) if snapshot is not None else None
+        if raw is None:
+            raw = self._run(self._core.plan_get, field, field)
         if raw is None:
             raise KeyError(key)
         return counted(self._core.decode(field, raw), self._core, field)
@@ -138,8 +146,14 @@ class Session(MutableMapping[str, Any]):
         return {k: decode(k, v) for k, v in raw.items()}
 
     def keys(self) -> Any:
-        """The keys, from one ``HKEYS``."""
-        return dict.fromkeys(self._run(self._core.plan_keys, None)).keys()
+        """The keys, from one ``HGETALL`` whose values serve the reads that follow at once.
+
+        That makes ``dict(session)`` (which calls ``keys()`` then ``session[k]`` for each)
+        one round trip; any other operation drops the fetched values.
+        """
+        raw = self._run(self._core.plan_all, None)
+        self._snapshot = raw
+        return dict.fromkeys(raw).keys()
 
     def items(self) -> Any:
         """Key/value pairs, from one ``HGETALL``."""
@@ -258,10 +272,11 @@ class Session(MutableMapping[str, Any]):
         raw = self._run(core.plan_get, field, field)
         recorder = Recorder(core.initial_value(field, raw, default))
         yield recorder
-        for _ in range(core.config.edit_retries):
+        for attempt in range(core.config.edit_retries):
             new_raw = core.encode(field, recorder.target)
             if self._run(core.plan_cas, field, [(field, raw)], [(field, new_raw)]):
                 return
+            time.sleep(core.backoff(attempt))
             raw = self._run(core.plan_get, field, field)
             recorder = recorder.replay_on(core.initial_value(field, raw, default))
         raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
@@ -270,7 +285,9 @@ class Session(MutableMapping[str, Any]):
         """Set ``key`` to ``fn(current value)`` atomically, rerunning ``fn`` on conflict."""
         core = self._core
         field = core.field(key)
-        for _ in range(core.config.edit_retries):
+        for attempt in range(core.config.edit_retries):
+            if attempt:
+                time.sleep(core.backoff(attempt))
             raw = self._run(core.plan_get, field, field)
             new = fn(core.initial_value(field, raw, default))
             if self._run(core.plan_cas, field, [(field, raw)], [(field, core.encode(field, new))]):

@@ -32,10 +32,13 @@ def connect(target: str | redis.Redis | None) -> redis.Redis:
     if target is None:
         from hashsession.embedded import default_server
 
-        return default_server().client()
+        target = default_server().url
     if isinstance(target, str):
         try:
-            return redis.Redis.from_url(target)
+            # A blocking pool: a burst of concurrent requests waits for a connection
+            # instead of failing with "Too many connections".
+            pool = redis.BlockingConnectionPool.from_url(target, max_connections=200, timeout=20)
+            return checked_client(redis.Redis(connection_pool=pool))  # type: ignore[no-any-return]
         except ValueError as exc:
             raise ConfigurationError("redis", f"bad Redis URL: {exc}") from exc
     if callable(getattr(target, "execute_command", None)):
@@ -105,7 +108,12 @@ class SessionStore(StoreBase):
 
     def __init__(self, *, redis: str | redis.Redis | None = None, **settings: Any) -> None:
         super().__init__(**settings)
-        self.client = connect(redis)
+        self._client = connect(redis)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client sessions talk through."""
+        return self._client
 
     def open(self, cookie_header: str | None = None) -> Session:
         """The session for a request, given its ``Cookie`` header; lazy, costs no round trip."""

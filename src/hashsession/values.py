@@ -23,7 +23,7 @@ class Counter(int):
         if type(other) is int:
             return counted(int(self) + other, self._owner, self._key, self._delta + other)
         if type(other) is float:
-            return counted(int(self) + other, self._owner, self._key, self._delta + other)
+            return counted(int(self) + other, self._owner, self._key, float(self._delta + other))
         return NotImplemented
 
     def __isub__(self, other: object) -> Any:
@@ -41,7 +41,7 @@ class FloatCounter(float):
 
     def __iadd__(self, other: object) -> Any:
         if type(other) is int or type(other) is float:
-            return counted(float(self) + other, self._owner, self._key, self._delta + other)
+            return counted(float(self) + other, self._owner, self._key, float(self._delta + other))
         return NotImplemented
 
     def __isub__(self, other: object) -> Any:
