@@ -74,19 +74,34 @@ def test_demo_counts_visits_in_a_real_browser(demo_url: str, redis_client: objec
         assert browser.find_element(By.ID, "visits").text == "1"
         assert browser.find_element(By.ID, "state").text == "new"
         browser.find_element(By.ID, "again").click()
-        assert browser.find_element(By.ID, "visits").text == "2"
+        _wait_for_text(browser, "visits", "2")
         assert browser.find_element(By.ID, "state").text == "live"
         cookie = browser.get_cookie("session")
         assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
         assert len(redis_client.keys("hs:*")) == 1  # type: ignore[attr-defined]
         browser.find_element(By.ID, "logout").click()
+        _wait_for_text(browser, "state", "new")
         assert browser.find_element(By.ID, "visits").text == "1"
-        assert browser.find_element(By.ID, "state").text == "new"
         assert browser.get_cookie("session")["value"] != cookie["value"]  # type: ignore[index]
         assert len(redis_client.keys("hs:*")) == 1  # type: ignore[attr-defined]
     finally:
         browser.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def _wait_for_text(browser: object, element_id: str, text: str) -> None:
+    """Wait for the next page to load: a click returns before navigation ends."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shows(driver: object) -> bool:
+        try:
+            return bool(driver.find_element(By.ID, element_id).text == text)  # type: ignore[attr-defined]
+        except StaleElementReferenceException:
+            return False
+
+    WebDriverWait(browser, 10).until(shows)  # type: ignore[arg-type]
 
 
 def _free_port() -> int:
