@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from hashsession.errors import ConfigurationError, ConflictError
-from hashsession.protocol import AGAIN, MISSING, Command, SessionCore, Step, pairs_of
+from hashsession.protocol import AGAIN, MISSING, Command, SessionCore, SessionView, Step, pairs_of
 from hashsession.scripts import by_sha
 from hashsession.session import ttl_ms
 from hashsession.store import StoreBase, checked_client
@@ -75,7 +75,7 @@ class _Clients:
         return client
 
 
-class AsyncSession:
+class AsyncSession(SessionView):
     """One request's session for asyncio code: every change is written when awaited."""
 
     __slots__ = ("_client", "_core")
@@ -107,37 +107,6 @@ class AsyncSession:
             out = finish(reply)
             if out is not AGAIN:
                 return out
-
-    # ------------------------------------------------------------- identity
-
-    @property
-    def id(self) -> str | None:
-        """The session id, or ``None`` until something is stored."""
-        return self._core.id
-
-    @property
-    def new(self) -> bool:
-        """Whether the session did not exist when this request began."""
-        return self._core.is_new
-
-    @property
-    def accessed(self) -> bool:
-        """Whether this request read or wrote the session."""
-        return self._core.accessed
-
-    @property
-    def modified(self) -> bool:
-        """Whether this request changed the session."""
-        return self._core.modified
-
-    @property
-    def invalidated(self) -> bool:
-        return self._core.invalidated
-
-    @property
-    def core(self) -> SessionCore:
-        """The sans-I/O state behind this session (for adapters)."""
-        return self._core
 
     def __repr__(self) -> str:
         return f"<AsyncSession {self._core.state.value} id={'set' if self.id else None}>"

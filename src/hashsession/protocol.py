@@ -38,7 +38,7 @@ from hashsession.errors import (
 )
 from hashsession.scripts import CREATE, CREATED_FIELD, LIMIT_ERROR, LIVE, OPEN, TTL_FIELD
 
-__all__ = ["AGAIN", "MISSING", "Command", "SessionCore", "Step"]
+__all__ = ["AGAIN", "MISSING", "Command", "SessionCore", "SessionView", "Step"]
 
 Command = tuple[Any, ...]
 Step = tuple[Command | None, Callable[[Any], Any] | None, Any]
@@ -530,3 +530,40 @@ def pairs_of(
         field = core.field(key)
         out.append((field, core.encode(field, value)))
     return out
+
+
+class SessionView:
+    """The request-level facts both session flavours expose, read from their core."""
+
+    __slots__ = ()
+    _core: SessionCore
+
+    @property
+    def id(self) -> str | None:
+        """The session id, or ``None`` until something is stored."""
+        return self._core.id
+
+    @property
+    def new(self) -> bool:
+        """Whether the session did not exist when this request began."""
+        return self._core.is_new
+
+    @property
+    def accessed(self) -> bool:
+        """Whether this request read or wrote the session (responses then vary on Cookie)."""
+        return self._core.accessed
+
+    @property
+    def modified(self) -> bool:
+        """Whether this request changed the session."""
+        return self._core.modified
+
+    @property
+    def invalidated(self) -> bool:
+        """Whether this request invalidated the session."""
+        return self._core.invalidated
+
+    @property
+    def core(self) -> SessionCore:
+        """The sans-I/O state behind this session (for adapters)."""
+        return self._core

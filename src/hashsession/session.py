@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError, RedisError
 
 from hashsession.errors import ConflictError
-from hashsession.protocol import AGAIN, MISSING, Command, SessionCore, Step, pairs_of
+from hashsession.protocol import AGAIN, MISSING, Command, SessionCore, SessionView, Step, pairs_of
 from hashsession.scripts import by_sha
 from hashsession.values import Recorder, counted, increment_of
 
@@ -35,7 +35,7 @@ def ttl_ms(ttl: int | float | timedelta) -> int:
     return int(secs * 1000)
 
 
-class Session(MutableMapping[str, Any]):
+class Session(SessionView, MutableMapping[str, Any]):
     """One request's session: a dict whose every change is written to Redis at once.
 
     Reads and writes each cost one round trip; a session never touched costs
@@ -76,37 +76,6 @@ class Session(MutableMapping[str, Any]):
             out = finish(reply)
             if out is not AGAIN:
                 return out
-
-    # ------------------------------------------------------------- identity
-
-    @property
-    def id(self) -> str | None:
-        """The session id, or ``None`` until something is stored."""
-        return self._core.id
-
-    @property
-    def new(self) -> bool:
-        """Whether the session did not exist when this request began."""
-        return self._core.is_new
-
-    @property
-    def accessed(self) -> bool:
-        """Whether this request read or wrote the session (responses then vary on Cookie)."""
-        return self._core.accessed
-
-    @property
-    def modified(self) -> bool:
-        """Whether this request changed the session."""
-        return self._core.modified
-
-    @property
-    def invalidated(self) -> bool:
-        return self._core.invalidated
-
-    @property
-    def core(self) -> SessionCore:
-        """The sans-I/O state behind this session (for adapters)."""
-        return self._core
 
     def __repr__(self) -> str:
         return f"<Session {self._core.state.value} id={'set' if self.id else None}>"
