@@ -11,11 +11,16 @@ against a private redis-server on a free loopback port it measures set, get,
   ``HINCRBY``: two round trips);
 * ``raw redis-py``: ``client.hset``/``hget``/``hexists``/``hdel``/``hincrby``;
 * ``raw same-commands``: redis-py ``execute_command`` sending exactly the
-  commands the Session sends (checked against a capture of what it sends).
+  commands the Session sends (checked against a capture of what it sends);
+* two helper columns that split hashsession's gap over the same commands: the
+  same commands on the kind of client ``SessionStore(redis=url)`` builds, and
+  (set, get) the same commands plus the JSON codec's work.
 
 Implementations are interleaved within every round, each round starting with a
 different one; both CPUs are kept awake by idle-priority busy loops that this
-script starts and stops. Times are medians of individually timed operations.
+script starts and stops, and this process and its redis-server share one CPU
+(``--pin``). Times are medians of individually timed operations. See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import os
 import platform
 import pstats
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import drsession
 import redis
@@ -47,6 +54,7 @@ import hashsession
 from hashsession import SessionStore
 from hashsession.embedded import EmbeddedRedis
 from hashsession.scripts import LIVE, OPEN
+from hashsession.store import connect
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "core_ops.md"
@@ -63,6 +71,10 @@ IMPLS = (HS, DR, RAW, SAME)
 # (JSON encode before the send, decode after), to split hashsession's overhead into
 # "the codec" and "everything else".
 SAMEJ = "same-commands + JSON"
+# An extra column for every op: the same commands on a client built the way
+# SessionStore(redis=url) builds its own (its connection pool class and settings),
+# to split off what the store's choice of pool costs against redis-py's default.
+SAMEP = "same-commands on the store's kind of client"
 GOAL = 1.05
 
 Timed = Callable[[], Any]
@@ -204,12 +216,56 @@ def calls_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]
 # ------------------------------------------------------------- the contenders
 
 
+def resp(*parts: str | bytes) -> bytes:
+    """One command in the Redis protocol, packed by hand."""
+    items = [p.encode("utf-8") if isinstance(p, str) else p for p in parts]
+    return b"*%d\r\n" % len(items) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in items)
+
+
+class BareSocket:
+    """A plain socket to the server for the untimed re-set before each delete.
+
+    Using a redis-py client for it would warm exactly the code the raw columns run
+    next (and not hashsession's): measured here, that alone made hashsession's delete
+    look ~3 us slower. A pre-packed command on a bare socket warms neither.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def sender(self, message: bytes) -> Timed:
+        sendall, recv = self.sock.sendall, self.sock.recv
+
+        def send() -> None:
+            sendall(message)
+            reply = recv(64)
+            while not reply.endswith(b"\r\n"):
+                reply += recv(64)
+            if reply[:1] != b":":
+                raise RuntimeError(f"unexpected reply to a re-set: {reply!r}")
+
+        return send
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def pool_name(pool: Any) -> str:
+    cls = type(pool)
+    size = getattr(pool, "max_connections", None)
+    limit = f", max_connections={size}" if size and size < 2**31 - 1 else ""
+    return f"{cls.__module__}.{cls.__qualname__}{limit}"
+
+
 class Bench:
     """Sessions, keys and timed callables for every implementation, on one server."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.aux = redis.Redis.from_url(url)  # untimed set-up and delete re-sets
+        self.aux = redis.Redis.from_url(url)  # untimed set-up and checks
+        self.bare = BareSocket(url)  # untimed re-sets before each delete
         self.load_scripts()
 
         # hashsession: created with one write, then steady state on the same object.
@@ -229,6 +285,17 @@ class Bench:
         self.twin_id: str = twin.id or ""
         self.same = redis.Redis.from_url(url)
         self.samej = redis.Redis.from_url(url)
+        self.samep = connect(url)
+        store_pool, samep_pool = self.store.client.connection_pool, self.samep.connection_pool
+        if type(samep_pool) is not type(store_pool):
+            raise SystemExit(
+                f"FAIL: hashsession.store.connect() made a {type(samep_pool).__name__}, "
+                f"but the store uses a {type(store_pool).__name__}"
+            )
+        self.pools = {
+            HS: pool_name(store_pool),
+            RAW: pool_name(self.same.connection_pool),
+        }
 
         # raw redis-py: a plain hash with the same fields.
         self.raw_key = "raw:" + os.urandom(16).hex()
@@ -244,7 +311,9 @@ class Bench:
         self.dr_enc = json.dumps(VALUE).encode("utf-8")
 
         self.keys = {HS: self.hs_key, DR: self.dr_key, RAW: self.raw_key, SAME: self.same_key}
+        self.keys[SAMEP] = self.keys[SAMEJ] = self.same_key
         self.resets = {HS: self.enc, DR: self.dr_enc, RAW: self.enc, SAME: self.enc}
+        self.resets[SAMEP] = self.resets[SAMEJ] = self.enc
         self.first_box: list[Any] = [None]
 
     def restore(self) -> None:
@@ -359,8 +428,8 @@ class Bench:
                 return loads(cj.execute_command("HGET", key, FIELD))
 
             return {"set": samej_set, "get": samej_get}[op]
-        # SAME: exactly the commands Session sends, through execute_command.
-        c = self.same if client is None else client
+        # SAME (and SAMEP): exactly the commands Session sends, through execute_command.
+        c = (self.samep if impl == SAMEP else self.same) if client is None else client
         if op == FIRST:
             key, open_command = self.same_key, self.open_command
 
@@ -380,12 +449,7 @@ class Bench:
         a fresh session object for a first command (done for every column: it costs the
         next call ~1-2 us of cache misses, measured)."""
         if op == "delete":
-            hset, key, value = self.aux.hset, self.keys[impl], self.resets[impl]
-
-            def reset() -> None:
-                hset(key, FIELD, value)
-
-            return reset
+            return self.bare.sender(resp("HSET", self.keys[impl], FIELD, self.resets[impl]))
         if op == FIRST:  # every column pays the same untimed set-up, so caches match
             box, open_id, sid = self.first_box, self.store.open_id, self.session.id
 
@@ -396,8 +460,9 @@ class Bench:
         return None
 
     def close(self) -> None:
-        for client in (self.aux, self.same, self.samej, self.raw, self.dr_client):
+        for client in (self.aux, self.same, self.samej, self.samep, self.raw, self.dr_client):
             client.close()
+        self.bare.close()
         self.store.close()
 
 
@@ -517,6 +582,8 @@ def measure(b: Bench, rounds: int, iters: int) -> dict[tuple[str, str], list[lis
     plan = {op: [impl for impl in IMPLS if not (op == FIRST and impl == DR)] for op in ops}
     for op in ("set", "get"):
         plan[op].append(SAMEJ)
+    for op in OPS:
+        plan[op].append(SAMEP)
     calls = {(op, impl): (b.timed(impl, op), b.prep(impl, op)) for op in ops for impl in plan[op]}
     samples: dict[tuple[str, str], list[list[int]]] = {k: [] for k in calls}
     # warm-up round, discarded
@@ -729,11 +796,15 @@ def report(
         f"- busy loops: {busy}",
         f"- CPU pinning: {pin}",
         f"- {args.rounds} rounds x {args.iters} calls per implementation and operation, "
-        "interleaved (hashsession, DRSession, raw, same-commands, and for set/get "
-        "same-commands + JSON; each round led by the next one); every call timed on its "
-        "own; figures are medians of all calls",
+        "interleaved (hashsession, DRSession, raw, same-commands, same-commands on the "
+        "store's kind of client, and for set/get same-commands + JSON; each round led by "
+        "the next one); every call timed on its own; figures are medians of all calls",
+        f"- clients: hashsession uses what `SessionStore(redis=url)` builds "
+        f"(`{b.pools[HS]}`); DRSession, raw and same-commands use `redis.Redis.from_url(url)` "
+        f"(`{b.pools[RAW]}`); each column has its own client and connection",
         f"- value: `{FIELD}` = `{json.dumps(VALUE)}` (JSON); delete: the field is re-set "
-        "before each delete by another connection, outside the timed region; first get: "
+        "before each delete outside the timed region (a pre-packed HSET on a bare socket, "
+        "so no redis-py or hashsession code runs in between); first get: "
         "a fresh Session object is opened (`store.open_id`) before each call, outside the "
         "timed region, for every column",
         "",
@@ -762,23 +833,29 @@ def report(
         "",
         "Where hashsession's time over the same commands goes. Spread: ratio of per-round "
         "medians, min / median / max. Gap: hashsession minus same-commands, medians, in a "
-        "real round trip. Codec: same-commands + JSON minus same-commands (set, get only). "
-        "Own Python hot: Session + protocol code on a stub client that answers instantly, "
-        "minus bare `execute_command` on the same stub, best of 9 loops (caches warm):",
+        "real round trip. Pool: same-commands on the store's kind of client minus "
+        "same-commands. Codec: same-commands + JSON minus same-commands (set, get only). "
+        "Rest: gap minus pool minus codec, i.e. Session + protocol code in a real round "
+        "trip. Own Python hot: Session + protocol code on a stub client that answers "
+        "instantly, minus bare `execute_command` on the same stub, best of 9 loops "
+        "(caches warm):",
         "",
         "| operation | hashsession / same-commands | hashsession / raw (HGET for first get) "
-        "| gap µs | of which codec µs | own Python hot µs |",
-        "|---|---|---|---:|---:|---:|",
+        "| gap µs | pool µs | codec µs | rest µs | own Python hot µs |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for op in (*OPS, FIRST):
         rs = round_ratios(samples[op, HS], samples[op, SAME])
         rr = round_ratios(samples[op, HS], samples[op, RAW])
         gap = med[op, HS] - med[op, SAME]
-        codec = f"{med[op, SAMEJ] - med[op, SAME]:.1f}" if (op, SAMEJ) in med else "-"
+        pool = med[op, SAMEP] - med[op, SAME] if (op, SAMEP) in med else None
+        codec = med[op, SAMEJ] - med[op, SAME] if (op, SAMEJ) in med else None
+        rest = None if pool is None else gap - pool - (codec or 0.0)
+        cells = [f"{gap:.1f}"] + ["-" if x is None else f"{x:.1f}" for x in (pool, codec, rest)]
         out.append(
             f"| {op} | {min(rs):.3f} / {statistics.median(rs):.3f} / {max(rs):.3f} "
             f"| {min(rr):.3f} / {statistics.median(rr):.3f} / {max(rr):.3f} "
-            f"| {gap:.1f} | {codec} | {own[op]:.2f} |"
+            f"| {' | '.join(cells)} | {own[op]:.2f} |"
         )
 
     out += [
