@@ -22,6 +22,7 @@ from redis.connection import (
     UnixDomainSocketConnection,
 )
 
+from hashsession import SessionStore
 from hashsession.embedded import EmbeddedRedis
 
 # -- the shared server -----------------------------------------------------
@@ -200,3 +201,29 @@ def make_server() -> Iterator[Callable[..., EmbeddedRedis]]:
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+StoreFactory = Callable[..., SessionStore]
+
+
+@pytest.fixture
+def make_store(redis_url: str) -> Iterator[StoreFactory]:
+    """Build sync stores on the test's server (ttl 100 s unless given); closed afterwards."""
+    stores: list[SessionStore] = []
+
+    def make(**kwargs: Any) -> SessionStore:
+        kwargs.setdefault("redis", redis_url)
+        kwargs.setdefault("ttl", 100)
+        store = SessionStore(**kwargs)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> SessionStore:
+    """A sync store with the default settings and a 100 s idle timeout."""
+    return make_store()

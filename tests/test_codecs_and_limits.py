@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -34,27 +34,6 @@ def cookie_of(store: SessionStore, session: Session) -> str:
 def user_fields(client: redis.Redis, key: str | None) -> dict[bytes, bytes]:
     assert key is not None
     return {k: v for k, v in client.hgetall(key).items() if not k.startswith(b"\x00")}
-
-
-@pytest.fixture
-def make_store(redis_url: str) -> Iterator[StoreFactory]:
-    stores: list[SessionStore] = []
-
-    def make(**kwargs: Any) -> SessionStore:
-        kwargs.setdefault("redis", redis_url)
-        kwargs.setdefault("ttl", 100)
-        store = SessionStore(**kwargs)
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store: StoreFactory) -> SessionStore:
-    return make_store()
 
 
 class Point:

@@ -37,27 +37,6 @@ def cookie_of(store: SessionStore, session: Session) -> str:
 
 
 @pytest.fixture
-def make_store(redis_url: str) -> Iterator[StoreFactory]:
-    stores: list[SessionStore] = []
-
-    def make(**kwargs: Any) -> SessionStore:
-        kwargs.setdefault("redis", redis_url)
-        kwargs.setdefault("ttl", 100)
-        store = SessionStore(**kwargs)
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store: StoreFactory) -> SessionStore:
-    return make_store()
-
-
-@pytest.fixture
 def existing(store: SessionStore) -> str:
     s = store.open(None)
     s.update(n=1, name="ann", lst=[1], f=1.5)

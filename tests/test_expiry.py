@@ -8,7 +8,7 @@ Redis itself has to expire a key.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -35,27 +35,6 @@ def now_ms(client: redis.Redis) -> int:
 def assert_every_key_has_a_ttl(client: redis.Redis) -> None:
     for key in client.scan_iter(count=1000):
         assert client.pttl(key) > 0, f"{key!r} has no TTL"
-
-
-@pytest.fixture
-def make_store(redis_url: str) -> Iterator[StoreFactory]:
-    stores: list[SessionStore] = []
-
-    def make(**kwargs: Any) -> SessionStore:
-        kwargs.setdefault("redis", redis_url)
-        kwargs.setdefault("ttl", 100)
-        store = SessionStore(**kwargs)
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store: StoreFactory) -> SessionStore:
-    return make_store()
 
 
 def create(store: SessionStore, **data: Any) -> tuple[str, str]:

@@ -41,27 +41,6 @@ def warm(redis_client: redis.Redis) -> None:
 
 
 @pytest.fixture
-def make_store(redis_url: str) -> Iterator[StoreFactory]:
-    stores: list[SessionStore] = []
-
-    def make(**kwargs: Any) -> SessionStore:
-        kwargs.setdefault("redis", redis_url)
-        kwargs.setdefault("ttl", 100)
-        store = SessionStore(**kwargs)
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store: StoreFactory) -> SessionStore:
-    return make_store()
-
-
-@pytest.fixture
 def existing(store: SessionStore) -> str:
     """The cookie of a stored session holding a=1, b="two", c=[1, 2]."""
     s = store.open(None)
