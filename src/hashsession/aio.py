@@ -20,7 +20,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from hashsession.errors import ConfigurationError, ConflictError
-from hashsession.protocol import AGAIN, MISSING, Command, SessionCore, SessionView, Step, pairs_of
+from hashsession.protocol import (
+    AGAIN,
+    MISSING,
+    Command,
+    SessionCore,
+    SessionView,
+    Step,
+    dump_meta,
+    load_meta,
+    pairs_of,
+)
 from hashsession.scripts import by_sha
 from hashsession.session import ttl_ms
 from hashsession.store import StoreBase, checked_client
@@ -252,6 +262,34 @@ class AsyncSession(SessionView):
 
     # ------------------------------------------------------------ lifecycle
 
+    # ------------------------------------------------------------- metadata
+    # Reserved fields for adapters (flash queues, CSRF token, owner): same hash, same TTL,
+    # hidden from iteration and len(), always JSON whatever the codec.
+
+    async def meta_get(self, name: str) -> Any:
+        """Metadata ``name``, or ``None``; one ``HGET``."""
+        return load_meta(await self._run(self._core.plan_get, None, self._core.meta_field(name)))
+
+    async def meta_set(self, name: str, value: Any) -> None:
+        """Store metadata ``name`` now."""
+        await self._run(
+            self._core.plan_set, None, [(self._core.meta_field(name), dump_meta(value))]
+        )
+
+    async def meta_setdefault(self, name: str, value: Any) -> Any:
+        """Metadata ``name``, storing ``value`` first if it is unset; one atomic step."""
+        field = self._core.meta_field(name)
+        return load_meta(await self._run(self._core.plan_setdefault, None, field, dump_meta(value)))
+
+    async def meta_pop(self, name: str) -> Any:
+        """Remove metadata ``name`` and return its raw bytes (or ``None``), atomically."""
+        return await self._run(self._core.plan_pop, None, self._core.meta_field(name))
+
+    async def meta_push(self, name: str, item: Any, unique: bool = False) -> bool:
+        """Append ``item`` to queue ``name`` atomically; ``unique`` skips one already queued."""
+        field = self._core.meta_field(name)
+        return bool(await self._run(self._core.plan_push, None, field, dump_meta(item), unique))
+
     async def touch(self, ttl: int | float | timedelta | None = None) -> None:
         """Slide the idle timeout now; with ``ttl``, make it this session's timeout from now on."""
         await self._run(self._core.plan_touch, None, None if ttl is None else ttl_ms(ttl))
@@ -275,6 +313,9 @@ class AsyncSession(SessionView):
 class AsyncSessionStore(StoreBase):
     """The asyncio store: :class:`~hashsession.SessionStore`'s settings, on ``redis.asyncio``."""
 
+    #: The class :meth:`open` makes sessions of; adapters subclass it.
+    session_class: type[AsyncSession] = AsyncSession
+
     def __init__(self, *, redis: str | aioredis.Redis | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self._clients = _Clients(redis)
@@ -286,11 +327,11 @@ class AsyncSessionStore(StoreBase):
 
     def open(self, cookie_header: str | None = None) -> AsyncSession:
         """The session for a request, given its ``Cookie`` header; lazy, costs no round trip."""
-        return AsyncSession(self.core_for(cookie_header), self.client)
+        return self.session_class(self.core_for(cookie_header), self.client)
 
     def open_id(self, cookie_value: str | None) -> AsyncSession:
         """The session for a bare cookie value."""
-        return AsyncSession(self.core_for_value(cookie_value), self.client)
+        return self.session_class(self.core_for_value(cookie_value), self.client)
 
     async def aclose(self) -> None:
         """Close the Redis connections of the running loop's client."""

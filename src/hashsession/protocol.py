@@ -18,6 +18,7 @@ A step is ``(command, finish, value)``:
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -38,7 +39,17 @@ from hashsession.errors import (
 )
 from hashsession.scripts import CREATE, CREATED_FIELD, LIMIT_ERROR, LIVE, OPEN, TTL_FIELD
 
-__all__ = ["AGAIN", "MISSING", "Command", "SessionCore", "SessionView", "Step"]
+__all__ = [
+    "AGAIN",
+    "MISSING",
+    "Command",
+    "SessionCore",
+    "SessionView",
+    "Step",
+    "dump_meta",
+    "load_meta",
+    "load_queue",
+]
 
 Command = tuple[Any, ...]
 Step = tuple[Command | None, Callable[[Any], Any] | None, Any]
@@ -54,6 +65,7 @@ MISSING: Final = _Marker.MISSING
 
 _SET, _INCR, _INCR_FLOAT = LIVE["set"].sha, LIVE["incr"].sha, LIVE["incr_float"].sha
 _SETDEFAULT, _POP, _LEN = LIVE["setdefault"].sha, LIVE["pop"].sha, LIVE["len"].sha
+_PUSH = LIVE["push"].sha
 _CLEAR, _CAS, _TOUCH, _RENAME = (
     LIVE["clear"].sha,
     LIVE["cas"].sha,
@@ -152,6 +164,11 @@ class SessionCore:
         if len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit:
             raise LimitExceededError(key, f"key longer than {limit} bytes")
         return key
+
+    @staticmethod
+    def meta_field(name: str) -> str:
+        """The reserved hash field for library metadata ``name`` (no user key can name it)."""
+        return "\x00" + name
 
     def encode(self, key: str, value: Any) -> bytes:
         """The stored bytes of ``value``; errors name ``key``."""
@@ -380,6 +397,17 @@ class SessionCore:
         args = (self.config.max_keys, field, raw)
         return self._write(("EVALSHA", _SETDEFAULT, 1, self._key, *args), "setdefault", args, _same)
 
+    def plan_push(self, field: str, item: bytes, unique: bool) -> Step:
+        """Append ``item`` to the newline-separated queue in reserved ``field``, atomically.
+
+        With ``unique``, an item already queued is not added again. 1 if appended, else 0.
+        """
+        self.accessed = self.modified = True
+        if self._state is State.NEW:
+            return self._plan_create([(field, item)], 1)
+        args = (field, item, "1" if unique else "0")
+        return self._write(("EVALSHA", _PUSH, 1, self._key, *args), "push", args, _same)
+
     def plan_pop(self, field: str) -> Step:
         """Read and delete ``field`` atomically; its raw value or ``None``."""
         self.accessed = self.modified = True
@@ -518,6 +546,21 @@ def _same(reply: Any) -> Any:
 
 def _truth(reply: Any) -> bool:
     return bool(reply)
+
+
+def dump_meta(value: Any) -> bytes:
+    """Library metadata as compact JSON (never the user's codec); one line, no newline."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def load_meta(raw: bytes | None) -> Any:
+    """Metadata written by :func:`dump_meta`, or ``None``."""
+    return None if raw is None else json.loads(raw)
+
+
+def load_queue(raw: bytes | None) -> list[Any]:
+    """The items of a queue built by ``meta_push`` (newline-separated JSON)."""
+    return [] if raw is None else [json.loads(line) for line in raw.split(b"\n") if line]
 
 
 def pairs_of(

@@ -99,6 +99,23 @@ end""",
   redis.call('HSETNX', k, ARGV[a + 1], ARGV[a + 2])
   return redis.call('HGET', k, ARGV[a + 1])
 end""",
+    # reserved field, item, '1' to skip an item already queued -> 1 if appended, else 0
+    "push": r"""function(k, a)
+  if redis.call('EXISTS', k) == 0 then return false end
+  local f, item = ARGV[a], ARGV[a + 1]
+  local cur = redis.call('HGET', k, f)
+  if not cur then
+    redis.call('HSET', k, f, item)
+    return 1
+  end
+  if ARGV[a + 2] == '1' then
+    for line in string.gmatch(cur, '[^\n]+') do
+      if line == item then return 0 end
+    end
+  end
+  redis.call('HSET', k, f, cur .. '\n' .. item)
+  return 1
+end""",
     # field -> the value it had, or false
     "pop": r"""function(k, a)
   local v = redis.call('HGET', k, ARGV[a])
@@ -194,7 +211,18 @@ def _live(name: str) -> Script:
 #: Writes once the session is known to live in this request: ``EVALSHA sha 1 key args...``.
 LIVE: dict[str, Script] = {
     name: _live(name)
-    for name in ("set", "incr", "incr_float", "setdefault", "pop", "len", "clear", "cas", "touch")
+    for name in (
+        "set",
+        "incr",
+        "incr_float",
+        "setdefault",
+        "push",
+        "pop",
+        "len",
+        "clear",
+        "cas",
+        "touch",
+    )
 }
 LIVE["rename"] = _live("rename")
 

@@ -17,7 +17,17 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import NoScriptError, RedisError
 
 from hashsession.errors import ConflictError
-from hashsession.protocol import AGAIN, MISSING, Command, SessionCore, SessionView, Step, pairs_of
+from hashsession.protocol import (
+    AGAIN,
+    MISSING,
+    Command,
+    SessionCore,
+    SessionView,
+    Step,
+    dump_meta,
+    load_meta,
+    pairs_of,
+)
 from hashsession.scripts import by_sha
 from hashsession.values import Recorder, counted, increment_of
 
@@ -262,6 +272,33 @@ class Session(SessionView, MutableMapping[str, Any]):
             if self._run(core.plan_cas, field, [(field, raw)], [(field, core.encode(field, new))]):
                 return new
         raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
+
+    # ------------------------------------------------------------- metadata
+    # Reserved fields for adapters (flash queues, CSRF token, owner): same hash, same TTL,
+    # hidden from iteration and len(), always JSON whatever the codec.
+
+    def meta_get(self, name: str) -> Any:
+        """Metadata ``name``, or ``None``; one ``HGET``."""
+        return load_meta(self._run(self._core.plan_get, None, self._core.meta_field(name)))
+
+    def meta_set(self, name: str, value: Any) -> None:
+        """Store metadata ``name`` now."""
+        field = self._core.meta_field(name)
+        self._run(self._core.plan_set, None, [(field, dump_meta(value))])
+
+    def meta_setdefault(self, name: str, value: Any) -> Any:
+        """Metadata ``name``, storing ``value`` first if it is unset; one atomic step."""
+        field = self._core.meta_field(name)
+        return load_meta(self._run(self._core.plan_setdefault, None, field, dump_meta(value)))
+
+    def meta_pop(self, name: str) -> Any:
+        """Remove metadata ``name`` and return its raw bytes (or ``None``), atomically."""
+        return self._run(self._core.plan_pop, None, self._core.meta_field(name))
+
+    def meta_push(self, name: str, item: Any, unique: bool = False) -> bool:
+        """Append ``item`` to queue ``name`` atomically; ``unique`` skips one already queued."""
+        field = self._core.meta_field(name)
+        return bool(self._run(self._core.plan_push, None, field, dump_meta(item), unique))
 
     # ------------------------------------------------------------ lifecycle
 

@@ -60,6 +60,8 @@ class StoreBase:
     """What both store flavours share: validated settings and cookie handling, no I/O."""
 
     config: SessionConfig
+    #: The sans-I/O class behind each session; compat layers subclass it.
+    core_class: type[SessionCore] = SessionCore
 
     def __init__(self, **settings: Any) -> None:
         try:
@@ -79,17 +81,17 @@ class StoreBase:
         for value in values:
             session_id = config.id_from_cookie(value)
             if session_id is not None:
-                return SessionCore(config, session_id, had_cookie=True)
+                return self.core_class(config, session_id, had_cookie=True)
         if values:
             log.debug("ignoring a session cookie that is malformed or badly signed")
-        return SessionCore(config, None, had_cookie=bool(values))
+        return self.core_class(config, None, had_cookie=bool(values))
 
     def core_for_value(self, cookie_value: str | None) -> SessionCore:
         """The sans-I/O session for a bare cookie value (as a framework's cookie jar gives it)."""
         if cookie_value is None:
-            return SessionCore(self.config, None)
+            return self.core_class(self.config, None)
         session_id = self.config.id_from_cookie(cookie_value)
-        return SessionCore(self.config, session_id, had_cookie=True)
+        return self.core_class(self.config, session_id, had_cookie=True)
 
     @staticmethod
     def response_headers(session: Session | AsyncSession) -> list[tuple[str, str]]:
@@ -106,6 +108,9 @@ class SessionStore(StoreBase):
     one raises :class:`~hashsession.ConfigurationError` naming it.
     """
 
+    #: The class :meth:`open` makes sessions of; adapters and compat layers subclass it.
+    session_class: type[Session] = Session
+
     def __init__(self, *, redis: str | redis.Redis | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self._client = connect(redis)
@@ -117,11 +122,11 @@ class SessionStore(StoreBase):
 
     def open(self, cookie_header: str | None = None) -> Session:
         """The session for a request, given its ``Cookie`` header; lazy, costs no round trip."""
-        return Session(self.core_for(cookie_header), self.client)
+        return self.session_class(self.core_for(cookie_header), self.client)
 
     def open_id(self, cookie_value: str | None) -> Session:
         """The session for a bare cookie value."""
-        return Session(self.core_for_value(cookie_value), self.client)
+        return self.session_class(self.core_for_value(cookie_value), self.client)
 
     def close(self) -> None:
         """Close the Redis connections this store opened."""

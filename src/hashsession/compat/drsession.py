@@ -209,19 +209,8 @@ class Session(_NativeSession):
 class _Store(SessionStore):
     """A :class:`~hashsession.SessionStore` whose sessions are compat :class:`Session` objects."""
 
-    def core_for(self, cookie_header: str | None) -> SessionCore:
-        base = super().core_for(cookie_header)
-        return _Core(self.config, base.id, had_cookie=base.had_cookie)
-
-    def core_for_value(self, cookie_value: str | None) -> SessionCore:
-        base = super().core_for_value(cookie_value)
-        return _Core(self.config, base.id, had_cookie=base.had_cookie)
-
-    def open(self, cookie_header: str | None = None) -> Session:
-        return Session(self.core_for(cookie_header), self.client)
-
-    def open_id(self, cookie_value: str | None) -> Session:
-        return Session(self.core_for_value(cookie_value), self.client)
+    core_class = _Core
+    session_class = Session
 
 
 def _client(
