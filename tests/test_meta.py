@@ -73,7 +73,7 @@ def test_concurrent_pushes_all_land(store: SessionStore) -> None:
     for t in threads:
         t.join()
     items = load_queue(store.open_id(cookie).meta_pop("q"))
-    assert sorted(items) == [-1] + sorted(w * 1000 + i for w in range(4) for i in range(50))
+    assert sorted(items) == [-1, *sorted(w * 1000 + i for w in range(4) for i in range(50))]
 
 
 def test_meta_is_json_whatever_the_codec(make_store: Any, redis_client: redis.Redis) -> None:
