@@ -57,6 +57,14 @@ from hashsession.scripts import LIVE, OPEN
 from hashsession.store import connect
 
 HERE = Path(__file__).resolve().parent
+
+
+def use_client(session: Any, client: Any) -> None:
+    """Point a Session at another client (it keeps the client's bound execute_command)."""
+    session._client = client
+    session._execute = client.execute_command
+
+
 RESULTS = HERE / "results" / "core_ops.md"
 
 FIELD = "cart"
@@ -332,7 +340,7 @@ class Bench:
             "get": ("HGET", key, FIELD),
             "in": ("HEXISTS", key, FIELD),
             "delete": ("HDEL", key, FIELD),
-            "incr": ("EVALSHA", LIVE["incr"].sha, 1, key, self.max_keys, COUNTER, "1"),
+            "incr": ("EVALSHA", LIVE["incr"].sha, 1, key, self.max_keys, COUNTER, 1),
         }
 
     def open_command(self, key: str) -> tuple[Any, ...]:
@@ -475,7 +483,7 @@ def verify_commands(b: Bench, url: str) -> None:
     counting.ping()
     s = b.session
     original = s._client
-    s._client = counting
+    use_client(s, counting)
     problems = []
     try:
         expected = b.same_commands(b.hs_key)
@@ -490,7 +498,7 @@ def verify_commands(b: Bench, url: str) -> None:
         # the first command of a request
         b.restore()
         b.prep(HS, FIRST)()  # type: ignore[misc]
-        b.first_box[0]._client = counting
+        use_client(b.first_box[0], counting)
         TALLY.reset()
         b.timed(HS, FIRST)()
         want = b.open_command(b.hs_key)
@@ -505,7 +513,7 @@ def verify_commands(b: Bench, url: str) -> None:
         ):
             problems.append(f"{FIRST}: Session sent {got!r}, expected {want!r}")
     finally:
-        s._client = original
+        use_client(s, original)
         counting.close()
     if problems:
         raise SystemExit(
@@ -521,7 +529,7 @@ def count_round_trips(b: Bench, url: str, n: int = 50) -> dict[str, dict[str, tu
     out: dict[str, dict[str, tuple[float, str]]] = {}
     s = b.session
     original = s._client
-    s._client = counting
+    use_client(s, counting)
     try:
         for op in (*OPS, FIRST):
             b.restore()
@@ -537,7 +545,7 @@ def count_round_trips(b: Bench, url: str, n: int = 50) -> dict[str, dict[str, tu
                     if prep:
                         prep()
                     if op == FIRST and impl == HS:
-                        b.first_box[0]._client = counting
+                        use_client(b.first_box[0], counting)
                     before = server_calls(b.aux)
                     TALLY.reset()
                     fn()
@@ -552,7 +560,7 @@ def count_round_trips(b: Bench, url: str, n: int = 50) -> dict[str, dict[str, tu
                 )
                 out[op][impl] = (sends / n, per_op)
     finally:
-        s._client = original
+        use_client(s, original)
         counting.close()
     return out
 
@@ -656,7 +664,7 @@ def own_python_us(b: Bench, n: int = 20000) -> dict[str, float]:
     """Microseconds of Session + protocol code per op, over bare execute_command, no I/O."""
     stub = StubClient(b.enc)
     s = b.store.open_id(b.session.id)
-    s._client = stub  # type: ignore[assignment]
+    use_client(s, stub)
     s.get(FIELD)  # OPEN, then steady state
     cmds = b.same_commands(s.core.key or "")
     hs = {
@@ -693,11 +701,11 @@ def own_python_us(b: Bench, n: int = 20000) -> dict[str, float]:
         t0 = clock()
         for _ in range(n):
             fresh = open_id(sid)
-            fresh._client = stub  # type: ignore[assignment]
+            use_client(fresh, stub)
         t1 = clock()
         for _ in range(n):
             fresh = open_id(sid)
-            fresh._client = stub  # type: ignore[assignment]
+            use_client(fresh, stub)
             fresh[FIELD]
         t2 = clock()
         for _ in range(n):
@@ -715,7 +723,7 @@ def profile_op(b: Bench, op: str, n: int = 20000) -> str:
     (and the codec) is left to show, the network and redis-py are gone."""
     stub = StubClient(b.enc)
     s = b.store.open_id(b.session.id)
-    s._client = stub  # type: ignore[assignment]
+    use_client(s, stub)
     s.get(FIELD)  # OPEN, then steady state
     calls: dict[str, Timed] = {
         "set": lambda: s.__setitem__(FIELD, VALUE),

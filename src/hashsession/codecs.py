@@ -28,21 +28,71 @@ class Codec(Protocol):
 
 
 class JSONCodec:
-    """Compact UTF-8 JSON; NaN and infinities are refused, as JSON has no words for them."""
+    """Compact UTF-8 JSON; NaN and infinities are refused, as JSON has no words for them.
+
+    Encoding and decoding call the standard library's C encoder and scanner
+    directly, built once, instead of through ``json.dumps``/``json.loads``,
+    which rebuild or re-check them on every call; the results are identical.
+    """
 
     name = "json"
 
     def __init__(self) -> None:
-        self._encode = json.JSONEncoder(
-            ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode
-        self._decode = json.JSONDecoder().decode
+        encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        decoder = json.JSONDecoder()
+        self._encode = encoder.encode
+        self._decode = decoder.decode
+        self._scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
+        self._chunks = _c_encoder(encoder)
 
     def dumps(self, value: Any, /) -> str:
-        return self._encode(value)
+        kind = type(value)
+        if kind is int:
+            return int.__repr__(value)
+        chunks = self._chunks
+        if chunks is None or kind is str:
+            return self._encode(value)
+        return "".join(chunks(value, 0))
 
     def loads(self, data: bytes | str, /) -> Any:
-        return self._decode(data.decode("utf-8") if isinstance(data, bytes) else data)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        try:
+            value, end = self._scan(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):  # leading or trailing text, or not JSON: the full parser decides
+            return self._decode(text)
+        return value
+
+
+def _c_encoder(encoder: json.JSONEncoder) -> Callable[[Any, int], Any] | None:
+    """The C encoder behind ``encoder``, built once, or ``None`` when it is not available.
+
+    It is built without the circular-reference table (a cycle ends in RecursionError,
+    which :meth:`SessionCore.encode` reports like any other encoding error) and checked
+    against the pure ``encode`` on a sample before it is trusted.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        chunks = make(
+            None,
+            encoder.default,
+            json.encoder.encode_basestring,
+            None,
+            encoder.key_separator,
+            encoder.item_separator,
+            False,
+            False,
+            False,
+        )
+        sample = {"a": [1, 2.5, "é\n", None, True], "b": {"c": -3}}
+        if "".join(chunks(sample, 0)) != encoder.encode(sample):
+            return None
+    except Exception:
+        return None
+    return chunks  # type: ignore[no-any-return]
 
 
 class PickleCodec:

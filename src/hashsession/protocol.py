@@ -41,7 +41,9 @@ from hashsession.scripts import CREATE, CREATED_FIELD, LIMIT_ERROR, LIVE, OPEN, 
 
 __all__ = [
     "AGAIN",
+    "INCR_SHA",
     "MISSING",
+    "SET_SHA",
     "Command",
     "SessionCore",
     "SessionView",
@@ -66,6 +68,8 @@ MISSING: Final = _Marker.MISSING
 _SET, _INCR, _INCR_FLOAT = LIVE["set"].sha, LIVE["incr"].sha, LIVE["incr_float"].sha
 _SETDEFAULT, _POP, _LEN = LIVE["setdefault"].sha, LIVE["pop"].sha, LIVE["len"].sha
 _PUSH = LIVE["push"].sha
+#: The live set and incr scripts, for the sessions' fast paths.
+SET_SHA, INCR_SHA = _SET, _INCR
 _CLEAR, _CAS, _TOUCH, _RENAME = (
     LIVE["clear"].sha,
     LIVE["cas"].sha,
@@ -107,6 +111,7 @@ class SessionCore:
         "config",
         "had_cookie",
         "invalidated",
+        "live_key",
         "lost",
         "modified",
         "rejected",
@@ -120,6 +125,9 @@ class SessionCore:
         self._incoming_id = session_id
         self._key = config.key_of(session_id) if session_id is not None else None
         self._state = State.PENDING if session_id is not None else State.NEW
+        #: The Redis key while the session is LIVE (checked and slid in this request), else
+        #: ``None``: the sessions' fast paths send plain commands only when it is set.
+        self.live_key: str | None = None
         self._ttl_override: int | None = None
         self.had_cookie = had_cookie
         self.rejected = had_cookie and session_id is None
@@ -172,15 +180,18 @@ class SessionCore:
 
     def encode(self, key: str, value: Any) -> bytes:
         """The stored bytes of ``value``; errors name ``key``."""
+        config = self.config
         try:
-            raw = self.config.codec.dumps(value)
+            raw = config.codec.dumps(value)
         except Exception as exc:
             raise EncodeError(key, f"cannot encode {type(value).__name__}: {exc}") from exc
-        if isinstance(raw, str):
+        if type(raw) is str:
             raw = raw.encode("utf-8")
-        if len(raw) > self.config.max_value_bytes:
+        elif not isinstance(raw, bytes):
+            raw = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+        if len(raw) > config.max_value_bytes:
             raise LimitExceededError(
-                key, f"value of {len(raw)} bytes is over the {self.config.max_value_bytes} limit"
+                key, f"value of {len(raw)} bytes is over the {config.max_value_bytes} limit"
             )
         return raw
 
@@ -229,9 +240,17 @@ class SessionCore:
 
     # ---------------------------------------------------------- state changes
 
+    def _enter(self, state: State) -> None:
+        self._state = state
+        self.live_key = self._key if state is State.LIVE else None
+
+    def vanished(self) -> None:
+        """A fast-path write found the session gone: start afresh (the next plan creates it)."""
+        self._lose()
+
     def _lose(self) -> _Marker:
         """The session vanished (expired, invalidated, never existed): start afresh."""
-        self._state = State.NEW
+        self._enter(State.NEW)
         self.lost = True
         if not (self.config.adopt_unknown_ids and not self.invalidated):
             self._id = None
@@ -247,7 +266,7 @@ class SessionCore:
     def _opened(self, reply: Any) -> Any:
         if reply is None:
             return self._lose()
-        self._state = State.LIVE
+        self._enter(State.LIVE)
         return reply[0] if reply else None
 
     def _plan_create(self, pairs: list[tuple[str, bytes]], result: Any) -> Step:
@@ -271,12 +290,12 @@ class SessionCore:
 
         def created(reply: Any) -> Any:
             if reply == 1:
-                self._state = State.LIVE
+                self._enter(State.LIVE)
                 return result
             # The key exists already: an adopted id someone else just created, or a
             # vanishingly unlikely collision of fresh ids.
             if c.adopt_unknown_ids and self._id == self._incoming_id:
-                self._state = State.LIVE
+                self._enter(State.LIVE)
             else:
                 self._id = self._key = None
             return AGAIN
@@ -464,7 +483,7 @@ class SessionCore:
                     self._ttl_override = ttl_ms
                 self._lose()
                 return None
-            self._state = State.LIVE
+            self._enter(State.LIVE)
             return None
 
         return cmd, touched, None
@@ -491,7 +510,8 @@ class SessionCore:
                 return None
             if reply == 0:  # the new key exists: impossible with fresh ids, so try another
                 return AGAIN
-            self._id, self._key, self._state = new_id, new_key, State.LIVE
+            self._id, self._key = new_id, new_key
+            self._enter(State.LIVE)
             return None
 
         return cmd, renamed, None
@@ -501,7 +521,7 @@ class SessionCore:
         self.accessed = self.modified = True
         key = self._key if self._state is not State.NEW else None
         self.invalidated = True
-        self._state = State.NEW
+        self._enter(State.NEW)
         self._id = self._key = None
         self._ttl_override = None
         if key is None:

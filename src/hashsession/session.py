@@ -19,7 +19,9 @@ from redis.exceptions import NoScriptError, RedisError
 from hashsession.errors import ConflictError
 from hashsession.protocol import (
     AGAIN,
+    INCR_SHA,
     MISSING,
+    SET_SHA,
     Command,
     SessionCore,
     SessionView,
@@ -29,7 +31,7 @@ from hashsession.protocol import (
     pairs_of,
 )
 from hashsession.scripts import by_sha
-from hashsession.values import Recorder, counted, increment_of
+from hashsession.values import Counter, FloatCounter, Recorder, counted, increment_of
 
 if TYPE_CHECKING:
     import redis
@@ -53,11 +55,12 @@ class Session(SessionView, MutableMapping[str, Any]):
     on the server, so concurrent requests never lose each other's updates.
     """
 
-    __slots__ = ("_client", "_core", "_snapshot")
+    __slots__ = ("_client", "_core", "_execute", "_snapshot")
 
     def __init__(self, core: SessionCore, client: redis.Redis) -> None:
         self._core = core
         self._client = client
+        self._execute: Callable[..., Any] = client.execute_command
         # Values fetched by keys()'s HGETALL, each served once to the __getitem__ that
         # dict(session) calls right after, so dict(session) is one round trip.
         self._snapshot: dict[str, bytes] | None = None
@@ -65,7 +68,7 @@ class Session(SessionView, MutableMapping[str, Any]):
     # ------------------------------------------------------------ transport
 
     def _send(self, cmd: Command, key: str | None) -> Any:
-        execute: Callable[..., Any] = self._client.execute_command
+        execute = self._execute
         try:
             try:
                 return execute(*cmd)
@@ -93,24 +96,54 @@ class Session(SessionView, MutableMapping[str, Any]):
     # ---------------------------------------------------------------- reads
 
     def __getitem__(self, key: str) -> Any:
-        field = self._core.field(key)
+        core = self._core
+        field = core.field(key)
+        live = core.live_key
         snapshot = self._snapshot
-        raw = snapshot.pop(field, None) if snapshot is not None else None
-        if raw is None:
-            raw = self._run(self._core.plan_get, field, field)
+        if live is not None and snapshot is None:
+            try:
+                raw = self._execute("HGET", live, field)
+            except RedisError as exc:
+                raise core.error(exc, field) from exc
+        else:
+            raw = snapshot.pop(field, None) if snapshot is not None else None
+            if raw is None:
+                raw = self._run(core.plan_get, field, field)
         if raw is None:
             raise KeyError(key)
-        return counted(self._core.decode(field, raw), self._core, field)
+        try:
+            value = core.config.codec.loads(raw)
+        except Exception:
+            value = core.decode(field, raw)  # raises the DecodeError that names the key
+        kind = type(value)
+        return counted(value, core, field) if kind is int or kind is float else value
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default``; one ``HGET``."""
-        field = self._core.field(key)
-        raw = self._run(self._core.plan_get, field, field)
-        return default if raw is None else self._core.decode(field, raw)
+        core = self._core
+        field = core.field(key)
+        live = core.live_key
+        if live is not None:
+            self._snapshot = None
+            try:
+                raw = self._execute("HGET", live, field)
+            except RedisError as exc:
+                raise core.error(exc, field) from exc
+        else:
+            raw = self._run(core.plan_get, field, field)
+        return default if raw is None else core.decode(field, raw)
 
     def __contains__(self, key: object) -> bool:
-        field = self._core.field(key)
-        return bool(self._run(self._core.plan_has, field, field))
+        core = self._core
+        field = core.field(key)
+        live = core.live_key
+        if live is not None:
+            self._snapshot = None
+            try:
+                return bool(self._execute("HEXISTS", live, field))
+            except RedisError as exc:
+                raise core.error(exc, field) from exc
+        return bool(self._run(core.plan_has, field, field))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._run(self._core.plan_keys, None))
@@ -156,17 +189,51 @@ class Session(SessionView, MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         core = self._core
         field = core.field(key)
-        delta = increment_of(value, core, field)
-        if delta is not None:
-            self._run(core.plan_incr, field, field, delta)
-            return
-        self._run(core.plan_set, field, [(field, core.encode(field, value))])
+        kind = type(value)
+        if kind is Counter or kind is FloatCounter:
+            delta = increment_of(value, core, field)
+            if delta is not None:
+                self._incr(field, delta)
+                return
+        self._set(field, core.encode(field, value))
 
     def set(self, key: str, value: Any) -> None:
         """Store ``value`` under ``key`` now (the same as ``session[key] = value``)."""
         core = self._core
         field = core.field(key)
-        self._run(core.plan_set, field, [(field, core.encode(field, value))])
+        self._set(field, core.encode(field, value))
+
+    def _set(self, field: str, raw: bytes) -> None:
+        core = self._core
+        live = core.live_key
+        if live is not None:
+            self._snapshot = None
+            core.modified = True
+            try:
+                reply = self._execute("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw)
+            except NoScriptError:
+                reply = self._send(
+                    ("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw), field
+                )
+            except RedisError as exc:
+                raise core.error(exc, field) from exc
+            if reply is not None:
+                return
+            core.vanished()
+        self._run(core.plan_set, field, [(field, raw)])
+
+    def _incr(self, field: str, amount: int | float) -> Any:
+        core = self._core
+        live = core.live_key
+        if live is not None and type(amount) is int:
+            self._snapshot = None
+            core.modified = True
+            cmd = ("EVALSHA", INCR_SHA, 1, live, core.config.max_keys, field, amount)
+            reply = self._send(cmd, field)
+            if reply is not None:
+                return reply
+            core.vanished()
+        return self._run(core.plan_incr, field, field, amount)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Store many keys in one ``HSET``: all of them or, on error, none."""
@@ -177,21 +244,28 @@ class Session(SessionView, MutableMapping[str, Any]):
             self._run(self._core.plan_set, pairs[0][0], pairs)
 
     def __delitem__(self, key: str) -> None:
-        field = self._core.field(key)
-        if not self._run(self._core.plan_delete, field, field):
+        if not self.delete(key):
             raise KeyError(key)
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` if present; whether it was."""
-        field = self._core.field(key)
-        return bool(self._run(self._core.plan_delete, field, field))
+        core = self._core
+        field = core.field(key)
+        live = core.live_key
+        if live is not None:
+            self._snapshot = None
+            core.modified = True
+            try:
+                return bool(self._execute("HDEL", live, field))
+            except RedisError as exc:
+                raise core.error(exc, field) from exc
+        return bool(self._run(core.plan_delete, field, field))
 
     def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` to the integer under ``key`` (0 if missing) with ``HINCRBY``."""
         if type(amount) is not int:
             raise TypeError(f"incr() takes an int amount, not {type(amount).__name__}")
-        field = self._core.field(key)
-        return int(self._run(self._core.plan_incr, field, field, amount))
+        return int(self._incr(self._core.field(key), amount))
 
     def incr_float(self, key: str, amount: float = 1.0) -> float:
         """Add ``amount`` to the number under ``key`` with ``HINCRBYFLOAT``."""
