@@ -170,12 +170,19 @@ def test_every_async_operation_is_awaitable() -> None:
     assert not_awaitable == []
 
 
+class _NoCalls:
+    """A client that fails the test if anything is sent through it."""
+
+    async def execute_command(self, *args: object) -> None:
+        raise AssertionError(f"sent {args!r}")
+
+
 def test_edit_is_an_async_context_manager() -> None:
     edit = AsyncSession.edit
     assert inspect.isasyncgenfunction(inspect.unwrap(edit))
     assert not inspect.iscoroutinefunction(edit)
     # Calling it (without entering) makes an async context manager and sends nothing.
-    session = AsyncSession(SessionCore(StoreBase().config, None), client=None)  # type: ignore[arg-type]
+    session = AsyncSession(SessionCore(StoreBase().config, None), client=_NoCalls())  # type: ignore[arg-type]
     cm = session.edit("cart", [])
     assert isinstance(cm, AbstractAsyncContextManager)
     assert hasattr(cm, "__aenter__") and hasattr(cm, "__aexit__")

@@ -22,7 +22,9 @@ from redis.exceptions import NoScriptError, RedisError
 from hashsession.errors import ConfigurationError, ConflictError
 from hashsession.protocol import (
     AGAIN,
+    INCR_SHA,
     MISSING,
+    SET_SHA,
     Command,
     SessionCore,
     SessionView,
@@ -88,16 +90,17 @@ class _Clients:
 class AsyncSession(SessionView):
     """One request's session for asyncio code: every change is written when awaited."""
 
-    __slots__ = ("_client", "_core")
+    __slots__ = ("_client", "_core", "_execute")
 
     def __init__(self, core: SessionCore, client: aioredis.Redis) -> None:
         self._core = core
         self._client = client
+        self._execute: Callable[..., Awaitable[Any]] = client.execute_command
 
     # ------------------------------------------------------------ transport
 
     async def _send(self, cmd: Command, key: str | None) -> Any:
-        execute: Callable[..., Awaitable[Any]] = self._client.execute_command
+        execute = self._execute
         try:
             try:
                 return await execute(*cmd)
@@ -125,14 +128,29 @@ class AsyncSession(SessionView):
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default``; one ``HGET``."""
-        field = self._core.field(key)
-        raw = await self._run(self._core.plan_get, field, field)
-        return default if raw is None else self._core.decode(field, raw)
+        core = self._core
+        field = core.field(key)
+        live = core.live_key
+        if live is not None:  # the fast path of a live session: the plain command
+            try:
+                raw = await self._execute("HGET", live, field)
+            except RedisError as exc:
+                raise core.error(exc, field) from exc
+        else:
+            raw = await self._run(core.plan_get, field, field)
+        return default if raw is None else core.decode(field, raw)
 
     async def has(self, key: str) -> bool:
         """Whether ``key`` is set (``key in session``); one ``HEXISTS``."""
-        field = self._core.field(key)
-        return bool(await self._run(self._core.plan_has, field, field))
+        core = self._core
+        field = core.field(key)
+        live = core.live_key
+        if live is not None:
+            try:
+                return bool(await self._execute("HEXISTS", live, field))
+            except RedisError as exc:
+                raise core.error(exc, field) from exc
+        return bool(await self._run(core.plan_has, field, field))
 
     async def keys(self) -> list[str]:
         """The keys, from one ``HKEYS``."""
@@ -169,7 +187,15 @@ class AsyncSession(SessionView):
         """Store ``value`` under ``key`` now."""
         core = self._core
         field = core.field(key)
-        await self._run(core.plan_set, field, [(field, core.encode(field, value))])
+        raw = core.encode(field, value)
+        live = core.live_key
+        if live is not None:
+            core.modified = True
+            cmd = ("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw)
+            if await self._send(cmd, field) is not None:
+                return
+            core.vanished()
+        await self._run(core.plan_set, field, [(field, raw)])
 
     async def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Store many keys in one ``HSET``: all of them or, on error, none."""
@@ -181,15 +207,32 @@ class AsyncSession(SessionView):
 
     async def delete(self, key: str) -> bool:
         """Remove ``key`` if present; whether it was."""
-        field = self._core.field(key)
-        return bool(await self._run(self._core.plan_delete, field, field))
+        core = self._core
+        field = core.field(key)
+        live = core.live_key
+        if live is not None:
+            core.modified = True
+            try:
+                return bool(await self._execute("HDEL", live, field))
+            except RedisError as exc:
+                raise core.error(exc, field) from exc
+        return bool(await self._run(core.plan_delete, field, field))
 
     async def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` to the integer under ``key`` (0 if missing) with ``HINCRBY``."""
         if type(amount) is not int:
             raise TypeError(f"incr() takes an int amount, not {type(amount).__name__}")
-        field = self._core.field(key)
-        return int(await self._run(self._core.plan_incr, field, field, amount))
+        core = self._core
+        field = core.field(key)
+        live = core.live_key
+        if live is not None:
+            core.modified = True
+            cmd = ("EVALSHA", INCR_SHA, 1, live, core.config.max_keys, field, amount)
+            reply = await self._send(cmd, field)
+            if reply is not None:
+                return int(reply)
+            core.vanished()
+        return int(await self._run(core.plan_incr, field, field, amount))
 
     async def incr_float(self, key: str, amount: float = 1.0) -> float:
         """Add ``amount`` to the number under ``key`` with ``HINCRBYFLOAT``."""
