@@ -1,0 +1,150 @@
+"""Tornado: ``SessionMixin`` gives a ``RequestHandler`` a live ``self.session``.
+
+``self.session`` is an :class:`~hashsession.aio.AsyncSession`, opened on first
+use from the request's ``Cookie`` header; a handler that never touches it
+costs no Redis command and sends no ``Set-Cookie``. Put the mixin first::
+
+    class CartHandler(SessionMixin, tornado.web.RequestHandler):
+        async def post(self) -> None:
+            await self.session.incr("items")
+
+The store comes from the ``Application`` settings, in one of two ways:
+
+- ``hashsession_store=AsyncSessionStore(...)``: a store you built (and close);
+- ``hashsession={"redis": url, "secret_keys": [...], "ttl": ...}``: the keyword
+  arguments of :class:`~hashsession.aio.AsyncSessionStore`; one store is built
+  per ``Application`` on first use and kept on it (:func:`store_for` returns it,
+  e.g. to call it at start-up to check the settings, or ``aclose()`` it).
+
+With neither (or both), the first use of ``self.session`` raises
+:class:`~hashsession.ConfigurationError`.
+
+``Set-Cookie`` and ``Vary: Cookie`` (merged into any ``Vary`` already set) are
+added when the headers are first flushed: by ``finish()``, by an explicit
+``self.flush()`` in a streaming handler, and by Tornado's error page
+(``send_error``), so a session created or changed before an exception still
+reaches the browser. Once the headers are out no cookie can follow: a session
+created, regenerated or invalidated after that is still written to Redis, but
+the browser does not learn its new id (a new session is orphaned until its idle
+timeout); the mixin logs a warning when the response finishes. The same holds
+for a session used in ``on_finish``, which runs after the response was sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from asyncio import Future
+from collections.abc import Mapping
+from typing import Any
+
+from tornado.web import Application, RequestHandler
+
+from hashsession.aio import AsyncSession, AsyncSessionStore
+from hashsession.errors import ConfigurationError
+
+__all__ = ["SessionMixin", "store_for"]
+
+log = logging.getLogger("hashsession")
+
+STORE_SETTING = "hashsession_store"
+CONFIG_SETTING = "hashsession"
+_BUILT = "_hashsession_store"  # where a store built from the settings dict is kept
+_UNSENT = object()  # no headers went out yet
+
+
+def store_for(application: Application) -> AsyncSessionStore:
+    """The store an ``Application``'s settings name, built once and kept on the application."""
+    built: AsyncSessionStore | None = getattr(application, _BUILT, None)
+    if built is not None:
+        return built
+    settings = application.settings
+    ready = settings.get(STORE_SETTING)
+    config = settings.get(CONFIG_SETTING)
+    if ready is not None and config is not None:
+        raise ConfigurationError(
+            CONFIG_SETTING, f"set either {STORE_SETTING}= or {CONFIG_SETTING}=, not both"
+        )
+    if ready is not None:
+        if not isinstance(ready, AsyncSessionStore):
+            raise ConfigurationError(
+                STORE_SETTING, f"must be a hashsession.aio.AsyncSessionStore, not {ready!r}"
+            )
+        store = ready
+    elif config is not None:
+        if not isinstance(config, Mapping):
+            raise ConfigurationError(
+                CONFIG_SETTING, f"must be a dict of AsyncSessionStore settings, not {config!r}"
+            )
+        store = AsyncSessionStore(**config)
+    else:
+        raise ConfigurationError(
+            CONFIG_SETTING,
+            f"no session store: give the Application {STORE_SETTING}=AsyncSessionStore(...)"
+            f" or {CONFIG_SETTING}={{'redis': url, 'secret_keys': [...]}}",
+        )
+    setattr(application, _BUILT, store)
+    return store
+
+
+class SessionMixin(RequestHandler):
+    """Adds a lazy ``self.session`` and sends its cookie with the first flush of the headers.
+
+    List it before ``RequestHandler`` (or any handler class) in the bases.
+    """
+
+    _hashsession: AsyncSession | None = None
+    #: The session id the browser holds once the headers are out (``_UNSENT`` before).
+    _hashsession_sent: object = _UNSENT
+
+    @property
+    def session(self) -> AsyncSession:
+        """This request's session; opening it costs no Redis command."""
+        session = self._hashsession
+        if session is None:
+            cookie = "; ".join(self.request.headers.get_list("Cookie"))
+            session = self._hashsession = store_for(self.application).open(cookie or None)
+            if self._headers_written:  # too late for a cookie: the browser keeps its own
+                self._hashsession_sent = session.id
+        return session
+
+    def flush(self, include_footers: bool = False) -> Future[None]:
+        """Add the session's headers before the first chunk, then flush as usual."""
+        if not self._headers_written and self._hashsession is not None:
+            self._add_session_headers(self._hashsession)
+        return super().flush(include_footers)
+
+    def finish(self, chunk: str | bytes | dict[Any, Any] | None = None) -> Future[None]:
+        """Finish as usual, then warn if the session needs a cookie the response could not carry."""
+        result = super().finish(chunk)
+        session = self._hashsession
+        if (
+            session is not None
+            and self._hashsession_sent is not _UNSENT
+            and session.id != self._hashsession_sent
+            and session.core.set_cookie_header() is not None
+        ):
+            log.warning(
+                "%s %s: the session got a new id or ended after the response headers were "
+                "sent, so its cookie could not be updated (Redis has the change; the "
+                "browser does not know it)",
+                self.request.method,
+                self.request.path,
+            )
+        return result
+
+    def _add_session_headers(self, session: AsyncSession) -> None:
+        self._hashsession_sent = session.id
+        for name, value in session.core.response_headers():
+            if name.lower() == "vary":
+                self._merge_vary(value)
+            else:
+                self.add_header(name, value)
+
+    def _merge_vary(self, token: str) -> None:
+        current = self._headers.get("Vary")
+        if not current:
+            self.set_header("Vary", token)
+            return
+        present = {part.strip().lower() for part in current.split(",")}
+        if token.lower() not in present and "*" not in present:
+            self.set_header("Vary", f"{current}, {token}")
