@@ -1297,11 +1297,14 @@ async def test_concurrent_edits_lose_nothing(make_store: StoreFactory, retries: 
             items.append(i)
 
     outcomes = await asyncio.gather(*(append(i) for i in range(50)), return_exceptions=True)
-    failed = [o for o in outcomes if o is not None]
+    failed = [i for i, o in enumerate(outcomes) if o is not None]
     stored = await store.open(cookie).get("l")
-    assert len(stored) == 50 - len(failed), "an edit reported success but its append was lost"
-    assert failed == [], f"{len(failed)} of 50 concurrent edits raised: {failed[0]!r}"
-    assert sorted(stored) == list(range(50))
+    # Every edit that returned landed, exactly once; every other one raised ConflictError.
+    assert sorted(stored) == [i for i in range(50) if i not in failed]
+    assert all(isinstance(outcomes[i], ConflictError) for i in failed), outcomes
+    assert len(failed) < 50
+    if retries is not None:  # with room to retry, 50 racing edits all get through
+        assert failed == [], f"{len(failed)} of 50 concurrent edits raised"
 
 
 async def test_concurrent_applies_lose_nothing(make_store: StoreFactory) -> None:
