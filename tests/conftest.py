@@ -227,3 +227,150 @@ def make_store(redis_url: str) -> Iterator[StoreFactory]:
 def store(make_store: StoreFactory) -> SessionStore:
     """A sync store with the default settings and a 100 s idle timeout."""
     return make_store()
+
+
+# == topologies: Sentinel and Cluster =======================================
+# Added for issue 7 (see tests/topologies.py and docs/topologies.md); nothing above
+# changes. `sentinel_setup` and `cluster_setup` start each deployment once per pytest
+# process, only when a test asks for it. `topology` runs a test once per topology;
+# `topology_url` is that topology's URL, emptied before the test, and
+# `topology_client` a plain client that sees all of it.
+#
+# HASHSESSION_TOPOLOGY=sentinel (or cluster) re-points the suite's `redis_url`,
+# `redis_client` and `counted` at that topology, so the whole suite can be run on it;
+# unset (or "standalone"), the fixtures above are the ones in force.
+
+from topologies import (  # noqa: E402
+    TOPOLOGIES,
+    ClusterSetup,
+    SentinelSetup,
+    admin_client,
+    start_cluster,
+    start_sentinel,
+    topology_from_env,
+)
+
+TOPOLOGY = topology_from_env()
+
+
+@pytest.fixture(scope="session")
+def sentinel_setup() -> Iterator[SentinelSetup]:
+    """One master, one replica and three sentinels for this pytest process."""
+    setup = start_sentinel()
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_setup() -> Iterator[ClusterSetup]:
+    """A cluster of three masters with one replica each for this pytest process."""
+    setup = start_cluster()
+    try:
+        yield setup
+    finally:
+        setup.stop()
+
+
+Deployment = EmbeddedRedis | SentinelSetup | ClusterSetup
+
+
+def _deployment(request: pytest.FixtureRequest, topology: str) -> Deployment:
+    """The running deployment of ``topology`` (started on first use)."""
+    fixture = {"standalone": "redis_server", "sentinel": "sentinel_setup"}
+    deployment: Deployment = request.getfixturevalue(fixture.get(topology, "cluster_setup"))
+    return deployment
+
+
+def _emptied_url(deployment: Deployment) -> str:
+    if isinstance(deployment, EmbeddedRedis):
+        admin = deployment.client()
+        try:
+            admin.flushall()
+        finally:
+            admin.close()
+    else:
+        deployment.flushall()
+    return deployment.url
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request: pytest.FixtureRequest) -> str:
+    """Each topology in turn: standalone, sentinel, cluster."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def topology_deployment(request: pytest.FixtureRequest, topology: str) -> Deployment:
+    """The servers of the topology under test: an EmbeddedRedis, SentinelSetup or ClusterSetup."""
+    return _deployment(request, topology)
+
+
+@pytest.fixture
+def topology_url(topology_deployment: Deployment) -> str:
+    """URL of the topology under test, emptied (every master) before the test."""
+    return _emptied_url(topology_deployment)
+
+
+@pytest.fixture
+def topology_client(
+    topology: str, topology_deployment: Deployment, topology_url: str
+) -> Iterator[Any]:
+    """A plain client on the topology under test (on a cluster, KEYS asks every master)."""
+    client = admin_client(topology, topology_deployment)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+class CountedCluster(Counted):
+    """:class:`Counted` over a ``RedisCluster``: one send to one node is one round trip."""
+
+    def __init__(self, setup: ClusterSetup) -> None:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        self.count = 0
+        self.batches = []
+        self._lock = threading.Lock()
+        first, *others = setup.masters
+        # Only a cluster client made from a URL passes connection_class on to its nodes.
+        self.client = RedisCluster(  # type: ignore[assignment]
+            url=first.url,
+            startup_nodes=[ClusterNode("127.0.0.1", server.port) for server in others],
+            connection_class=self._connection_class(Connection),
+        )
+
+
+def _env_redis_url(request: pytest.FixtureRequest) -> str:
+    return _emptied_url(_deployment(request, TOPOLOGY))
+
+
+def _env_redis_client(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Any]:
+    client = admin_client(TOPOLOGY, _deployment(request, TOPOLOGY))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _env_counted(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Counted]:
+    deployment = _deployment(request, TOPOLOGY)
+    if isinstance(deployment, ClusterSetup):
+        recorder: Counted = CountedCluster(deployment)
+    else:
+        assert isinstance(deployment, SentinelSetup)
+        recorder = Counted(deployment.master().url)
+    try:
+        yield recorder
+    finally:
+        recorder.close()
+
+
+if TOPOLOGY != "standalone":
+    # Rebinding the names replaces the standalone fixtures for this run.
+    redis_url = pytest.fixture(_env_redis_url, name="redis_url")
+    redis_client = pytest.fixture(_env_redis_client, name="redis_client")
+    counted = pytest.fixture(_env_counted, name="counted")

@@ -16,6 +16,7 @@ from hashsession.errors import (
 from hashsession.protocol import MISSING
 from hashsession.session import Session
 from hashsession.store import SessionStore
+from hashsession.users import SessionInfo
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidKeyError",
     "LimitExceededError",
     "Session",
+    "SessionInfo",
     "SessionStore",
     "ValueTypeError",
 ]

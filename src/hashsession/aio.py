@@ -36,21 +36,25 @@ from hashsession.protocol import (
 from hashsession.scripts import by_sha
 from hashsession.session import ttl_ms
 from hashsession.store import StoreBase, checked_client
+from hashsession.users import SessionInfo, UserId, arun, revoke, revoke_user, sessions_of, user_text
 from hashsession.values import Recorder
 
 __all__ = ["AsyncSession", "AsyncSessionStore"]
 
 
 def _from_url(url: str) -> aioredis.Redis:
-    try:
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=200, timeout=20)
-    except ValueError as exc:
-        raise ConfigurationError("redis", f"bad Redis URL: {exc}") from exc
-    return checked_client(aioredis.Redis(connection_pool=pool))  # type: ignore[no-any-return]
+    """A new client for a URL of any topology (see :mod:`hashsession.topology`)."""
+    from hashsession.topology import async_client
+
+    return checked_client(async_client(url))  # type: ignore[no-any-return]
 
 
 class _Clients:
-    """One asyncio client per event loop for a URL (a client is bound to the loop it ran on)."""
+    """One asyncio client per event loop for a URL (a client is bound to the loop it ran on).
+
+    A ready client (a ``Redis``, one from Sentinel's ``master_for``, or a
+    ``RedisCluster``) is used as it is, on whatever loop calls it.
+    """
 
     def __init__(self, target: str | aioredis.Redis | None) -> None:
         if target is None:
@@ -119,7 +123,22 @@ class AsyncSession(SessionView):
                 return reply
             out = finish(reply)
             if out is not AGAIN:
+                if self._core.after:
+                    await self._follow_up()
                 return out
+
+    async def _follow_up(self) -> None:
+        """Send the index upkeep the last step left (login, regenerate, a due refresh)."""
+        after = self._core.after
+        assert after is not None
+        try:
+            while after:
+                cmd, finish = after.pop(0)
+                reply = await self._send(cmd, None)
+                if finish is not None:
+                    finish(reply)
+        finally:
+            after.clear()
 
     def __repr__(self) -> str:
         return f"<AsyncSession {self._core.state.value} id={'set' if self.id else None}>"
@@ -349,6 +368,14 @@ class AsyncSession(SessionView):
         """Delete the session now; the response expires its cookie."""
         await self._run(self._core.plan_invalidate, None)
 
+    async def login(self, user_id: UserId) -> None:
+        """Make ``user_id`` the owner under a new id (data and expiry kept), and index it.
+
+        Two round trips: the rename, then the owner's index (one more per session
+        evicted by ``max_sessions_per_user``, and one when another user owned it).
+        """
+        await self._run(self._core.plan_login, None, user_text(user_id))
+
     async def save(self) -> None:
         """Nothing to do: every change was written when it was made."""
 
@@ -375,6 +402,29 @@ class AsyncSessionStore(StoreBase):
     def open_id(self, cookie_value: str | None) -> AsyncSession:
         """The session for a bare cookie value."""
         return self.session_class(self.core_for_value(cookie_value), self.client)
+
+    async def sessions_of(
+        self, user_id: UserId, current: AsyncSession | str | None = None
+    ) -> list[SessionInfo]:
+        """``user_id``'s live sessions, most recently seen first (see :mod:`hashsession.users`).
+
+        ``current`` (a session or an id) is flagged ``current=True`` in the list.
+        """
+        return await arun(self.client, sessions_of(self.config, user_id, current))
+
+    async def revoke(self, id_or_handle: str, *, user_id: UserId | None = None) -> bool:
+        """Delete one session, by id or by a :class:`SessionInfo` handle; whether it lived.
+
+        With ``user_id``, only a session of that user is deleted.
+        """
+        return await arun(self.client, revoke(self.config, id_or_handle, user_id))
+
+    async def revoke_user(self, user_id: UserId, keep: AsyncSession | str | None = None) -> int:
+        """Delete every session of ``user_id`` except ``keep`` (a session, id or handle).
+
+        "Log out everywhere else"; returns how many live sessions were deleted.
+        """
+        return await arun(self.client, revoke_user(self.config, user_id, keep))
 
     async def aclose(self) -> None:
         """Close the Redis connections of the running loop's client."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ from hashsession.codecs import Codec, resolve_codec
 from hashsession.cookies import CookiePolicy, Signer
 from hashsession.errors import ConfigurationError
 
-__all__ = ["KeyLayout", "SessionConfig", "seconds"]
+__all__ = ["KeyLayout", "SessionConfig", "seconds", "user_digest"]
 
 KeyLayout = Literal["digest", "raw"]
 _RAW_ID = re.compile(r"[!#-+\--:<-\[\]-~]{1,256}")  # printable ASCII cookie octets
@@ -28,6 +30,12 @@ def seconds(setting: str, value: object, *, allow_none: bool = False) -> int | N
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(setting, f"must be a positive number of seconds, not {value!r}")
     return value
+
+
+def user_digest(user: str | bytes) -> str:
+    """24 URL-safe characters naming a user's index: BLAKE2b (18 bytes) of the id's UTF-8."""
+    raw = user.encode("utf-8") if isinstance(user, str) else user
+    return base64.urlsafe_b64encode(hashlib.blake2b(raw, digest_size=18).digest()).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,7 @@ class SessionConfig:
     id_factory: Callable[[], str] | None
     refresh_cookie: bool
     edit_retries: int
+    max_sessions_per_user: int | None = None
 
     @classmethod
     def build(
@@ -67,6 +76,7 @@ class SessionConfig:
         id_factory: Callable[[], str] | None = None,
         refresh_cookie: bool = True,
         edit_retries: int = 10,
+        max_sessions_per_user: int | None = None,
     ) -> SessionConfig:
         """Check every setting, naming the first bad one."""
         if not isinstance(prefix, str) or "\n" in prefix:
@@ -81,6 +91,11 @@ class SessionConfig:
             ("max_value_size", max_value_size, 1),
             ("max_keys", max_keys, 1),
             ("edit_retries", edit_retries, 1),
+            (
+                "max_sessions_per_user",
+                1 if max_sessions_per_user is None else max_sessions_per_user,
+                1,
+            ),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigurationError(name, f"must be a whole number >= {low}, not {value!r}")
@@ -107,6 +122,7 @@ class SessionConfig:
             id_factory=id_factory,
             refresh_cookie=bool(refresh_cookie),
             edit_retries=edit_retries,
+            max_sessions_per_user=max_sessions_per_user,
         )
 
     # ids, keys and cookies -------------------------------------------------
@@ -130,6 +146,17 @@ class SessionConfig:
             return ids.digest_key(self.prefix, session_id)
         return ids.raw_key(self.prefix, session_id)
 
+    def index_key(self, user: str | bytes) -> str:
+        """The Redis key of a user's session index: ``<prefix>u:`` plus a digest of the id.
+
+        The digest (18-byte BLAKE2b, URL-safe base64) keeps user ids out of key listings.
+        """
+        return self.index_key_of(user_digest(user))
+
+    def index_key_of(self, digest: str) -> str:
+        """The index key named by a digest from :func:`user_digest`."""
+        return f"{self.prefix}u:{digest}"
+
     def cookie_value(self, session_id: str) -> str:
         """What the cookie carries for ``session_id``: the id, signed when keys are set."""
         return self.signer.sign(session_id) if self.signer is not None else session_id
@@ -141,6 +168,10 @@ class SessionConfig:
             if unsigned is None:
                 return None
             value = unsigned
+        return value if self.is_id(value) else None
+
+    def is_id(self, value: str) -> bool:
+        """Whether ``value`` has the shape of a session id of this layout (unsigned)."""
         if self.key_layout == "digest":
-            return value if ids.is_native_id(value) else None
-        return value if _RAW_ID.fullmatch(value) else None
+            return ids.is_native_id(value)
+        return _RAW_ID.fullmatch(value) is not None

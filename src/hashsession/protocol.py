@@ -14,6 +14,12 @@ A step is ``(command, finish, value)``:
 * otherwise ``finish(reply)`` is the result, or :data:`AGAIN` when the session
   turned out to be gone and the operation must be planned afresh (the core has
   already switched to a new, empty session, so the next plan creates it).
+
+A finished step may leave commands in :attr:`SessionCore.after`: upkeep of the
+owner's index (see :mod:`hashsession.users`) that the session sends right
+after the step, in order. Only ``login``, ``regenerate`` of an owned session
+and, about once per half idle timeout, the first command of an owned session's
+request leave any.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any, Final
 
@@ -37,24 +43,41 @@ from hashsession.errors import (
     LimitExceededError,
     ValueTypeError,
 )
-from hashsession.scripts import CREATE, CREATED_FIELD, LIMIT_ERROR, LIVE, OPEN, TTL_FIELD
+from hashsession.scripts import (
+    CREATE,
+    CREATED_FIELD,
+    INDEX,
+    INDEXED_FIELD,
+    LIMIT_ERROR,
+    LIVE,
+    LOGIN,
+    OPEN,
+    OWNER_FIELD,
+    SEEN_FIELD,
+    TTL_FIELD,
+)
 
 __all__ = [
     "AGAIN",
     "INCR_SHA",
     "MISSING",
     "SET_SHA",
+    "After",
     "Command",
     "SessionCore",
     "SessionView",
     "Step",
     "dump_meta",
+    "index_command",
+    "index_put",
     "load_meta",
     "load_queue",
 ]
 
 Command = tuple[Any, ...]
 Step = tuple[Command | None, Callable[[Any], Any] | None, Any]
+#: A command sent after a step, and what to do with its reply (which may queue more).
+After = tuple[Command, Callable[[Any], None] | None]
 
 
 class _Marker(Enum):
@@ -98,6 +121,29 @@ def _is_user_field(name: bytes | str) -> bool:
     return not (name[:1] == b"\x00" or name[:1] == "\x00")
 
 
+def index_command(index: str, op: str, *args: Any) -> Command:
+    """The ``INDEX`` script on a user's index key (see :data:`hashsession.scripts.INDEX`)."""
+    return ("EVALSHA", INDEX.sha, 1, index, _now_ms(), op, *args)
+
+
+def index_put(
+    index: str,
+    removes: Iterable[str | bytes] = (),
+    adds: Iterable[tuple[int, str]] = (),
+    cap: int = 0,
+) -> Command:
+    """Remove and add (good-until ms, session key) entries of a user's index, then prune.
+
+    With ``cap``, the entries beyond it that expire soonest are evicted (never one added
+    here); the reply lists their session keys, which the caller must delete.
+    """
+    gone = list(removes)
+    flat: list[Any] = []
+    for good, member in adds:
+        flat += [good, member]
+    return index_command(index, "put", cap, len(gone), *gone, *flat)
+
+
 class SessionCore:
     """One request's session, as state plus plans; no I/O."""
 
@@ -108,6 +154,7 @@ class SessionCore:
         "_state",
         "_ttl_override",
         "accessed",
+        "after",
         "config",
         "had_cookie",
         "invalidated",
@@ -135,6 +182,8 @@ class SessionCore:
         self.modified = False
         self.invalidated = False
         self.lost = False
+        #: Index upkeep to send after the step just finished (``None`` or empty: nothing).
+        self.after: list[After] | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -267,9 +316,26 @@ class SessionCore:
         if reply is None:
             return self._lose()
         self._enter(State.LIVE)
+        if len(reply) > 1:  # the owner's index entry is due: [result, owner, good-until]
+            self._refresh_index(reply[1], reply[2])
         return reply[0] if reply else None
 
-    def _plan_create(self, pairs: list[tuple[str, bytes]], result: Any) -> Step:
+    def _refresh_index(self, owner: bytes, good: int) -> None:
+        assert self._key is not None
+        self._queue(index_put(self.config.index_key(owner), adds=[(good, self._key)]))
+
+    def _queue(self, cmd: Command, finish: Callable[[Any], None] | None = None) -> None:
+        if self.after is None:
+            self.after = []
+        self.after.append((cmd, finish))
+
+    def _plan_create(
+        self,
+        pairs: list[tuple[str, bytes]],
+        result: Any,
+        meta: Sequence[tuple[str, Any]] = (),
+        now: int | None = None,
+    ) -> Step:
         c = self.config
         if len(pairs) > c.max_keys:
             raise LimitExceededError(
@@ -278,13 +344,15 @@ class SessionCore:
         if self._id is None:
             self._id = c.new_id()
             self._key = c.key_of(self._id)
-        now = _now_ms()
+        now = now or _now_ms()
         ttl = self._ttl_override or c.idle_ms
         if c.absolute_ms:
             ttl = min(ttl, c.absolute_ms)
         cmd: list[Any] = ["EVALSHA", CREATE.sha, 1, self._key, ttl, CREATED_FIELD, now]
         if self._ttl_override:
             cmd += [TTL_FIELD, self._ttl_override]
+        for f, v in meta:
+            cmd += [f, v]
         for f, v in pairs:
             cmd += [f, v]
 
@@ -483,38 +551,107 @@ class SessionCore:
                     self._ttl_override = ttl_ms
                 self._lose()
                 return None
-            self._enter(State.LIVE)
+            self._opened(reply)  # [ttl] or [ttl, owner, good-until]
             return None
 
         return cmd, touched, None
 
     def plan_regenerate(self) -> Step:
-        """Move the data to a new id in one atomic ``RENAMENX`` (same slot by construction)."""
+        """Move the data to a new id in one atomic ``RENAMENX`` (same slot by construction).
+
+        An owned session's index entry moves too: one more command, on the index key.
+        """
         self.accessed = self.modified = True
         if self._state is State.NEW:
             if self._id is not None:  # an adopted id that holds nothing: stop adopting it
                 self._id = self._key = None
             return None, None, None
-        new_id = self.config.new_id(like=self._id)
-        new_key = self.config.key_of(new_id)
+        c = self.config
+        new_id = c.new_id(like=self._id)
+        new_key = c.key_of(new_id)
+        args = (c.idle_ms, _now_ms(), c.absolute_ms)
         if self._state is State.LIVE:
-            cmd: Command = ("EVALSHA", _RENAME, 2, self._key, new_key)
+            cmd: Command = ("EVALSHA", _RENAME, 2, self._key, new_key, *args)
         else:  # the request's first command: slide the TTL too
-            cmd = self._open("rename", keys=(new_key,))
+            cmd = self._open("rename", *args, keys=(new_key,))
 
         def renamed(reply: Any) -> Any:
-            if self._state is State.PENDING and reply is not None:
-                reply = reply[0]
-            if reply is None:
+            # [1 | 0 | nil] or [1 | 0, owner, good-until]
+            if reply is None or not reply or reply[0] is None:
                 self._lose()
                 return None
-            if reply == 0:  # the new key exists: impossible with fresh ids, so try another
+            if reply[0] == 0:  # the new key exists: impossible with fresh ids, so try another
                 return AGAIN
+            old_key = self._key
             self._id, self._key = new_id, new_key
             self._enter(State.LIVE)
+            if len(reply) > 1:
+                assert old_key is not None
+                self._queue(index_put(c.index_key(reply[1]), [old_key], [(reply[2], new_key)]))
             return None
 
         return cmd, renamed, None
+
+    def plan_login(self, user: str) -> Step:
+        """Regenerate the id and record ``user`` as the owner, then index the session.
+
+        A stored session is renamed by ``LOGIN``; a new one is created with only the
+        owner's metadata. Either way the step leaves in :attr:`after` the ``INDEX``
+        command adding the session to ``user``'s index (and, under a cap, a ``DEL`` per
+        session evicted), and when another user owned the session, its removal from
+        that user's index.
+        """
+        self.accessed = self.modified = True
+        c = self.config
+        now = _now_ms()
+        if self._state is State.NEW:
+            self._id = self._key = None  # never log in under an id the client chose
+            ttl = self._ttl_override or c.idle_ms
+            good = now + ttl + ttl // 2
+            if c.absolute_ms:
+                good = min(good, now + c.absolute_ms)
+            meta = [(OWNER_FIELD, user), (SEEN_FIELD, now), (INDEXED_FIELD, good)]
+            cmd, created, _ = self._plan_create([], None, meta, now)
+            assert created is not None
+
+            def done(reply: Any) -> Any:
+                out = created(reply)
+                if out is not AGAIN:
+                    self._logged_in(user, None, None, good)
+                return out
+
+            return cmd, done, None
+        new_id = c.new_id(like=self._id)
+        new_key = c.key_of(new_id)
+        login = ("EVALSHA", LOGIN.sha, 2, self._key, new_key, c.idle_ms, now, c.absolute_ms, user)
+
+        def logged_in(reply: Any) -> Any:
+            if reply is None:  # gone: the next plan creates a new session
+                return self._lose()
+            if reply == 0:  # the new key exists: impossible with fresh ids, so try another
+                return AGAIN
+            old_key = self._key
+            self._id, self._key = new_id, new_key
+            self._enter(State.LIVE)
+            self._logged_in(user, old_key, reply[1], reply[2])
+            return None
+
+        return login, logged_in, None
+
+    def _logged_in(self, user: str, old_key: str | None, before: bytes | None, good: int) -> None:
+        c = self.config
+        assert self._key is not None
+        same = before is not None and before == user.encode("utf-8")
+        removes = [old_key] if same and old_key else []
+        cap = c.max_sessions_per_user or 0
+        self._queue(index_put(c.index_key(user), removes, [(good, self._key)], cap), self._evict)
+        if before is not None and not same and old_key:
+            self._queue(index_put(c.index_key(before), [old_key]))
+
+    def _evict(self, reply: Any) -> None:
+        """Delete the sessions a login evicted from the index to honour the cap."""
+        for key in reply or ():
+            self._queue(("DEL", key))
 
     def plan_invalidate(self) -> Step:
         """Delete the session; the response expires the cookie; later writes start a new one."""

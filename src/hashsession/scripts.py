@@ -3,12 +3,15 @@
 Each write runs as one script so that the liveness check and the change are
 atomic: a write racing ``invalidate()`` or expiry finds the key gone and
 reports it, instead of re-creating a key without a TTL. Every script touches
-only ``KEYS`` (one key, or two keys in one slot for ``regenerate``), so all of
-them are Redis Cluster safe.
+only ``KEYS`` (one key, or two keys in one slot for ``regenerate`` and
+``login``), so all of them are Redis Cluster safe.
 
 The first command of a request runs through ``OPEN``: it slides the idle
 timeout (honouring a per-session timeout and the absolute deadline) and then
-performs the request's first operation, all in one round trip.
+performs the request's first operation, all in one round trip. For a session
+with an owner (see :mod:`hashsession.users`) it also records the last-seen
+time and, about once per half idle timeout, tells the client that the owner's
+index entry is due for a refresh (``INDEX``, on the index key).
 """
 
 from __future__ import annotations
@@ -16,14 +19,33 @@ from __future__ import annotations
 import hashlib
 from typing import NamedTuple
 
-__all__ = ["CREATE", "LIMIT_ERROR", "LIVE", "OPEN", "Script", "by_sha"]
+__all__ = [
+    "CREATE",
+    "INDEX",
+    "LIMIT_ERROR",
+    "LIVE",
+    "LOGIN",
+    "OPEN",
+    "REVOKE",
+    "Script",
+    "by_sha",
+]
 
 LIMIT_ERROR = "HASHSESSION_LIMIT"
 CREATED_FIELD = "\x00c"
 TTL_FIELD = "\x00t"
+#: The owner's user id, as text (set by ``login``).
+OWNER_FIELD = "\x00u"
+#: When the session was last seen: the first command of each request (ms since the epoch).
+SEEN_FIELD = "\x00s"
+#: Until when (ms) the owner's index entry is known to outlast the session.
+INDEXED_FIELD = "\x00i"
 
 # Shared helpers. Reserved fields start with a NUL byte; user fields never do.
+# slide() sets `owner` (and `good`) when the owner's index entry must be rewritten, and
+# `fresh`, the good-until a new index entry would get; `live` is the session key now.
 _HELPERS = r"""
+local owner, good, fresh, live = false, 0, 0, false
 local function users(k)
   local n = 0
   for _, f in ipairs(redis.call('HKEYS', k)) do
@@ -44,20 +66,43 @@ local function over(k, n, lim, fields, removed)
   end
   return false
 end
-local function slide(k, idle, now, abs)
-  local m = redis.call('HMGET', k, '\0c', '\0t')
+-- Slide the TTL; for an owned session, note the visit and whether its index entry is due
+-- (it must always outlast the session: it gets idle * 1.5, refreshed once idle / 2 is used up).
+local function slide(k, idle, now, abs, force)
+  local m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i')
   if not m[1] and redis.call('EXISTS', k) == 0 then return false end
   if m[2] then idle = tonumber(m[2]) end
+  local ttl, deadline = idle, false
   if abs > 0 and m[1] then
-    local left = tonumber(m[1]) + abs - now
+    deadline = tonumber(m[1]) + abs
+    local left = deadline - now
     if left <= 0 then
       redis.call('DEL', k)
       return false
     end
-    if left < idle then idle = left end
+    if left < ttl then ttl = left end
   end
-  redis.call('PEXPIRE', k, idle)
-  return idle
+  redis.call('PEXPIRE', k, ttl)
+  fresh = now + idle + math.floor(idle / 2)
+  if deadline and deadline < fresh then fresh = deadline end
+  if m[3] then
+    redis.call('HSET', k, '\0s', now)
+    local known = tonumber(m[4] or 0)
+    if known < now + ttl then
+      owner, good = m[3], fresh
+    elseif force then
+      owner, good = m[3], known
+    end
+  end
+  return ttl
+end
+-- The reply of an op that slid the session: {r}, or {r, owner, good} when the owner's
+-- index entry is due (its new good-until is recorded first).
+local function report(k, r)
+  if r == nil then r = false end
+  if not owner then return {r} end
+  if redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
+  return {r, owner, good}
 end
 """
 
@@ -171,15 +216,20 @@ end""",
   return 1
 end""",
     # new idle ms or '', default idle ms, now ms, absolute ms -> the TTL applied
+    # (as {ttl} or {ttl, owner, good}: see report())
     "touch": r"""function(k, a)
   if redis.call('EXISTS', k) == 0 then return false end
   if ARGV[a] ~= '' then redis.call('HSET', k, '\0t', ARGV[a]) end
   return slide(k, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]))
 end""",
-    # KEYS[2] is the new key, in the same slot
+    # idle ms, now ms, absolute ms; KEYS[2] is the new key, in the same slot.
+    # 1 (and an owner's index entry is always reported), 0 if the new key exists.
     "rename": r"""function(k, a)
   if redis.call('EXISTS', k) == 0 then return false end
-  return redis.call('RENAMENX', k, KEYS[2])
+  if redis.call('RENAMENX', k, KEYS[2]) == 0 then return 0 end
+  live = KEYS[2]
+  slide(live, tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), true)
+  return 1
 end""",
     # reads, needed only as the first command of a request
     "get": r"""function(k, a) return redis.call('HGET', k, ARGV[a]) end""",
@@ -208,6 +258,12 @@ def _live(name: str) -> Script:
     return _script(name, f"{_HELPERS}\nlocal op = {_OPS[name]}\nreturn op(KEYS[1], 1)\n")
 
 
+def _live_reporting(name: str) -> Script:
+    """A live script whose op slides the session, so it reports a due index entry."""
+    body = "live = KEYS[1]\nlocal r = op(KEYS[1], 1)\nif not r then return false end\n"
+    return _script(name, f"{_HELPERS}\nlocal op = {_OPS[name]}\n{body}return report(live, r)\n")
+
+
 #: Writes once the session is known to live in this request: ``EVALSHA sha 1 key args...``.
 LIVE: dict[str, Script] = {
     name: _live(name)
@@ -221,13 +277,14 @@ LIVE: dict[str, Script] = {
         "len",
         "clear",
         "cas",
-        "touch",
     )
 }
-LIVE["rename"] = _live("rename")
+LIVE["touch"] = _live_reporting("touch")
+LIVE["rename"] = _live_reporting("rename")
 
 #: The first command of a request: idle ms, now ms, absolute ms, op name, op args.
-#: Answers false when the session is gone, else a one-element array with the op's reply.
+#: Answers false when the session is gone, else an array with the op's reply, followed by
+#: the owner and the index entry's new good-until when that entry is due for a refresh.
 OPEN = _script(
     "open",
     _HELPERS
@@ -236,10 +293,11 @@ OPEN = _script(
     + "\n}\n"
     + r"""
 local k = KEYS[1]
+live = k
 if not slide(k, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])) then return false end
 local r = ops[ARGV[4]](k, 5)
 if type(r) == 'table' and r.err then return r end
-return {r}
+return report(live, r)
 """,
 )
 
@@ -255,7 +313,106 @@ return 1
 """,
 )
 
-_BY_SHA = {s.sha: s for s in (*LIVE.values(), OPEN, CREATE)}
+#: Log a session in: KEYS are its key and its new key (same slot); idle ms, now ms,
+#: absolute ms, user id. Slides, renames and records the owner, the visit and the index
+#: entry's good-until. False if the session is gone, 0 if the new key exists, else
+#: {1, the previous owner or nil, good-until}.
+LOGIN = _script(
+    "login",
+    _HELPERS
+    + r"""
+local k, n = KEYS[1], KEYS[2]
+if not slide(k, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])) then return false end
+local before = redis.call('HGET', k, '\0u')
+if redis.call('RENAMENX', k, n) == 0 then return 0 end
+redis.call('HSET', n, '\0u', ARGV[4], '\0s', ARGV[2], '\0i', fresh)
+return {1, before, fresh}
+""",
+)
+
+#: Delete a session and say whose it was: KEYS[1] is its key; ARGV[1] the owner it must
+#: have, or '' for any. False if it is gone, 0 if someone else owns it, else {1, owner or nil}.
+REVOKE = _script(
+    "revoke",
+    r"""
+local k = KEYS[1]
+local m = redis.call('HMGET', k, '\0u', '\0c')
+if not m[2] and redis.call('EXISTS', k) == 0 then return false end
+if ARGV[1] ~= '' and m[1] ~= ARGV[1] then return 0 end
+redis.call('DEL', k)
+return {1, m[1]}
+""",
+)
+
+#: One user's index (KEYS[1]): a sorted set of session keys scored by the time (ms) until
+#: which each entry is known to outlast its session. ARGV: now ms, then one of
+#:   put, cap (0: none), n, n members to remove, then score/member pairs to add
+#:     -> the members evicted to honour the cap (never one just added);
+#:   list -> every member;
+#:   drop, a member to keep or '', the SHA1 of a member to keep or '' -> the members removed;
+#:   find, the SHA1 of a member -> that member (removed from the index), or false.
+#: Entries scored below now are pruned, and the key expires with its last entry.
+INDEX = _script(
+    "index",
+    r"""
+local k, now, what = KEYS[1], ARGV[1], ARGV[2]
+local function unindex(members)
+  for i = 1, #members, 1000 do
+    redis.call('ZREM', k, unpack(members, i, math.min(i + 999, #members)))
+  end
+end
+local out = false
+if what == 'put' then
+  local cap, n = tonumber(ARGV[3]), tonumber(ARGV[4])
+  if n > 0 then redis.call('ZREM', k, unpack(ARGV, 5, 4 + n)) end
+  local added, count = {}, 0
+  for j = 5 + n, #ARGV, 2 do
+    local cur = redis.call('ZSCORE', k, ARGV[j + 1])
+    if not cur or tonumber(cur) < tonumber(ARGV[j]) then
+      redis.call('ZADD', k, ARGV[j], ARGV[j + 1])
+    end
+    added[ARGV[j + 1]] = true
+    count = count + 1
+  end
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
+  out = {}
+  local excess = 0
+  if cap > 0 then excess = redis.call('ZCARD', k) - cap end
+  if excess > 0 then
+    for _, m in ipairs(redis.call('ZRANGE', k, 0, excess + count - 1)) do
+      if #out == excess then break end
+      if not added[m] then out[#out + 1] = m end
+    end
+    unindex(out)
+  end
+elseif what == 'list' then
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
+  out = redis.call('ZRANGE', k, 0, -1)
+elseif what == 'drop' then
+  out = {}
+  for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
+    if m ~= ARGV[3] and (ARGV[4] == '' or redis.sha1hex(m) ~= ARGV[4]) then out[#out + 1] = m end
+  end
+  unindex(out)
+elseif what == 'find' then
+  for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
+    if redis.sha1hex(m) == ARGV[3] then
+      redis.call('ZREM', k, m)
+      out = m
+      break
+    end
+  end
+else
+  return redis.error_reply('unknown index operation ' .. tostring(what))
+end
+redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
+local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIRE', k, math.max(1, tonumber(last[2]) - tonumber(now))) end
+return out
+""",
+)
+
+_BY_SHA = {s.sha: s for s in (*LIVE.values(), OPEN, CREATE, LOGIN, REVOKE, INDEX)}
 
 
 def by_sha(sha: str) -> Script:

@@ -31,6 +31,7 @@ from hashsession.protocol import (
     pairs_of,
 )
 from hashsession.scripts import by_sha
+from hashsession.users import UserId, user_text
 from hashsession.values import Counter, FloatCounter, Recorder, counted, increment_of
 
 if TYPE_CHECKING:
@@ -88,7 +89,22 @@ class Session(SessionView, MutableMapping[str, Any]):
                 return reply
             out = finish(reply)
             if out is not AGAIN:
+                if self._core.after:
+                    self._follow_up()
                 return out
+
+    def _follow_up(self) -> None:
+        """Send the index upkeep the last step left (login, regenerate, a due refresh)."""
+        after = self._core.after
+        assert after is not None
+        try:
+            while after:
+                cmd, finish = after.pop(0)
+                reply = self._send(cmd, None)
+                if finish is not None:
+                    finish(reply)
+        finally:
+            after.clear()
 
     def __repr__(self) -> str:
         return f"<Session {self._core.state.value} id={'set' if self.id else None}>"
@@ -391,6 +407,14 @@ class Session(SessionView, MutableMapping[str, Any]):
     def invalidate(self) -> None:
         """Delete the session now; the response expires its cookie."""
         self._run(self._core.plan_invalidate, None)
+
+    def login(self, user_id: UserId) -> None:
+        """Make ``user_id`` the owner under a new id (data and expiry kept), and index it.
+
+        Two round trips: the rename, then the owner's index (one more per session
+        evicted by ``max_sessions_per_user``, and one when another user owned it).
+        """
+        self._run(self._core.plan_login, None, user_text(user_id))
 
     def save(self) -> None:
         """Nothing to do: every change was written when it was made."""

@@ -18,6 +18,7 @@ from hashsession.cookies import CookiePolicy
 from hashsession.errors import ConfigurationError
 from hashsession.protocol import SessionCore
 from hashsession.session import Session
+from hashsession.users import SessionInfo, UserId, revoke, revoke_user, run, sessions_of
 
 if TYPE_CHECKING:
     from hashsession.aio import AsyncSession
@@ -28,19 +29,20 @@ log = logging.getLogger("hashsession")
 
 
 def connect(target: str | redis.Redis | None) -> redis.Redis:
-    """A redis-py client from a URL, a ready client, or ``None`` (the embedded server)."""
+    """A redis-py client from a URL, a ready client, or ``None`` (the embedded server).
+
+    URLs may name one server, a Sentinel service or a Cluster (see
+    :mod:`hashsession.topology`); a ready client may be a ``Redis`` (Sentinel's
+    ``master_for`` makes one too) or a ``RedisCluster``.
+    """
     if target is None:
         from hashsession.embedded import default_server
 
         target = default_server().url
     if isinstance(target, str):
-        try:
-            # A blocking pool: a burst of concurrent requests waits for a connection
-            # instead of failing with "Too many connections".
-            pool = redis.BlockingConnectionPool.from_url(target, max_connections=200, timeout=20)
-            return checked_client(redis.Redis(connection_pool=pool))  # type: ignore[no-any-return]
-        except ValueError as exc:
-            raise ConfigurationError("redis", f"bad Redis URL: {exc}") from exc
+        from hashsession.topology import sync_client
+
+        return checked_client(sync_client(target))  # type: ignore[no-any-return]
     if callable(getattr(target, "execute_command", None)):
         return checked_client(target)  # type: ignore[no-any-return]
     raise ConfigurationError("redis", f"expected a URL or a redis-py client, not {target!r}")
@@ -127,6 +129,29 @@ class SessionStore(StoreBase):
     def open_id(self, cookie_value: str | None) -> Session:
         """The session for a bare cookie value."""
         return self.session_class(self.core_for_value(cookie_value), self.client)
+
+    def sessions_of(
+        self, user_id: UserId, current: Session | str | None = None
+    ) -> list[SessionInfo]:
+        """``user_id``'s live sessions, most recently seen first (see :mod:`hashsession.users`).
+
+        ``current`` (a session or an id) is flagged ``current=True`` in the list.
+        """
+        return run(self.client, sessions_of(self.config, user_id, current))
+
+    def revoke(self, id_or_handle: str, *, user_id: UserId | None = None) -> bool:
+        """Delete one session, by id or by a :class:`SessionInfo` handle; whether it lived.
+
+        With ``user_id``, only a session of that user is deleted.
+        """
+        return run(self.client, revoke(self.config, id_or_handle, user_id))
+
+    def revoke_user(self, user_id: UserId, keep: Session | str | None = None) -> int:
+        """Delete every session of ``user_id`` except ``keep`` (a session, id or handle).
+
+        "Log out everywhere else"; returns how many live sessions were deleted.
+        """
+        return run(self.client, revoke_user(self.config, user_id, keep))
 
     def close(self) -> None:
         """Close the Redis connections this store opened."""

@@ -1,0 +1,308 @@
+"""Redis topologies by URL: one server, Sentinel or Cluster, for both flavours.
+
+A store's ``redis=`` setting names where sessions live. Besides a ready
+redis-py client, it takes one of these URLs (see ``docs/topologies.md``)::
+
+    redis://[[user]:password@]host[:6379][/db][?option=value&...]
+    rediss://...                                   (TLS)
+    unix://[[user]:password@]/path/to/redis.sock[?db=N&...]
+    redis+sentinel://[[user]:password@]host[:26379][,host[:26379]...]/service[/db][?...]
+    rediss+sentinel://...                          (TLS to sentinels and servers)
+    redis+cluster://[[user]:password@]host[:6379][,host[:6379]...][/0][?...]
+    rediss+cluster://...                           (TLS)
+
+The query string holds redis-py connection options (``socket_timeout``,
+``socket_connect_timeout``, ``health_check_interval``, ``client_name``, ...),
+cast the way redis-py casts them. Sentinel URLs also take ``sentinel_username``
+and ``sentinel_password`` for sentinels that require a login of their own.
+
+Every session operation names exactly one key (two in one slot for
+``regenerate()``), so sessions work unchanged on a Cluster: redis-py routes
+each command to the node owning its key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+from urllib.parse import unquote, urlsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import parse_url as parse_redis_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from hashsession.errors import BackendError, ConfigurationError
+
+__all__ = [
+    "AsyncClient",
+    "SyncClient",
+    "Topology",
+    "async_client",
+    "is_cluster",
+    "parse",
+    "sync_client",
+]
+
+#: What a sync store talks through: one server's (or Sentinel's master's) client, or a cluster's.
+SyncClient: TypeAlias = redis.Redis | RedisCluster
+#: The asyncio twin of :data:`SyncClient`.
+AsyncClient: TypeAlias = aioredis.Redis | AsyncRedisCluster
+
+Kind = Literal["standalone", "sentinel", "cluster"]
+
+_SCHEMES: dict[str, tuple[str, Kind]] = {
+    "redis": ("redis", "standalone"),
+    "rediss": ("rediss", "standalone"),
+    "unix": ("unix", "standalone"),
+    "redis+sentinel": ("redis", "sentinel"),
+    "rediss+sentinel": ("rediss", "sentinel"),
+    "redis+cluster": ("redis", "cluster"),
+    "rediss+cluster": ("rediss", "cluster"),
+}
+_DEFAULT_PORT: dict[Kind, int] = {"standalone": 6379, "sentinel": 26379, "cluster": 6379}
+# Options for the sentinels' own connections, taken out of the query string.
+_SENTINEL_AUTH = {"sentinel_username": "username", "sentinel_password": "password"}
+# A burst of concurrent requests waits up to this long for one of this many connections.
+_MAX_CONNECTIONS = 200
+_POOL_TIMEOUT = 20
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """Sentinel's pool for the master, waiting for a free connection instead of failing."""
+
+
+class _AsyncBlockingSentinelPool(AsyncSentinelPool, aioredis.BlockingConnectionPool):
+    """The asyncio twin of :class:`_BlockingSentinelPool`."""
+
+
+class _BoundedAsyncCluster(AsyncRedisCluster):
+    """redis-py's asyncio cluster client, made safe for a burst of first commands.
+
+    redis-py's raises ``MaxConnectionsError`` as soon as a node's ``max_connections``
+    connections are all busy; here at most that many commands are in flight at once,
+    and the others wait up to ``timeout`` seconds for a turn. And commands sent
+    while it has not read the slot map yet are routed as if they had no key (MOVED,
+    then a re-read of the map that drops connections in use, then retries that can
+    run a write twice), so every command waits for the slot map first.
+    """
+
+    def __init__(self, timeout: float | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._turns = asyncio.Semaphore(int(kwargs["max_connections"]))
+        self._turn_timeout = timeout
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            await asyncio.wait_for(self._turns.acquire(), self._turn_timeout)
+        except asyncio.TimeoutError:
+            raise RedisConnectionError("No connection available.") from None
+        try:
+            if self._initialize:
+                await self.initialize()
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._turns.release()
+
+
+def _pool_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Connection options plus the pool limits plain URLs get (the URL may override them)."""
+    return {"max_connections": _MAX_CONNECTIONS, "timeout": _POOL_TIMEOUT, **options}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A parsed URL: what kind of deployment, which nodes, and the connection options."""
+
+    kind: Kind
+    #: The URL as given (it may hold a password, so the repr leaves it out, as the options).
+    url: str = field(repr=False)
+    #: Sentinels (for ``sentinel``) or seed nodes (for ``cluster``); empty for ``standalone``.
+    nodes: tuple[tuple[str, int], ...] = ()
+    #: The Sentinel service (master) name.
+    service: str | None = None
+    #: redis-py keyword arguments for connections to the Redis servers.
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    #: redis-py keyword arguments for connections to the sentinels.
+    sentinel_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+def _bad(message: str) -> ConfigurationError:
+    return ConfigurationError("redis", f"bad Redis URL: {message}")
+
+
+def _node(text: str, default_port: int) -> tuple[str, int]:
+    if text.startswith("["):  # [IPv6]:port
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise _bad(f"cannot read the host {text!r}")
+        port_text = rest[1:]
+    else:
+        host, _, port_text = text.partition(":")
+    if not host:
+        raise _bad("a host is missing in the host list")
+    if not port_text:
+        return unquote(host), default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise _bad(f"port {port_text!r} is not a number from 1 to 65535")
+    return unquote(host), int(port_text)
+
+
+def _options(base: str, query: str, userinfo: str) -> dict[str, Any]:
+    """Connection keyword arguments from the query string, cast as redis-py casts them."""
+    stand_in = f"{base}://localhost/?{query}"
+    try:
+        options: dict[str, Any] = parse_redis_url(stand_in)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    options.pop("host", None)
+    options.pop("port", None)
+    if options.pop("connection_class", None) is not None:  # rediss: TLS
+        options["ssl"] = True
+    if userinfo:
+        username, has_password, password = userinfo.partition(":")
+        if username:
+            options["username"] = unquote(username)
+        if has_password and password:
+            options["password"] = unquote(password)
+    return options
+
+
+def parse(url: str) -> Topology:
+    """Read a Redis URL of any supported form; :class:`ConfigurationError` if it is malformed."""
+    if not isinstance(url, str):
+        raise ConfigurationError("redis", f"expected a URL string, not {type(url).__name__}")
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES:
+        known = ", ".join(f"{name}://" for name in _SCHEMES)
+        raise _bad(f"the scheme must be one of {known}")
+    base, kind = _SCHEMES[scheme.lower()]
+    if kind == "standalone":
+        return Topology(kind, url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    if not hostlist:
+        raise _bad(f"a {kind} URL needs at least one host")
+    nodes = tuple(_node(text, _DEFAULT_PORT[kind]) for text in hostlist.split(","))
+    options = _options(base, parts.query, userinfo)
+    segments = [unquote(s) for s in parts.path.split("/") if s]
+    if kind == "cluster":
+        if segments not in ([], ["0"]) or options.pop("db", 0) != 0:
+            raise _bad("a Redis Cluster has only database 0")
+        return Topology(kind, url, nodes, options=options)
+    if not segments or len(segments) > 2:
+        raise _bad("a Sentinel URL's path is /service_name or /service_name/db")
+    if len(segments) == 2:
+        if not segments[1].isdigit():
+            raise _bad(f"database {segments[1]!r} is not a number")
+        options.setdefault("db", int(segments[1]))
+    sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
+    if options.get("ssl"):
+        sentinel_options.update((k, v) for k, v in options.items() if k.startswith("ssl"))
+    for name, key in _SENTINEL_AUTH.items():
+        if name in options:
+            sentinel_options[key] = options.pop(name)
+    return Topology(kind, url, nodes, segments[0], options, sentinel_options)
+
+
+def sync_client(url: str) -> SyncClient:
+    """A new redis-py client for ``url``.
+
+    Every server (one server, the Sentinel master, each cluster node) gets a
+    blocking pool of at most 200 connections: a burst waits up to 20 s for one
+    instead of failing (the URL's ``max_connections`` and ``timeout`` change
+    that). A cluster client reads the slot map now, so an unreachable cluster
+    raises :class:`BackendError` here.
+    """
+    topology = parse(url)
+    if topology.kind == "standalone":
+        try:
+            pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=_MAX_CONNECTIONS, timeout=_POOL_TIMEOUT
+            )
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return redis.Redis(connection_pool=pool)
+    if topology.kind == "sentinel":
+        assert topology.service is not None
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(topology.nodes), sentinel_kwargs=dict(topology.sentinel_options)
+        )
+        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            topology.service,
+            connection_pool_class=_BlockingSentinelPool,
+            **_pool_options(topology.options),
+        )
+        return master
+    # Only a cluster client given a URL hands each node the pool class we ask for, so
+    # the first seed goes in as a URL (TLS by its scheme) and the others as nodes.
+    (host, port), *others = topology.nodes
+    options = _pool_options(topology.options)
+    scheme = "rediss" if options.pop("ssl", False) else "redis"
+    seed = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+    nodes = [ClusterNode(h, p) for h, p in others]  # type: ignore[no-untyped-call]
+    try:
+        return RedisCluster(
+            url=seed,
+            startup_nodes=nodes,
+            connection_pool_class=redis.BlockingConnectionPool,
+            **options,
+        )
+    except TypeError as exc:
+        raise _bad(str(exc)) from None
+    except (RedisError, RedisClusterException) as exc:
+        raise BackendError(f"cannot read the cluster's slot map: {exc}") from exc
+
+
+def async_client(url: str) -> AsyncClient:
+    """A new ``redis.asyncio`` client for ``url`` (no I/O until its first command).
+
+    As :func:`sync_client`; an asyncio cluster client has at most
+    ``max_connections`` commands in flight and makes the others wait.
+    """
+    topology = parse(url)
+    if topology.kind == "standalone":
+        try:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url, max_connections=_MAX_CONNECTIONS, timeout=_POOL_TIMEOUT
+            )
+        except ValueError as exc:
+            raise _bad(str(exc)) from exc
+        return aioredis.Redis(connection_pool=pool)
+    if topology.kind == "sentinel":
+        assert topology.service is not None
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+            list(topology.nodes), sentinel_kwargs=dict(topology.sentinel_options)
+        )
+        master: aioredis.Redis = sentinel.master_for(
+            topology.service,
+            connection_pool_class=_AsyncBlockingSentinelPool,
+            **_pool_options(topology.options),
+        )
+        return master
+    options = {"max_connections": _MAX_CONNECTIONS, **topology.options}
+    timeout = options.pop("timeout", _POOL_TIMEOUT)
+    nodes = [AsyncClusterNode(host, port) for host, port in topology.nodes]
+    try:
+        return _BoundedAsyncCluster(timeout, startup_nodes=nodes, **options)
+    except TypeError as exc:
+        raise _bad(str(exc)) from None
+    except (RedisError, RedisClusterException) as exc:
+        raise BackendError(f"cannot set up the cluster client: {exc}") from exc
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a redis-py Redis Cluster client (sync or asyncio)."""
+    return isinstance(client, (RedisCluster, AsyncRedisCluster))

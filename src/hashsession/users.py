@@ -1,0 +1,269 @@
+"""Sessions per user: who is logged in where, and logging them out from afar.
+
+``session.login(user_id)`` records the owner in the session's hash and adds
+the session to a per-user index: a sorted set at ``<prefix>u:<digest of the
+user id>`` whose members are session *keys* (never ids, so the index reveals
+no usable cookie) scored by the time until which each entry is known to
+outlast its session. Entries are pruned lazily and the index key expires with
+its last entry, so it never grows without bound. Whose session a key is lives
+in the session itself; the index is only a way to find them, and it need not
+share the session's cluster slot.
+
+The store-level operations here are sans-I/O generators ("flows") that yield
+a command (or a list of commands, sent as one non-transactional pipeline) and
+receive its reply; :func:`run` and :func:`arun` drive them for the sync and
+asyncio stores, so the two flavours share every decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from redis.exceptions import NoScriptError, RedisError
+
+from hashsession.config import SessionConfig, user_digest
+from hashsession.errors import BackendError
+from hashsession.protocol import Command, SessionView, index_command, index_put
+from hashsession.scripts import CREATED_FIELD, OWNER_FIELD, REVOKE, SEEN_FIELD, by_sha
+
+__all__ = [
+    "SessionInfo",
+    "UserId",
+    "arun",
+    "handle_of",
+    "revoke",
+    "revoke_user",
+    "run",
+    "sessions_of",
+    "user_text",
+]
+
+#: A user id as the API takes it; an int is stored as its decimal text (so 42 and "42"
+#: name the same user).
+UserId = str | int
+#: What a flow asks for: one command, or several sent as one pipeline (a list of replies).
+Request = Command | list[Command]
+T = TypeVar("T")
+Flow = Generator[Request, Any, T]
+
+_MAX_USER_ID = 1024
+_HANDLE = re.compile(r"[A-Za-z0-9_-]{24}\.[0-9a-f]{40}")
+
+
+def user_text(user_id: UserId) -> str:
+    """The text a user id is stored as; ``TypeError``/``ValueError`` for unusable ids."""
+    if isinstance(user_id, bool) or not isinstance(user_id, (str, int)):
+        raise TypeError(f"a user id is a str or an int, not {type(user_id).__name__}")
+    text = str(user_id)
+    if not text or len(text) > _MAX_USER_ID:
+        raise ValueError(f"a user id must be 1 to {_MAX_USER_ID} characters long")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a user id must be encodable as UTF-8") from None
+    return text
+
+
+def handle_of(user: str | bytes, key: str | bytes) -> str:
+    """The opaque handle of session ``key`` in ``user``'s index.
+
+    The digest naming the index, a dot, and the SHA1 of the session key: it lets
+    :func:`revoke` find the entry (the ``INDEX`` script compares SHA1s), yet it is
+    neither a session id nor a Redis key, so it cannot be used as a cookie.
+    """
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    return f"{user_digest(user)}.{hashlib.sha1(raw).hexdigest()}"
+
+
+def _is_handle(value: str) -> bool:
+    return _HANDLE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One live session of a user, as :meth:`SessionStore.sessions_of` lists it.
+
+    ``handle`` is opaque and safe to show or send to the browser (it is not a
+    cookie); pass it to ``revoke()`` or as ``revoke_user(keep=...)``. Times are
+    timezone-aware UTC datetimes; ``last_seen`` is the first command of the last
+    request that used the session, ``current`` whether it is the session given
+    as ``current=``.
+    """
+
+    handle: str
+    created: datetime
+    last_seen: datetime
+    expires_at: datetime
+    current: bool = False
+
+
+def _when(ms: float) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def _key_of_id(config: SessionConfig, session_id: str) -> str | None:
+    """The key of a session id, or ``None`` for a string that cannot be one of ours."""
+    return config.key_of(session_id) if config.is_id(session_id) else None
+
+
+def _key_of_session(config: SessionConfig, session: SessionView | str | None) -> str | None:
+    if session is None:
+        return None
+    if isinstance(session, SessionView):
+        return session.core.key
+    return _key_of_id(config, session)
+
+
+# --------------------------------------------------------------------------- flows
+
+
+def sessions_of(
+    config: SessionConfig, user_id: UserId, current: SessionView | str | None = None
+) -> Flow[list[SessionInfo]]:
+    """List ``user_id``'s live sessions, most recently seen first; prune dead entries.
+
+    Two round trips (the index, then one pipeline over the sessions, split per node
+    on a Cluster), and one more when entries of vanished sessions are removed.
+    """
+    user = user_text(user_id)
+    members: list[bytes] = yield index_command(config.index_key(user), "list")
+    if not members:
+        return []
+    batch: list[Command] = []
+    for member in members:
+        batch.append(("HMGET", member, CREATED_FIELD, SEEN_FIELD, OWNER_FIELD))
+        batch.append(("PTTL", member))
+    replies = yield batch
+    now_ms = time.time() * 1000
+    mine = user.encode("utf-8")
+    current_key = _key_of_session(config, current)
+    current_raw = current_key.encode("utf-8") if current_key else None
+    infos: list[SessionInfo] = []
+    dead: list[bytes] = []
+    for n, member in enumerate(members):
+        (created, seen, owner), pttl = replies[2 * n], replies[2 * n + 1]
+        if owner != mine or pttl is None or pttl < 0:  # gone, or not this user's any more
+            dead.append(member)
+            continue
+        born = int(created or 0)
+        infos.append(
+            SessionInfo(
+                handle=handle_of(user, member),
+                created=_when(born),
+                last_seen=_when(int(seen or born)),
+                expires_at=_when(now_ms + pttl),
+                current=member == current_raw,
+            )
+        )
+    if dead:
+        yield index_put(config.index_key(user), dead)
+    infos.sort(key=lambda info: info.last_seen, reverse=True)
+    return infos
+
+
+def revoke(config: SessionConfig, id_or_handle: str, user_id: UserId | None = None) -> Flow[bool]:
+    """Delete one session, by id or by handle; whether a live session was deleted.
+
+    With ``user_id``, only a session that user owns is deleted. Two round trips.
+    """
+    user = None if user_id is None else user_text(user_id)
+    if not isinstance(id_or_handle, str):
+        raise TypeError(f"revoke() takes a session id or a handle, not {id_or_handle!r}")
+    if _is_handle(id_or_handle):
+        digest, sha = id_or_handle.split(".")
+        if user is not None and digest != user_digest(user):
+            return False
+        member = yield index_command(config.index_key_of(digest), "find", sha)
+        if member is None:
+            return False
+        return bool((yield ("DEL", member)))
+    key = _key_of_id(config, id_or_handle)
+    if key is None:
+        return False
+    reply = yield ("EVALSHA", REVOKE.sha, 1, key, user or "")
+    if not reply:  # gone (None), or someone else's (0)
+        return False
+    if reply[1] is not None:
+        yield index_put(config.index_key(reply[1]), [key])
+    return True
+
+
+def revoke_user(
+    config: SessionConfig, user_id: UserId, keep: SessionView | str | None = None
+) -> Flow[int]:
+    """Delete every indexed session of ``user_id`` but ``keep``; how many were live.
+
+    One round trip for the index, one pipeline of ``DEL`` for the sessions.
+    """
+    user = user_text(user_id)
+    keep_key, keep_sha = "", ""
+    if isinstance(keep, str) and _is_handle(keep):
+        digest, sha = keep.split(".")
+        keep_sha = sha if digest == user_digest(user) else ""
+    else:
+        keep_key = _key_of_session(config, keep) or ""
+    doomed: list[bytes] = yield index_command(config.index_key(user), "drop", keep_key, keep_sha)
+    if not doomed:
+        return 0
+    replies = yield [("DEL", member) for member in doomed]
+    return sum(1 for deleted in replies if deleted)
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+def _error(exc: RedisError) -> BackendError:
+    return BackendError(f"Redis failed on a user's session index: {exc}")
+
+
+def run(client: Any, flow: Flow[T]) -> T:
+    """Drive ``flow`` on a sync redis-py client (or cluster client)."""
+    reply: Any = None
+    while True:
+        try:
+            request = flow.send(reply)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        try:
+            if isinstance(request, list):
+                pipe = client.pipeline(transaction=False)
+                for cmd in request:
+                    pipe.execute_command(*cmd)
+                reply = pipe.execute()
+            else:
+                try:
+                    reply = client.execute_command(*request)
+                except NoScriptError:
+                    reply = client.execute_command("EVAL", by_sha(request[1]).source, *request[2:])
+        except RedisError as exc:
+            raise _error(exc) from exc
+
+
+async def arun(client: Any, flow: Flow[T]) -> T:
+    """Drive ``flow`` on a ``redis.asyncio`` client (or cluster client)."""
+    reply: Any = None
+    while True:
+        try:
+            request = flow.send(reply)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        try:
+            if isinstance(request, list):
+                pipe = client.pipeline(transaction=False)
+                for cmd in request:
+                    pipe.execute_command(*cmd)
+                reply = await pipe.execute()
+            else:
+                try:
+                    reply = await client.execute_command(*request)
+                except NoScriptError:
+                    source = by_sha(request[1]).source
+                    reply = await client.execute_command("EVAL", source, *request[2:])
+        except RedisError as exc:
+            raise _error(exc) from exc

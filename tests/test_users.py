@@ -1,0 +1,848 @@
+"""Sessions per user: login, the per-user index, listing and revoking, both flavours.
+
+Everything runs against real servers from conftest (one redis-server; a 3-master
+Cluster for the cluster tests). Round trips are counted exactly. Time is driven
+forward by rewriting the stored fields (``\\x00i``, index scores) instead of
+sleeping. After every test, every key left in Redis must carry a TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import redis.asyncio as aioredis
+import webtest
+
+from conftest import Counted
+from hashsession import ConfigurationError, LimitExceededError, Session, SessionInfo, SessionStore
+from hashsession.aio import AsyncSession, AsyncSessionStore
+from hashsession.asgi import SessionMiddleware as ASGISessionMiddleware
+from hashsession.asgi import session_of
+from hashsession.config import user_digest
+from hashsession.scripts import (
+    CREATE,
+    CREATED_FIELD,
+    INDEX,
+    INDEXED_FIELD,
+    LIVE,
+    LOGIN,
+    OPEN,
+    OWNER_FIELD,
+    REVOKE,
+    SEEN_FIELD,
+)
+from hashsession.wsgi import SessionMiddleware as WSGISessionMiddleware
+
+StoreFactory = Callable[..., SessionStore]
+TTL_MS = 100_000  # the stores' idle timeout (make_store's default of 100 s)
+SCRIPTS = (*LIVE.values(), OPEN, CREATE, LOGIN, INDEX, REVOKE)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def cookie_of(store: SessionStore | AsyncSessionStore, session: Session | AsyncSession) -> str:
+    """The ``name=value`` of the Set-Cookie the response carries (the next Cookie header)."""
+    cookies = [v for k, v in store.response_headers(session) if k == "Set-Cookie"]
+    assert len(cookies) == 1, store.response_headers(session)
+    return cookies[0].split(";", 1)[0]
+
+
+def index_of(store: SessionStore | AsyncSessionStore, user: str | int) -> str:
+    return store.config.index_key(str(user))
+
+
+def members(client: Any, store: SessionStore | AsyncSessionStore, user: str) -> set[bytes]:
+    return set(client.zrange(index_of(store, user), 0, -1))
+
+
+def key(session: Session | AsyncSession) -> str:
+    assert session.core.key is not None
+    return session.core.key
+
+
+def assert_every_key_expires(client: Any) -> None:
+    for name in client.scan_iter(count=1000):
+        assert client.pttl(name) > 0, f"{name!r} has no TTL"
+
+
+@pytest.fixture(autouse=True)
+def every_key_expires(redis_client: redis.Redis) -> Iterator[None]:
+    """After each test, nothing it left on the shared server lacks a TTL."""
+    yield
+    assert_every_key_expires(redis_client)
+
+
+@pytest.fixture
+def warm(redis_client: redis.Redis) -> None:
+    """Load every script, so EVALSHA never meets NOSCRIPT during a counted block."""
+    for script in SCRIPTS:
+        assert redis_client.script_load(script.source) == script.sha
+
+
+@pytest.fixture
+def cstore(counted: Counted, warm: None, make_store: StoreFactory) -> SessionStore:
+    """A store whose round trips ``counted`` counts."""
+    return make_store(redis=counted.client)
+
+
+def logged_in(store: SessionStore, user: str, **data: Any) -> tuple[Session, str]:
+    """A new session holding ``data``, logged in as ``user``: it and its cookie."""
+    session = store.open(None)
+    session.update(data or {"a": 1})
+    session.login(user)
+    return session, cookie_of(store, session)
+
+
+# --------------------------------------------------------------------------- login
+
+
+def test_login_sets_the_owner_under_a_new_id(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    session = cstore.open(None)
+    session.update(a=1, cart=[1, 2])
+    old_id, old_key = session.id, key(session)
+    later = cstore.open(cookie_of(cstore, session))
+    with counted.expect(2):  # LOGIN (slide + rename + owner), then INDEX on the user's index
+        later.login("ann")
+    assert later.id not in (None, old_id)
+    assert redis_client.exists(old_key) == 0
+    stored = redis_client.hgetall(key(later))
+    assert stored[OWNER_FIELD.encode()] == b"ann"
+    assert int(stored[SEEN_FIELD.encode()]) <= now_ms()
+    good = int(stored[INDEXED_FIELD.encode()])
+    assert good >= now_ms() + TTL_MS  # the entry outlasts the session...
+    assert good <= now_ms() + TTL_MS * 3 // 2  # ...by half an idle timeout at most
+    assert dict(cstore.open(cookie_of(cstore, later))) == {"a": 1, "cart": [1, 2]}
+    assert len(later) == 2  # the owner's fields are hidden
+    stale = cstore.open_id(cstore.config.cookie_value(old_id or ""))
+    assert stale.get("a") is None and stale.new
+    index = index_of(cstore, "ann")
+    assert redis_client.zrange(index, 0, -1, withscores=True) == [(key(later).encode(), good)]
+    # expires with its entry (client and server clocks and rounding differ by a few ms)
+    assert abs(good - now_ms() - redis_client.pttl(index)) < 1000
+
+
+def test_login_of_a_new_session_creates_it_in_two_round_trips(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    session = cstore.open(None)
+    with counted.expect(2):  # CREATE with the owner's fields, then INDEX
+        session.login(42)
+    assert session.id is not None and session.new
+    assert len(session) == 0
+    assert redis_client.hget(key(session), OWNER_FIELD) == b"42"
+    assert members(redis_client, cstore, "42") == {key(session).encode()}
+    assert [i.current for i in cstore.sessions_of("42", current=session)] == [True]
+
+
+def test_login_never_keeps_a_client_chosen_id(
+    make_store: StoreFactory, redis_client: redis.Redis
+) -> None:
+    store = make_store(key_layout="raw", adopt_unknown_ids=True)
+    session = store.open_id("chosen-by-the-client")
+    session.login("ann")
+    assert session.id != "chosen-by-the-client"
+    assert redis_client.exists(store.config.key_of("chosen-by-the-client")) == 0
+    assert members(redis_client, store, "ann") == {key(session).encode()}
+
+
+def test_login_after_expiry_starts_a_new_session(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    session = cstore.open(None)
+    session["a"] = 1
+    cookie = cookie_of(cstore, session)
+    redis_client.delete(key(session))  # as if it had expired
+    later = cstore.open(cookie)
+    with counted.expect(3):  # LOGIN finds it gone, CREATE, INDEX
+        later.login("ann")
+    assert later.id not in (None, session.id)
+    assert later.new
+    assert cookie_of(cstore, later) != cookie
+    assert members(redis_client, cstore, "ann") == {key(later).encode()}
+
+
+def test_login_again_replaces_the_entry(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    session, cookie = logged_in(cstore, "ann")
+    later = cstore.open(cookie)
+    with counted.expect(2):
+        later.login("ann")
+    assert members(redis_client, cstore, "ann") == {key(later).encode()}
+    assert redis_client.exists(key(session)) == 0
+
+
+def test_login_as_someone_else_moves_the_session_between_indexes(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    session, cookie = logged_in(cstore, "ann")
+    later = cstore.open(cookie)
+    with counted.expect(3):  # LOGIN, INDEX (bob), INDEX (ann: drop the old key)
+        later.login("bob")
+    assert redis_client.hget(key(later), OWNER_FIELD) == b"bob"
+    assert members(redis_client, cstore, "bob") == {key(later).encode()}
+    assert redis_client.exists(index_of(cstore, "ann")) == 0  # emptied, so gone
+    assert cstore.open(cookie_of(cstore, later))["a"] == 1  # data kept
+    assert redis_client.exists(key(session)) == 0
+
+
+def test_cookie_after_login_through_a_wsgi_app(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        session: Session = environ["hashsession"]
+        path = environ["PATH_INFO"]
+        if path == "/login":
+            session.login(environ["QUERY_STRING"])
+        elif path == "/visit":
+            session.incr("visits")
+        body = f"{session.id}|{session.get('visits')}".encode()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body]
+
+    client = webtest.TestApp(WSGISessionMiddleware(app, store=store))
+    anonymous_id = client.get("/visit").text.split("|")[0]
+    response = client.get("/login?ann")
+    new_id = response.text.split("|")[0]
+    assert new_id != anonymous_id
+    assert store.config.cookie_value(new_id) in response.headers["Set-Cookie"]
+    assert client.get("/visit").text == f"{new_id}|2"  # the browser now sends the new id
+    assert [i.current for i in store.sessions_of("ann", current=new_id)] == [True]
+    assert redis_client.exists(store.config.key_of(anonymous_id)) == 0
+
+
+def test_user_ids_and_the_cap_setting_are_checked(make_store: StoreFactory) -> None:
+    session = make_store().open(None)
+    for bad in (True, None, 1.5, b"ann"):
+        with pytest.raises(TypeError):
+            session.login(bad)  # type: ignore[arg-type]
+    for bad in ("", "x" * 1025, "\ud800"):
+        with pytest.raises(ValueError):
+            session.login(bad)
+    assert session.id is None  # nothing was sent
+    for cap in (0, -1, True, 2.0, "3"):
+        with pytest.raises(ConfigurationError) as info:
+            make_store(max_sessions_per_user=cap)
+        assert info.value.setting == "max_sessions_per_user"
+    assert make_store(max_sessions_per_user=1).config.max_sessions_per_user == 1
+
+
+def test_int_and_str_user_ids_name_the_same_user(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    first, _ = logged_in(store, "7")
+    second = store.open(None)
+    second.login(7)
+    assert members(redis_client, store, "7") == {key(first).encode(), key(second).encode()}
+    assert index_of(store, 7) == store.config.prefix + "u:" + user_digest("7")
+    assert len(user_digest("7")) == 24
+
+
+# --------------------------------------------------------------------------- sessions_of
+
+
+def test_sessions_of_lists_created_and_last_seen(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    one, cookie_one = logged_in(cstore, "ann")
+    two, _ = logged_in(cstore, "ann")
+    redis_client.hset(key(one), SEEN_FIELD, now_ms() - 60_000)  # seen a minute ago
+    redis_client.hset(key(two), SEEN_FIELD, now_ms() - 30_000)
+    with counted.expect(2):  # the index, then one pipeline over both sessions
+        infos = cstore.sessions_of("ann")
+    assert [i.handle for i in infos] == [
+        user_digest("ann") + "." + hashlib.sha1(key(s).encode()).hexdigest() for s in (two, one)
+    ]  # most recently seen first
+    for info in infos:
+        assert isinstance(info, SessionInfo)
+        assert before <= info.created <= datetime.now(timezone.utc)
+        assert info.created.tzinfo is timezone.utc
+        ahead = (info.expires_at - datetime.now(timezone.utc)).total_seconds()
+        assert 90 < ahead <= 100
+        assert info.current is False
+    assert infos[1].last_seen < infos[0].last_seen
+    assert (datetime.now(timezone.utc) - infos[1].last_seen).total_seconds() >= 59
+    cstore.open(cookie_one).get("a")  # a later request sees session one again
+    infos = cstore.sessions_of("ann", current=one)
+    assert infos[0].current and infos[0].last_seen > infos[1].last_seen
+    assert (datetime.now(timezone.utc) - infos[0].last_seen).total_seconds() < 5
+    with pytest.raises(AttributeError):
+        infos[0].handle = "x"  # type: ignore[misc]
+
+
+def test_sessions_of_prunes_vanished_sessions(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    alive, _ = logged_in(cstore, "ann")
+    invalidated, _ = logged_in(cstore, "ann")
+    expired, _ = logged_in(cstore, "ann")
+    old_key = key(invalidated)
+    invalidated.invalidate()
+    redis_client.delete(key(expired))  # as if its TTL had run out
+    assert len(members(redis_client, cstore, "ann")) == 3  # invalidated entries stay...
+    with counted.expect(3):  # index, pipeline, and the removal of the two dead entries
+        infos = cstore.sessions_of("ann")
+    assert len(infos) == 1
+    assert members(redis_client, cstore, "ann") == {key(alive).encode()}  # ...until pruned
+    assert old_key.encode() not in members(redis_client, cstore, "ann")
+    with counted.expect(2):
+        assert len(cstore.sessions_of("ann")) == 1
+    with counted.expect(1):
+        assert cstore.sessions_of("nobody") == []
+
+
+def test_entries_past_their_score_are_pruned_and_the_index_expires(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    one, _ = logged_in(store, "ann")
+    two, _ = logged_in(store, "ann")
+    index = index_of(store, "ann")
+    redis_client.zadd(index, {key(one): now_ms() - 1})  # an entry whose time is up
+    assert [i.handle[-40:] for i in store.sessions_of("ann")] == [
+        hashlib.sha1(key(two).encode()).hexdigest()
+    ]
+    assert members(redis_client, store, "ann") == {key(two).encode()}
+    score = redis_client.zscore(index, key(two))
+    assert score is not None
+    assert abs(score - now_ms() - redis_client.pttl(index)) < 1000  # expires with its last entry
+    redis_client.zadd(index, {key(two): now_ms() - 1})
+    assert store.sessions_of("ann") == []
+    assert redis_client.exists(index) == 0
+
+
+def test_handles_are_not_cookies(store: SessionStore) -> None:
+    session, _ = logged_in(store, "ann", secret="s")
+    (info,) = store.sessions_of("ann")
+    assert session.id is not None and session.id not in info.handle
+    assert key(session) not in info.handle
+    assert store.open_id(info.handle).get("secret") is None
+    assert store.open(f"{store.cookie.name}={info.handle}").get("secret") is None
+
+
+# --------------------------------------------------------------------------- revoking
+
+
+def test_revoke_by_id(cstore: SessionStore, counted: Counted, redis_client: redis.Redis) -> None:
+    one, cookie_one = logged_in(cstore, "ann")
+    two, _ = logged_in(cstore, "ann")
+    assert one.id is not None
+    with counted.expect(2):  # REVOKE on the session, INDEX on the owner's index
+        assert cstore.revoke(one.id) is True
+    assert redis_client.exists(key(one)) == 0
+    assert members(redis_client, cstore, "ann") == {key(two).encode()}
+    assert cstore.open(cookie_one).get("a") is None  # that browser is logged out
+    with counted.expect(1):
+        assert cstore.revoke(one.id) is False  # already gone
+    assert cstore.revoke("not an id") is False
+    assert two.id is not None
+    assert cstore.revoke(two.id, user_id="bob") is False  # not bob's
+    assert redis_client.exists(key(two)) == 1
+    assert cstore.revoke(two.id, user_id="ann") is True
+    assert redis_client.exists(index_of(cstore, "ann")) == 0
+
+
+def test_revoke_an_unowned_session(store: SessionStore, redis_client: redis.Redis) -> None:
+    session = store.open(None)
+    session["a"] = 1
+    assert session.id is not None
+    assert store.revoke(session.id, user_id="ann") is False
+    assert store.revoke(session.id) is True
+    assert redis_client.dbsize() == 0
+
+
+def test_revoke_takes_bare_ids_when_cookies_are_signed(
+    make_store: StoreFactory, redis_client: redis.Redis
+) -> None:
+    store = make_store(secret_keys=["k1"])
+    session, cookie = logged_in(store, "ann")
+    assert session.id is not None and session.id not in (cookie, cookie.split("=", 1)[1])
+    assert store.revoke(cookie.split("=", 1)[1]) is False  # a cookie value is not an id
+    assert store.revoke(session.id) is True
+    assert redis_client.dbsize() == 0
+
+
+def test_revoke_by_handle(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    one, _ = logged_in(cstore, "ann")
+    two, _ = logged_in(cstore, "ann")
+    handles = {i.handle: i for i in cstore.sessions_of("ann", current=two)}
+    (handle_one,) = [h for h, i in handles.items() if not i.current]
+    assert cstore.revoke(handle_one, user_id="bob") is False  # a handle of someone else's
+    with counted.expect(2):  # INDEX finds and drops the entry, then DEL
+        assert cstore.revoke(handle_one) is True
+    assert redis_client.exists(key(one)) == 0
+    assert members(redis_client, cstore, "ann") == {key(two).encode()}
+    assert cstore.revoke(handle_one) is False
+
+
+def test_revoke_user_keeps_the_given_session(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    sessions = [logged_in(cstore, "ann")[0] for _ in range(4)]
+    other, _ = logged_in(cstore, "bob")
+    here = sessions[0]
+    with counted.expect(2):  # INDEX drops the others, one pipeline of DEL
+        assert cstore.revoke_user("ann", keep=here) == 3
+    assert [redis_client.exists(key(s)) for s in sessions] == [1, 0, 0, 0]
+    assert members(redis_client, cstore, "ann") == {key(here).encode()}
+    assert redis_client.exists(key(other)) == 1
+    assert cstore.revoke_user("ann", keep=here) == 0
+    assert here["a"] == 1  # the kept session goes on
+
+
+@pytest.mark.parametrize("how", ["id", "handle"])
+def test_revoke_user_keep_by_id_or_handle(
+    store: SessionStore, redis_client: redis.Redis, how: str
+) -> None:
+    keep, _ = logged_in(store, "ann")
+    gone, _ = logged_in(store, "ann")
+    if how == "id":
+        assert keep.id is not None
+        token = keep.id
+    else:
+        (token,) = [i.handle for i in store.sessions_of("ann", current=keep) if i.current]
+    assert store.revoke_user("bob", keep=token) == 0  # bob has no sessions
+    assert store.revoke_user("ann", keep=token) == 1
+    assert redis_client.exists(key(keep)) == 1
+    assert redis_client.exists(key(gone)) == 0
+
+
+def test_revoke_user_without_keep_logs_out_everywhere(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    for _ in range(3):
+        logged_in(store, "ann")
+    invalidated, _ = logged_in(store, "ann")
+    invalidated.invalidate()  # its entry is still indexed, but it is not live
+    assert store.revoke_user("ann") == 3
+    assert redis_client.dbsize() == 0
+
+
+# --------------------------------------------------------------------------- the cap
+
+
+def test_the_cap_evicts_the_session_that_expires_first(
+    make_store: StoreFactory, counted: Counted, warm: None, redis_client: redis.Redis
+) -> None:
+    store = make_store(redis=counted.client, max_sessions_per_user=2)
+    one, _ = logged_in(store, "ann")
+    two, _ = logged_in(store, "ann")
+    index = index_of(store, "ann")
+    redis_client.zadd(index, {key(two): now_ms() + 10 * TTL_MS})  # one is the older
+    three = store.open(None)
+    with counted.expect(3):  # CREATE, INDEX (evicts one), DEL of one
+        three.login("ann")
+    assert redis_client.exists(key(one)) == 0
+    assert members(redis_client, store, "ann") == {key(two).encode(), key(three).encode()}
+    # The newest login is never evicted, even when its entry expires first.
+    redis_client.zadd(index, {key(two): now_ms() + 20 * TTL_MS, key(three): now_ms() + 30 * TTL_MS})
+    four = store.open(None)
+    four.login("ann")
+    assert members(redis_client, store, "ann") == {key(three).encode(), key(four).encode()}
+    assert redis_client.exists(key(two)) == 0
+    assert len(store.sessions_of("ann")) == 2
+
+
+def test_the_cap_holds_for_concurrent_logins(
+    make_store: StoreFactory, redis_client: redis.Redis
+) -> None:
+    store = make_store(max_sessions_per_user=3)
+    errors: list[BaseException] = []
+
+    def login() -> None:
+        try:
+            for _ in range(3):
+                store.open(None).login("ann")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=login) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.sessions_of("ann")) == 3
+    assert redis_client.dbsize() == 4  # three sessions and the index
+
+
+def test_concurrent_logins_of_one_user_are_all_indexed(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    anonymous = []
+    for n in range(8):
+        session = store.open(None)
+        session["n"] = n
+        anonymous.append(cookie_of(store, session))
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def login(cookie: str) -> None:
+        session = store.open(cookie)
+        session.login("ann")
+        with lock:
+            ids.append(session.id or "")
+
+    threads = [threading.Thread(target=login, args=(c,)) for c in anonymous]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 8
+    assert members(redis_client, store, "ann") == {store.config.key_of(i).encode() for i in ids}
+    assert len(store.sessions_of("ann")) == 8
+
+
+# --------------------------------------------------------------------------- keeping it fresh
+
+
+def test_the_index_entry_is_refreshed_once_per_half_idle_timeout(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    session, cookie = logged_in(cstore, "ann")
+    index, name = index_of(cstore, "ann"), key(session)
+    with counted.expect(2):  # not due: N operations, N round trips
+        later = cstore.open(cookie)
+        assert later["a"] == 1
+        later["b"] = 2
+    # Half the idle timeout has not yet gone by: the entry outlasts the new expiry.
+    redis_client.hset(name, INDEXED_FIELD, now_ms() + TTL_MS + 5_000)
+    with counted.expect(1):
+        assert cstore.open(cookie).get("a") == 1
+    # Now it has: the first command reports it, and one INDEX follows it.
+    redis_client.hset(name, INDEXED_FIELD, now_ms() + TTL_MS - 5_000)
+    redis_client.zadd(index, {name: now_ms() + TTL_MS - 5_000})
+    with counted.expect(3) as c:
+        later = cstore.open(cookie)
+        assert later["a"] == 1
+        later["b"] = 3
+    assert c.commands == ["EVALSHA"] * 3  # OPEN + get, INDEX, the live set script
+    good = int(redis_client.hget(name, INDEXED_FIELD) or 0)
+    assert redis_client.zscore(index, name) == good
+    assert good >= now_ms() + redis_client.pttl(name)  # outlasts the session again
+    assert redis_client.pttl(index) > TTL_MS
+    with counted.expect(1):  # and is not due again
+        assert cstore.open(cookie).get("b") == 3
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        lambda s: s.get("a"),
+        lambda s: s.__setitem__("a", 2),
+        lambda s: s.incr("n"),
+        lambda s: dict(s),
+        lambda s: s.touch(),
+        lambda s: "a" in s,
+    ],
+    ids=["get", "set", "incr", "dict", "touch", "contains"],
+)
+def test_any_first_command_refreshes_a_due_entry(
+    cstore: SessionStore,
+    counted: Counted,
+    redis_client: redis.Redis,
+    first: Callable[[Session], Any],
+) -> None:
+    session, cookie = logged_in(cstore, "ann")
+    name, index = key(session), index_of(cstore, "ann")
+    redis_client.hset(name, INDEXED_FIELD, 0)
+    redis_client.zadd(index, {name: now_ms() + 1000})
+    with counted.expect(2):
+        first(cstore.open(cookie))
+    assert (redis_client.zscore(index, name) or 0) >= now_ms() + TTL_MS
+
+
+def test_a_failed_first_command_does_not_record_the_refresh(
+    make_store: StoreFactory, redis_client: redis.Redis
+) -> None:
+    store = make_store(max_keys=1)
+    session, cookie = logged_in(store, "ann")
+    redis_client.hset(key(session), INDEXED_FIELD, 0)
+    with pytest.raises(LimitExceededError):
+        store.open(cookie)["b"] = 2  # over the limit: OPEN answers an error
+    assert redis_client.hget(key(session), INDEXED_FIELD) == b"0"  # still due
+    store.open(cookie).get("a")
+    assert int(redis_client.hget(key(session), INDEXED_FIELD) or 0) > now_ms()
+
+
+def test_a_longer_timeout_moves_the_entry_along(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    session, cookie = logged_in(cstore, "ann")
+    with counted.expect(2):  # touch (which reports the entry due), INDEX
+        cstore.open(cookie).adjust_timeout(1000)
+    score = redis_client.zscore(index_of(cstore, "ann"), key(session)) or 0
+    assert score >= now_ms() + 1_000_000 - 1000
+
+
+def test_the_absolute_lifetime_caps_the_entry(
+    make_store: StoreFactory, redis_client: redis.Redis
+) -> None:
+    store = make_store(ttl=100, absolute_ttl=120)
+    session, _ = logged_in(store, "ann")
+    created = int(redis_client.hget(key(session), CREATED_FIELD) or 0)
+    good = int(redis_client.hget(key(session), INDEXED_FIELD) or 0)
+    assert created + 100_000 <= good <= created + 120_000
+    fresh = store.open(None)
+    fresh.login("bob")
+    created = int(redis_client.hget(key(fresh), CREATED_FIELD) or 0)
+    assert redis_client.zscore(index_of(store, "bob"), key(fresh)) == created + 120_000
+
+
+def test_regenerate_moves_an_owned_entry(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    session, cookie = logged_in(cstore, "ann")
+    old = key(session)
+    later = cstore.open(cookie)
+    with counted.expect(2):  # OPEN + rename, then INDEX (drop old key, add new)
+        later.regenerate()
+    assert members(redis_client, cstore, "ann") == {key(later).encode()}
+    with counted.expect(2):  # a live regenerate too
+        later.regenerate()
+    assert members(redis_client, cstore, "ann") == {key(later).encode()}
+    assert old.encode() not in members(redis_client, cstore, "ann")
+    score = redis_client.zscore(index_of(cstore, "ann"), key(later))
+    assert score == int(redis_client.hget(key(later), INDEXED_FIELD) or 0)
+    unowned = cstore.open(None)
+    unowned["a"] = 1
+    with counted.expect(1):  # unowned sessions regenerate as before
+        cstore.open(cookie_of(cstore, unowned)).regenerate()
+
+
+def test_unowned_sessions_keep_their_round_trip_budget(
+    cstore: SessionStore, counted: Counted, redis_client: redis.Redis
+) -> None:
+    session = cstore.open(None)
+    session["a"] = 1
+    cookie = cookie_of(cstore, session)
+    redis_client.hset(key(session), INDEXED_FIELD, 0)  # meaningless without an owner
+    with counted.expect(3):
+        later = cstore.open(cookie)
+        later.get("a")
+        later["b"] = 2
+        later.touch(200)
+    assert redis_client.hget(key(session), SEEN_FIELD) is None
+
+
+# --------------------------------------------------------------------------- asyncio
+
+
+class AsyncCounter:
+    """A ``redis.asyncio`` client counting round trips (one per packed write, handshakes aside)."""
+
+    def __init__(self, url: str) -> None:
+        self.count = 0
+        counter = self
+
+        class Counting(aioredis.Connection):
+            _handshaking = 0
+
+            async def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
+                self._handshaking += 1
+                try:
+                    return await super().connect_check_health(*args, **kwargs)
+                finally:
+                    self._handshaking -= 1
+
+            async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                if not self._handshaking:
+                    counter.count += 1
+                await super().send_packed_command(command, check_health)
+
+        self.client = aioredis.Redis(
+            connection_pool=aioredis.ConnectionPool.from_url(url, connection_class=Counting)
+        )
+
+
+@pytest.fixture
+async def astore(redis_url: str, warm: None) -> AsyncIterator[AsyncSessionStore]:
+    counter = AsyncCounter(redis_url)
+    store = AsyncSessionStore(redis=counter.client, ttl=100)
+    store.counter = counter  # type: ignore[attr-defined]
+    yield store
+    await counter.client.aclose()
+    await counter.client.connection_pool.aclose()
+
+
+def counter_of(store: AsyncSessionStore) -> AsyncCounter:
+    counter: AsyncCounter = store.counter  # type: ignore[attr-defined]
+    counter.count = 0
+    return counter
+
+
+async def alogged_in(store: AsyncSessionStore, user: str) -> tuple[AsyncSession, str]:
+    session = store.open(None)
+    await session.set("a", 1)
+    await session.login(user)
+    return session, cookie_of(store, session)
+
+
+async def test_async_login(astore: AsyncSessionStore, redis_client: redis.Redis) -> None:
+    session = astore.open(None)
+    await session.update(a=1)
+    later = astore.open(cookie_of(astore, session))
+    counter = counter_of(astore)
+    await later.login("ann")
+    assert counter.count == 2
+    assert later.id not in (None, session.id)
+    assert redis_client.exists(key(session)) == 0
+    assert redis_client.hget(key(later), OWNER_FIELD) == b"ann"
+    assert await astore.open(cookie_of(astore, later)).get("a") == 1
+    fresh = astore.open(None)
+    counter = counter_of(astore)
+    await fresh.login("ann")
+    assert counter.count == 2
+    assert members(redis_client, astore, "ann") == {key(later).encode(), key(fresh).encode()}
+
+
+async def test_async_sessions_of_and_revoke(
+    astore: AsyncSessionStore, redis_client: redis.Redis
+) -> None:
+    one, cookie_one = await alogged_in(astore, "ann")
+    two, _ = await alogged_in(astore, "ann")
+    three, _ = await alogged_in(astore, "ann")
+    redis_client.hset(key(one), SEEN_FIELD, now_ms() - 60_000)
+    counter = counter_of(astore)
+    infos = await astore.sessions_of("ann", current=three)
+    assert counter.count == 2
+    assert len(infos) == 3 and infos[-1].last_seen < infos[0].last_seen
+    assert [i.current for i in infos].count(True) == 1
+    assert one.id is not None
+    assert await astore.revoke(one.id, user_id="bob") is False
+    assert await astore.revoke(one.id) is True
+    assert await astore.open(cookie_one).get("a") is None
+    (handle,) = [i.handle for i in await astore.sessions_of("ann", current=two) if i.current]
+    assert await astore.revoke_user("ann", keep=handle) == 1
+    assert members(redis_client, astore, "ann") == {key(two).encode()}
+    assert await astore.revoke(handle) is True
+    assert redis_client.dbsize() == 0
+
+
+async def test_async_refresh_and_regenerate(
+    astore: AsyncSessionStore, redis_client: redis.Redis
+) -> None:
+    session, cookie = await alogged_in(astore, "ann")
+    name, index = key(session), index_of(astore, "ann")
+    counter = counter_of(astore)
+    assert await astore.open(cookie).get("a") == 1
+    assert counter.count == 1
+    redis_client.hset(name, INDEXED_FIELD, 0)
+    redis_client.zadd(index, {name: now_ms() + 1000})
+    counter = counter_of(astore)
+    later = astore.open(cookie)
+    assert await later.get("a") == 1
+    await later.set("b", 2)
+    assert counter.count == 3
+    assert (redis_client.zscore(index, name) or 0) >= now_ms() + TTL_MS
+    counter = counter_of(astore)
+    await later.regenerate()
+    assert counter.count == 2
+    assert members(redis_client, astore, "ann") == {key(later).encode()}
+
+
+async def test_async_cap_and_concurrent_logins(redis_url: str, redis_client: redis.Redis) -> None:
+    store = AsyncSessionStore(redis=redis_url, ttl=100, max_sessions_per_user=3)
+    try:
+
+        async def login() -> str:
+            session = store.open(None)
+            await session.login("ann")
+            return key(session)
+
+        keys = await asyncio.gather(*(login() for _ in range(8)))
+        assert len(set(keys)) == 8
+        assert len(await store.sessions_of("ann")) == 3
+        assert redis_client.dbsize() == 4
+    finally:
+        await store.aclose()
+
+
+async def test_async_cookie_after_login_through_an_asgi_app(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    store = AsyncSessionStore(redis=redis_url, ttl=100)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        session = session_of(scope)
+        if scope["path"] == "/login":
+            await session.login("ann")
+        else:
+            await session.incr("visits")
+        body = f"{session.id}|{await session.get('visits')}".encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    transport = httpx.ASGITransport(app=ASGISessionMiddleware(app, store=store))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            anonymous_id = (await client.get("/visit")).text.split("|")[0]
+            response = await client.get("/login")
+            new_id = response.text.split("|")[0]
+            assert new_id != anonymous_id
+            assert store.config.cookie_value(new_id) in response.headers["set-cookie"]
+            assert (await client.get("/visit")).text == f"{new_id}|2"
+        assert [i.current for i in await store.sessions_of("ann", current=new_id)] == [True]
+    finally:
+        await store.aclose()
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@pytest.mark.parametrize("topology", ["cluster"])
+def test_on_a_cluster(topology_url: str, topology_client: Any) -> None:
+    store = SessionStore(redis=topology_url, ttl=100, max_sessions_per_user=5)
+    try:
+        sessions = [logged_in(store, "ann")[0] for _ in range(6)]  # one evicted by the cap
+        slots = {topology_client.keyslot(key(s)) for s in sessions}
+        assert len(slots) > 1  # spread over several slots (and nodes)
+        infos = store.sessions_of("ann", current=sessions[-1])
+        assert len(infos) == 5
+        assert topology_client.exists(key(sessions[0])) == 0
+        later = store.open(cookie_of(store, sessions[-1]))
+        later.regenerate()
+        (mine,) = [i for i in store.sessions_of("ann", current=later) if i.current]
+        assert store.revoke_user("ann", keep=mine.handle) == 4
+        assert [i.handle for i in store.sessions_of("ann")] == [mine.handle]
+        assert store.revoke(mine.handle) is True
+        assert topology_client.keys() == []
+        other, _ = logged_in(store, "bob")
+        assert other.id is not None and store.revoke(other.id) is True
+        logged_in(store, "cid")
+        assert_every_key_expires(topology_client)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("topology", ["cluster"])
+async def test_async_on_a_cluster(topology_url: str, topology_client: Any) -> None:
+    store = AsyncSessionStore(redis=topology_url, ttl=100)
+    try:
+        sessions = [(await alogged_in(store, "ann"))[0] for _ in range(4)]
+        assert len(await store.sessions_of("ann")) == 4
+        assert await store.revoke_user("ann", keep=sessions[0]) == 3
+        (info,) = await store.sessions_of("ann")
+        assert await store.revoke(info.handle) is True
+        assert topology_client.keys() == []
+        assert_every_key_expires(topology_client)
+    finally:
+        await store.aclose()
