@@ -133,8 +133,8 @@ def test_each_url_gets_its_kind_of_client(
     sentinel_setup: SentinelSetup, cluster_setup: ClusterSetup, redis_server: EmbeddedRedis
 ) -> None:
     standalone = sync_client(redis_server.url)
-    assert isinstance(standalone.connection_pool, redis.BlockingConnectionPool)
-    assert standalone.connection_pool.max_connections == 200
+    assert type(standalone.connection_pool) is redis.ConnectionPool
+    assert standalone.connection_pool.max_connections == 10_000
     sentinel = sync_client(sentinel_setup.url)
     assert isinstance(sentinel, redis.Redis)
     assert sentinel.connection_pool.service_name == sentinel_setup.service  # type: ignore[attr-defined]
@@ -151,7 +151,7 @@ async def test_each_url_gets_its_kind_of_async_client(
     sentinel_setup: SentinelSetup, cluster_setup: ClusterSetup, redis_server: EmbeddedRedis
 ) -> None:
     standalone = async_client(redis_server.url)
-    assert isinstance(standalone.connection_pool, aioredis.BlockingConnectionPool)  # type: ignore[union-attr]
+    assert type(standalone.connection_pool) is aioredis.ConnectionPool  # type: ignore[union-attr]
     sentinel = async_client(sentinel_setup.url)
     assert await sentinel.ping() is True
     cluster = async_client(cluster_setup.url)

@@ -17,11 +17,12 @@ from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from hashsession.errors import ConfigurationError, ConflictError
 from hashsession.protocol import (
     AGAIN,
+    BACKEND_ERRORS,
     INCR_SHA,
     MISSING,
     SET_SHA,
@@ -110,7 +111,7 @@ class AsyncSession(SessionView):
                 return await execute(*cmd)
             except NoScriptError:
                 return await execute("EVAL", by_sha(cmd[1]).source, *cmd[2:])
-        except RedisError as exc:
+        except BACKEND_ERRORS as exc:
             raise self._core.error(exc, key) from exc
 
     async def _run(self, plan: Callable[..., Step], key: str | None, *args: Any) -> Any:
@@ -153,7 +154,7 @@ class AsyncSession(SessionView):
         if live is not None:  # the fast path of a live session: the plain command
             try:
                 raw = await self._execute("HGET", live, field)
-            except RedisError as exc:
+            except BACKEND_ERRORS as exc:
                 raise core.error(exc, field) from exc
         else:
             raw = await self._run(core.plan_get, field, field)
@@ -167,7 +168,7 @@ class AsyncSession(SessionView):
         if live is not None:
             try:
                 return bool(await self._execute("HEXISTS", live, field))
-            except RedisError as exc:
+            except BACKEND_ERRORS as exc:
                 raise core.error(exc, field) from exc
         return bool(await self._run(core.plan_has, field, field))
 
@@ -233,7 +234,7 @@ class AsyncSession(SessionView):
             core.modified = True
             try:
                 return bool(await self._execute("HDEL", live, field))
-            except RedisError as exc:
+            except BACKEND_ERRORS as exc:
                 raise core.error(exc, field) from exc
         return bool(await self._run(core.plan_delete, field, field))
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
 from typing import Any, Final
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from hashsession.config import SessionConfig
 from hashsession.errors import (
@@ -59,6 +59,7 @@ from hashsession.scripts import (
 
 __all__ = [
     "AGAIN",
+    "BACKEND_ERRORS",
     "INCR_SHA",
     "MISSING",
     "SET_SHA",
@@ -75,6 +76,9 @@ __all__ = [
 ]
 
 Command = tuple[Any, ...]
+#: What redis-py raises when Redis fails: its error tree, plus the cluster client's own
+#: exceptions (CROSSSLOT refusals, uncovered slots), which do not derive from RedisError.
+BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 Step = tuple[Command | None, Callable[[Any], Any] | None, Any]
 #: A command sent after a step, and what to do with its reply (which may queue more).
 After = tuple[Command, Callable[[Any], None] | None]

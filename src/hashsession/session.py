@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from hashsession.errors import ConflictError
 from hashsession.protocol import (
     AGAIN,
+    BACKEND_ERRORS,
     INCR_SHA,
     MISSING,
     SET_SHA,
@@ -75,7 +76,7 @@ class Session(SessionView, MutableMapping[str, Any]):
                 return execute(*cmd)
             except NoScriptError:
                 return execute("EVAL", by_sha(cmd[1]).source, *cmd[2:])
-        except RedisError as exc:
+        except BACKEND_ERRORS as exc:
             raise self._core.error(exc, key) from exc
 
     def _run(self, plan: Callable[..., Step], key: str | None, *args: Any) -> Any:
@@ -119,7 +120,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         if live is not None and snapshot is None:
             try:
                 raw = self._execute("HGET", live, field)
-            except RedisError as exc:
+            except BACKEND_ERRORS as exc:
                 raise core.error(exc, field) from exc
         else:
             raw = snapshot.pop(field, None) if snapshot is not None else None
@@ -143,7 +144,7 @@ class Session(SessionView, MutableMapping[str, Any]):
             self._snapshot = None
             try:
                 raw = self._execute("HGET", live, field)
-            except RedisError as exc:
+            except BACKEND_ERRORS as exc:
                 raise core.error(exc, field) from exc
         else:
             raw = self._run(core.plan_get, field, field)
@@ -157,7 +158,7 @@ class Session(SessionView, MutableMapping[str, Any]):
             self._snapshot = None
             try:
                 return bool(self._execute("HEXISTS", live, field))
-            except RedisError as exc:
+            except BACKEND_ERRORS as exc:
                 raise core.error(exc, field) from exc
         return bool(self._run(core.plan_has, field, field))
 
@@ -231,7 +232,7 @@ class Session(SessionView, MutableMapping[str, Any]):
                 reply = self._send(
                     ("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw), field
                 )
-            except RedisError as exc:
+            except BACKEND_ERRORS as exc:
                 raise core.error(exc, field) from exc
             if reply is not None:
                 return
@@ -273,7 +274,7 @@ class Session(SessionView, MutableMapping[str, Any]):
             core.modified = True
             try:
                 return bool(self._execute("HDEL", live, field))
-            except RedisError as exc:
+            except BACKEND_ERRORS as exc:
                 raise core.error(exc, field) from exc
         return bool(self._run(core.plan_delete, field, field))
 

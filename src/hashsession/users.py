@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from hashsession.config import SessionConfig, user_digest
 from hashsession.errors import BackendError
-from hashsession.protocol import Command, SessionView, index_command, index_put
+from hashsession.protocol import BACKEND_ERRORS, Command, SessionView, index_command, index_put
 from hashsession.scripts import CREATED_FIELD, OWNER_FIELD, REVOKE, SEEN_FIELD, by_sha
 
 __all__ = [
@@ -218,7 +218,7 @@ def revoke_user(
 # --------------------------------------------------------------------------- drivers
 
 
-def _error(exc: RedisError) -> BackendError:
+def _error(exc: Exception) -> BackendError:
     return BackendError(f"Redis failed on a user's session index: {exc}")
 
 
@@ -241,7 +241,7 @@ def run(client: Any, flow: Flow[T]) -> T:
                     reply = client.execute_command(*request)
                 except NoScriptError:
                     reply = client.execute_command("EVAL", by_sha(request[1]).source, *request[2:])
-        except RedisError as exc:
+        except BACKEND_ERRORS as exc:
             raise _error(exc) from exc
 
 
@@ -265,5 +265,5 @@ async def arun(client: Any, flow: Flow[T]) -> T:
                 except NoScriptError:
                     source = by_sha(request[1]).source
                     reply = await client.execute_command("EVAL", source, *request[2:])
-        except RedisError as exc:
+        except BACKEND_ERRORS as exc:
             raise _error(exc) from exc

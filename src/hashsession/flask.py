@@ -1,0 +1,538 @@
+"""Flask integration: ``flask.session`` itself becomes a live hashsession session.
+
+``HashSession(app)`` (or ``HashSession().init_app(app)`` in an app factory)
+installs :class:`HashSessionInterface`, configured from the ``HASHSESSION_*``
+keys of ``app.config`` (the table is in ``docs/flask.md``). ``session["x"] = 1``
+then reaches Redis before the line returns; a request that never touches the
+session costs no Redis command and gets no ``Set-Cookie``.
+
+When Flask-Login stores a user in a session that existed before the request,
+the session first gets a new id (fixation defence); :func:`regenerate` does the
+same for apps that log users in some other way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import flask
+from flask.json.tag import TaggedJSONSerializer
+from flask.sessions import SessionInterface, SessionMixin
+
+from hashsession.config import seconds
+from hashsession.errors import ConfigurationError
+from hashsession.protocol import SessionCore
+from hashsession.session import Session
+from hashsession.store import SessionStore
+
+if TYPE_CHECKING:
+    import redis
+    from flask import Flask
+    from flask.wrappers import Request, Response
+
+__all__ = [
+    "FlaskOptions",
+    "FlaskSession",
+    "HashSession",
+    "HashSessionInterface",
+    "TaggedJSONCodec",
+    "current_session",
+    "interface_from_config",
+    "options_from_config",
+    "regenerate",
+    "store_from_config",
+]
+
+PREFIX = "HASHSESSION_"
+#: Reserved metadata field holding a session's own ``permanent`` flag.
+PERMANENT_FIELD = "flask.permanent"
+#: The key Flask-Login stores the logged-in user's id under.
+USER_ID_KEY = "_user_id"
+_REMEMBER_KEY = "_remember"  # Flask-Login's note to set or clear its remember cookie
+
+# Keys that configure the store; none may be combined with HASHSESSION_STORE.
+_STORE_KEYS = (
+    "REDIS",
+    "SECRET_KEYS",
+    "TTL",
+    "ABSOLUTE_TTL",
+    "PREFIX",
+    "CODEC",
+    "COOKIE_NAME",
+    "COOKIE_DOMAIN",
+    "COOKIE_PATH",
+    "COOKIE_SECURE",
+    "COOKIE_HTTPONLY",
+    "COOKIE_SAMESITE",
+    "COOKIE_HOST_PREFIX",
+    "PERMANENT",
+    "REFRESH_EACH_REQUEST",
+    "OPTIONS",
+)
+_KNOWN_KEYS = frozenset(
+    PREFIX + k
+    for k in (
+        *_STORE_KEYS,
+        "STORE",
+        "PERMANENT_LIFETIME",
+        "REGENERATE_ON_LOGIN",
+        "INVALIDATE_ON_LOGOUT",
+    )
+)
+# SessionStore settings that have their own HASHSESSION_* key.
+_KEYED_SETTINGS = {
+    "redis": "REDIS",
+    "secret_keys": "SECRET_KEYS",
+    "ttl": "TTL",
+    "absolute_ttl": "ABSOLUTE_TTL",
+    "prefix": "PREFIX",
+    "codec": "CODEC",
+    "cookie": "COOKIE_*",
+    "refresh_cookie": "REFRESH_EACH_REQUEST",
+}
+
+
+class TaggedJSONCodec:
+    """Flask's own tagged JSON, the format of its cookie sessions.
+
+    Tuples, bytes, datetimes, UUIDs and ``Markup`` come back as they went in;
+    plain values are plain JSON (an int is its decimal text, so increments work).
+    """
+
+    name = "flask"
+
+    def __init__(self) -> None:
+        self._serializer = TaggedJSONSerializer()
+
+    def dumps(self, value: Any, /) -> str:
+        return self._serializer.dumps(value)
+
+    def loads(self, data: bytes, /) -> Any:
+        return self._serializer.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlaskOptions:
+    """What the Flask adapter adds to a store's settings."""
+
+    #: ``Max-Age`` in seconds of the cookie of a session made permanent one by one.
+    permanent_lifetime: int = 31 * 24 * 3600
+    #: Give an existing session a new id when Flask-Login stores a user in it.
+    regenerate_on_login: bool = True
+    #: Delete the whole session when Flask-Login logs the user out.
+    invalidate_on_logout: bool = False
+
+
+class FlaskSession(Session, SessionMixin):
+    """A live :class:`~hashsession.Session` that is also what Flask expects of a session.
+
+    ``new``, ``modified`` and ``accessed`` come from the core; ``permanent`` is
+    kept in a reserved field of the hash (or fixed to ``True`` when the store's
+    cookie has a ``max_age``, which makes every session permanent).
+    """
+
+    def __init__(
+        self, core: SessionCore, client: redis.Redis, options: FlaskOptions | None = None
+    ) -> None:
+        super().__init__(core, client)
+        self.options = options if options is not None else FlaskOptions()
+        self._permanent: bool | None = None
+        self._cookie_due = False
+        self._regenerated = False
+
+    @property
+    def new(self) -> bool:
+        """Whether the session did not exist when this request began."""
+        return self._core.is_new
+
+    @new.setter
+    def new(self, value: bool) -> None:
+        raise AttributeError("a session's 'new' comes from Redis and cannot be set")
+
+    @property
+    def modified(self) -> bool:
+        """Whether this request changed the session (every change is already in Redis)."""
+        return self._core.modified
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        """Accepted and ignored: there is nothing left to save.
+
+        Apps set it after changing a value read from the session in place, which
+        a live session never sees: assign the value back, or use :meth:`edit`.
+        """
+
+    @property
+    def accessed(self) -> bool:
+        """Whether this request used the session; Flask sets it on every ``flask.session`` use."""
+        return self._core.accessed
+
+    @accessed.setter
+    def accessed(self, value: bool) -> None:
+        self._core.accessed = bool(value)
+
+    @property
+    def all_permanent(self) -> bool:
+        """Whether the store makes every session permanent (its cookie has a ``max_age``)."""
+        return self._core.config.cookie.max_age is not None
+
+    @property
+    def permanent(self) -> bool:
+        """Whether the cookie outlives the browser session; one ``HGET`` the first time."""
+        if self.all_permanent:
+            return True
+        if self._permanent is None:
+            self._permanent = self.meta_get(PERMANENT_FIELD) is True
+        return self._permanent
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        value = bool(value)
+        if self.all_permanent:
+            if not value:
+                raise ConfigurationError(
+                    "HASHSESSION_PERMANENT", "every session is permanent; one cannot opt out"
+                )
+            return
+        if value or self._core.id is not None:  # False on a session never stored: the default
+            self.meta_set(PERMANENT_FIELD, value)
+            self._cookie_due = True
+        self._permanent = value
+
+    @property
+    def permanence_changed(self) -> bool:
+        """Whether this request set ``permanent``, so the cookie must be sent again."""
+        return self._cookie_due
+
+    def cookie_is_permanent(self) -> bool:
+        """``permanent``, without a round trip for a session created in this request."""
+        if self._permanent is None and self.new:
+            return False
+        return self.permanent
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == USER_ID_KEY:
+            self.regenerate_for_login()
+        super().__setitem__(key, value)
+
+    def set(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key`` now (the same as ``session[key] = value``)."""
+        if key == USER_ID_KEY:
+            self.regenerate_for_login()
+        super().set(key, value)
+
+    def regenerate(self) -> None:
+        """Give the session a new id, keeping its data; the response sends the new cookie."""
+        super().regenerate()
+        self._regenerated = True
+
+    def regenerate_for_login(self) -> None:
+        """Regenerate once per request, if the session existed before it and the app wants it.
+
+        Called before Flask-Login's ``_user_id`` is written, so the old id never
+        holds a logged-in user, and again (as a no-op) on its ``user_logged_in`` signal.
+        """
+        if self.options.regenerate_on_login and not self._regenerated and not self.new:
+            self.regenerate()
+
+    def invalidate(self) -> None:
+        """Delete the session now; the response expires its cookie."""
+        super().invalidate()
+        self._permanent = None
+        self._cookie_due = False
+
+    def invalidate_for_logout(self) -> None:
+        """Delete the session, keeping only Flask-Login's note about its remember cookie."""
+        remember = self.get(_REMEMBER_KEY)
+        self.invalidate()
+        if remember is not None:
+            self[_REMEMBER_KEY] = remember
+
+
+class HashSessionInterface(SessionInterface):
+    """Flask's session interface over a :class:`~hashsession.SessionStore`.
+
+    ``open_session`` costs no Redis command; ``save_session`` writes no data
+    (every change was written when it was made) and only adds the
+    ``Set-Cookie`` and ``Vary: Cookie`` headers that are due.
+    """
+
+    #: The class sessions are made of; compat layers may subclass it.
+    session_class: type[FlaskSession] = FlaskSession
+
+    def __init__(self, store: SessionStore, options: FlaskOptions | None = None) -> None:
+        self.store = store
+        self.options = options if options is not None else FlaskOptions()
+        policy = store.cookie
+        if policy.max_age is None:
+            policy = dataclasses.replace(policy, max_age=self.options.permanent_lifetime)
+        self._permanent_cookie = policy
+
+    def open_session(self, app: Flask, request: Request) -> FlaskSession:
+        core = self.store.core_for(request.environ.get("HTTP_COOKIE"))
+        return self.session_class(core, self.store.client, self.options)
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        if not isinstance(session, FlaskSession):
+            return
+        for name, value in self.response_headers(session):
+            if name == "Vary":
+                response.vary.add(value)
+            else:
+                response.headers.add(name, value)
+
+    def response_headers(self, session: FlaskSession) -> list[tuple[str, str]]:
+        """``Set-Cookie`` and ``Vary`` headers due, with ``Max-Age`` for permanent sessions."""
+        headers = self.store.response_headers(session)
+        core = session.core
+        if session.all_permanent or core.id is None:
+            return headers  # the store's cookie policy says it all, or the cookie goes away
+        due = session.permanence_changed or any(name == "Set-Cookie" for name, _ in headers)
+        if not due:
+            return headers
+        policy = self._permanent_cookie if session.cookie_is_permanent() else self.store.cookie
+        cookie = policy.set_cookie(core.config.cookie_value(core.id))
+        return [("Set-Cookie", cookie), *(h for h in headers if h[0] != "Set-Cookie")]
+
+    # Flask's cookie hooks, answered from the store's cookie policy.
+
+    def get_cookie_name(self, app: Flask) -> str:
+        return self.store.cookie.cookie_name
+
+    def get_cookie_domain(self, app: Flask) -> str | None:
+        return self.store.cookie.domain
+
+    def get_cookie_path(self, app: Flask) -> str:
+        return self.store.cookie.path
+
+    def get_cookie_httponly(self, app: Flask) -> bool:
+        return self.store.cookie.httponly
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return self.store.cookie.secure
+
+    def get_cookie_samesite(self, app: Flask) -> str | None:
+        return self.store.cookie.samesite
+
+    def get_cookie_partitioned(self, app: Flask) -> bool:
+        return False
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def _check_keys(config: Mapping[str, Any]) -> None:
+    for key in config:
+        if isinstance(key, str) and key.startswith(PREFIX) and key not in _KNOWN_KEYS:
+            close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigurationError(key, f"not a hashsession setting{hint}")
+    if config.get("SESSION_COOKIE_PARTITIONED"):
+        raise ConfigurationError(
+            "SESSION_COOKIE_PARTITIONED", "hashsession cannot send Partitioned cookies"
+        )
+
+
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigurationError(key, f"must be True or False, not {value!r}")
+    return value
+
+
+def _either(config: Mapping[str, Any], own: str, flask_key: str, default: Any) -> tuple[Any, str]:
+    """The value of ``HASHSESSION_<own>``, else of Flask's ``flask_key``; and which key it was."""
+    if PREFIX + own in config:
+        return config[PREFIX + own], PREFIX + own
+    return config.get(flask_key, default), flask_key
+
+
+def _lifetime(config: Mapping[str, Any]) -> int:
+    value, key = _either(
+        config, "PERMANENT_LIFETIME", "PERMANENT_SESSION_LIFETIME", timedelta(days=31)
+    )
+    return seconds(key, value)  # type: ignore[return-value]
+
+
+def options_from_config(config: Mapping[str, Any]) -> FlaskOptions:
+    """The adapter's own options from ``app.config``; a bad one raises naming its key."""
+    _check_keys(config)
+    return FlaskOptions(
+        permanent_lifetime=_lifetime(config),
+        regenerate_on_login=_flag(config, PREFIX + "REGENERATE_ON_LOGIN", True),
+        invalidate_on_logout=_flag(config, PREFIX + "INVALIDATE_ON_LOGOUT", False),
+    )
+
+
+def store_from_config(config: Mapping[str, Any]) -> SessionStore:
+    """A :class:`~hashsession.SessionStore` from ``app.config`` (docs/flask.md lists the keys).
+
+    ``HASHSESSION_STORE`` is returned as it is; otherwise the ``HASHSESSION_*``
+    keys, falling back on Flask's own ``SECRET_KEY``, ``SESSION_COOKIE_*`` and
+    ``PERMANENT_SESSION_LIFETIME``, build one. A bad value raises
+    :class:`~hashsession.ConfigurationError` naming the config key it came from.
+    """
+    _check_keys(config)
+    given = config.get(PREFIX + "STORE")
+    if given is not None:
+        if not isinstance(given, SessionStore):
+            raise ConfigurationError(
+                PREFIX + "STORE", f"must be a hashsession SessionStore, not {type(given).__name__}"
+            )
+        for key in _STORE_KEYS:
+            if PREFIX + key in config:
+                raise ConfigurationError(
+                    PREFIX + key, "cannot be combined with HASHSESSION_STORE; configure that store"
+                )
+        return given
+
+    settings: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    def put(setting: str, value: Any, key: str) -> None:
+        settings[setting] = value
+        origin[setting] = key
+
+    if PREFIX + "REDIS" in config:
+        put("redis", config[PREFIX + "REDIS"], PREFIX + "REDIS")
+    keys = config.get(PREFIX + "SECRET_KEYS")
+    if keys is not None:
+        put("secret_keys", None if keys == [] or keys == () else keys, PREFIX + "SECRET_KEYS")
+    elif config.get("SECRET_KEY"):
+        fallbacks = config.get("SECRET_KEY_FALLBACKS") or ()
+        put("secret_keys", [config["SECRET_KEY"], *fallbacks], "SECRET_KEY")
+    else:
+        raise ConfigurationError(
+            PREFIX + "SECRET_KEYS",
+            "set it or app.secret_key to sign session cookies ([] sends them unsigned)",
+        )
+    ttl, ttl_key = _either(config, "TTL", "PERMANENT_SESSION_LIFETIME", timedelta(days=31))
+    put("ttl", ttl, ttl_key)
+    for own, setting in (("ABSOLUTE_TTL", "absolute_ttl"), ("PREFIX", "prefix")):
+        if PREFIX + own in config:
+            put(setting, config[PREFIX + own], PREFIX + own)
+    codec = config.get(PREFIX + "CODEC", "flask")
+    put("codec", TaggedJSONCodec() if codec == "flask" else codec, PREFIX + "CODEC")
+
+    cookie: dict[str, Any] = {}
+    path = config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/"
+    for own, flask_key, field, default in (
+        ("COOKIE_NAME", "SESSION_COOKIE_NAME", "name", "session"),
+        ("COOKIE_DOMAIN", "SESSION_COOKIE_DOMAIN", "domain", None),
+        ("COOKIE_PATH", "SESSION_COOKIE_PATH", "path", path),
+        ("COOKIE_SECURE", "SESSION_COOKIE_SECURE", "secure", False),
+        ("COOKIE_HTTPONLY", "SESSION_COOKIE_HTTPONLY", "httponly", True),
+        ("COOKIE_SAMESITE", "SESSION_COOKIE_SAMESITE", "samesite", None),
+        ("COOKIE_HOST_PREFIX", "", "host_prefix", False),
+    ):
+        value: Any
+        value, key = _either(config, own, flask_key, default)
+        if field == "path" and not value:
+            value = path
+        if field == "samesite":
+            if value is None and key == flask_key:
+                value = "Lax"  # Flask's default sends no SameSite; ours is Lax
+            elif isinstance(value, str):
+                value = value.capitalize()  # Flask accepts "lax", the cookie wants "Lax"
+        cookie[field] = value
+        origin[f"cookie.{field}"] = key or PREFIX + own
+    if _flag(config, PREFIX + "PERMANENT", False):
+        cookie["max_age"] = _lifetime(config)
+        origin["cookie.max_age"] = PREFIX + "PERMANENT_LIFETIME"
+    put("cookie", cookie, PREFIX + "COOKIE_*")
+    refresh, refresh_key = _either(
+        config, "REFRESH_EACH_REQUEST", "SESSION_REFRESH_EACH_REQUEST", True
+    )
+    if not isinstance(refresh, bool):
+        raise ConfigurationError(refresh_key, f"must be True or False, not {refresh!r}")
+    put("refresh_cookie", refresh, refresh_key)
+
+    extra = config.get(PREFIX + "OPTIONS") or {}
+    if not isinstance(extra, Mapping):
+        raise ConfigurationError(PREFIX + "OPTIONS", "must be a dict of SessionStore settings")
+    for name, value in extra.items():
+        if name in _KEYED_SETTINGS:
+            raise ConfigurationError(
+                PREFIX + "OPTIONS", f"set {name!r} with HASHSESSION_{_KEYED_SETTINGS[name]}"
+            )
+        put(str(name), value, f"{PREFIX}OPTIONS[{name!r}]")
+    try:
+        return SessionStore(**settings)
+    except ConfigurationError as exc:
+        source = origin.get(exc.setting) or origin.get(exc.setting.partition(".")[0])
+        message = str(exc).removeprefix(f"{exc.setting}: ")
+        raise ConfigurationError(source or PREFIX + "OPTIONS", message) from exc
+
+
+def interface_from_config(config: Mapping[str, Any]) -> HashSessionInterface:
+    """A :class:`HashSessionInterface` with its store and options from ``app.config``."""
+    options = options_from_config(config)
+    return HashSessionInterface(store_from_config(config), options)
+
+
+# ------------------------------------------------------------------ the extension
+
+
+class HashSession:
+    """The Flask extension: ``HashSession(app)`` or ``HashSession().init_app(app)``."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> HashSessionInterface:
+        """Install the session interface configured from ``app.config``; validate it now."""
+        interface = interface_from_config(app.config)
+        app.session_interface = interface
+        app.extensions["hashsession"] = interface
+        try:
+            from flask_login import (  # type: ignore[import-untyped]
+                user_logged_in,
+                user_logged_out,
+            )
+        except ImportError:
+            return interface
+        user_logged_in.connect(_on_login, sender=app)
+        user_logged_out.connect(_on_logout, sender=app)
+        return interface
+
+
+def _on_login(app: Flask, **extra: Any) -> None:
+    session = _ours()
+    if session is not None:
+        session.regenerate_for_login()
+
+
+def _on_logout(app: Flask, **extra: Any) -> None:
+    session = _ours()
+    if session is not None and session.options.invalidate_on_logout:
+        session.invalidate_for_logout()
+
+
+def _ours() -> FlaskSession | None:
+    proxy: Any = flask.session
+    try:
+        real = proxy._get_current_object()
+    except RuntimeError:  # outside a request
+        return None
+    return real if isinstance(real, FlaskSession) else None
+
+
+def current_session() -> FlaskSession:
+    """This request's session, typed as hashsession's (``flask.session`` is typed as Flask's)."""
+    session = _ours()
+    if session is None:
+        raise ConfigurationError(
+            "session_interface", "hashsession.flask.HashSession is not installed on this app"
+        )
+    return session
+
+
+def regenerate() -> None:
+    """Give this request's session a new id now, as on login; the response sends the cookie."""
+    current_session().regenerate()
