@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from counting import AsyncCounter
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.asgi import SessionMiddleware, session_of
 from hashsession.scripts import CREATE, LIVE, OPEN
@@ -47,30 +48,20 @@ class CountingStore:
     """An AsyncSessionStore whose Redis round trips are counted (one send = one trip)."""
 
     def __init__(self, url: str) -> None:
-        self.count = 0
-        outer = self
+        self.counter = AsyncCounter(url)
+        self.store = AsyncSessionStore(redis=self.counter.client, ttl=100)
 
-        class CountingConnection(aioredis.Connection):
-            _handshaking = 0
+    @property
+    def count(self) -> int:
+        return self.counter.count
 
-            async def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
-                self._handshaking += 1
-                try:
-                    return await super().connect_check_health(*args, **kwargs)
-                finally:
-                    self._handshaking -= 1
-
-            async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-                if not self._handshaking:
-                    outer.count += 1
-                await super().send_packed_command(command, check_health)
-
-        self.pool = aioredis.ConnectionPool.from_url(url, connection_class=CountingConnection)
-        self.store = AsyncSessionStore(redis=aioredis.Redis(connection_pool=self.pool), ttl=100)
+    @count.setter
+    def count(self, value: int) -> None:
+        self.counter.count = value
 
     async def aclose(self) -> None:
         await self.store.aclose()
-        await self.pool.aclose()
+        await self.counter.aclose()
 
 
 def session_cookie_headers(response: httpx.Response) -> list[str]:

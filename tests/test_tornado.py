@@ -18,49 +18,19 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.testing import AsyncHTTPTestCase
 from tornado.web import Application, HTTPError, RequestHandler
 
+from counting import AsyncCounter
 from hashsession import ConfigurationError, SessionStore
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.scripts import CREATE, LIVE, OPEN
 from hashsession.tornado import SessionMixin, store_for
 
 # --------------------------------------------------------------------------- helpers
-
-
-class AsyncCounter:
-    """A ``redis.asyncio`` client counting round trips (the connection handshake excluded)."""
-
-    def __init__(self, url: str) -> None:
-        self.count = 0
-        counter = self
-
-        class CountingConnection(aioredis.Connection):
-            _handshaking = 0
-
-            async def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
-                self._handshaking += 1
-                try:
-                    return await super().connect_check_health(*args, **kwargs)
-                finally:
-                    self._handshaking -= 1
-
-            async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-                if not self._handshaking:
-                    counter.count += 1
-                await super().send_packed_command(command, check_health)
-
-        self.pool = aioredis.ConnectionPool.from_url(url, connection_class=CountingConnection)
-        self.client = aioredis.Redis(connection_pool=self.pool)
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-        await self.pool.aclose()
 
 
 class Browser:

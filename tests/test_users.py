@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
-import redis.asyncio as aioredis
 import webtest
 
 from conftest import Counted
+from counting import AsyncCounter
 from hashsession import ConfigurationError, LimitExceededError, Session, SessionInfo, SessionStore
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.asgi import SessionMiddleware as ASGISessionMiddleware
@@ -646,41 +646,13 @@ def test_unowned_sessions_keep_their_round_trip_budget(
 # --------------------------------------------------------------------------- asyncio
 
 
-class AsyncCounter:
-    """A ``redis.asyncio`` client counting round trips (one per packed write, handshakes aside)."""
-
-    def __init__(self, url: str) -> None:
-        self.count = 0
-        counter = self
-
-        class Counting(aioredis.Connection):
-            _handshaking = 0
-
-            async def connect_check_health(self, *args: Any, **kwargs: Any) -> Any:
-                self._handshaking += 1
-                try:
-                    return await super().connect_check_health(*args, **kwargs)
-                finally:
-                    self._handshaking -= 1
-
-            async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-                if not self._handshaking:
-                    counter.count += 1
-                await super().send_packed_command(command, check_health)
-
-        self.client = aioredis.Redis(
-            connection_pool=aioredis.ConnectionPool.from_url(url, connection_class=Counting)
-        )
-
-
 @pytest.fixture
 async def astore(redis_url: str, warm: None) -> AsyncIterator[AsyncSessionStore]:
     counter = AsyncCounter(redis_url)
     store = AsyncSessionStore(redis=counter.client, ttl=100)
     store.counter = counter  # type: ignore[attr-defined]
     yield store
-    await counter.client.aclose()
-    await counter.client.connection_pool.aclose()
+    await counter.aclose()
 
 
 def counter_of(store: AsyncSessionStore) -> AsyncCounter:
