@@ -10,6 +10,7 @@ every key left in Redis must carry a TTL.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.sentinel import Sentinel
 
 from conftest import Counted, CountedCluster
@@ -564,32 +566,72 @@ async def test_first_writes_of_a_fresh_async_client_each_run_once(
     await store.aclose()
 
 
-# ---------------------------------------------------------------- known cluster gaps
+# ---------------------------------------------------------------- raw key layout
 
 
-CROSSSLOT = pytest.mark.xfail(
-    strict=True,
-    reason="raw keys (prefix + id, DRSession's layout) carry no {tag}: old and new key fall in "
-    "different slots, so redis-py refuses the 2-key rename script; the core must move "
-    "raw-layout sessions another way on a cluster",
-)
-
-
-@pytest.mark.parametrize(
-    "topology", ["standalone", "sentinel", pytest.param("cluster", marks=CROSSSLOT)]
-)
-def test_drsession_regenerate(topology_url: str, admin: Any) -> None:
+def test_drsession_regenerate(topology: str, topology_url: str, admin: Any) -> None:
     client = sync_client(topology_url)
     middleware = drsession.SessionMiddleware(lambda e, s: [], redis_server=client)
     session = middleware.store.open()
     session["user"] = "ann"
     old = session.id
+    assert old is not None
     session.regenerate()
-    assert session.id != old
+    assert session.id not in (None, old)
     later = middleware.store.open_id(session.id)
     assert later["user"] == "ann"
     assert admin.keys() == [f"drsession:{session.id}".encode()]
+    # On a cluster the new raw key sits in the old one's slot (a hash tag in the id);
+    # elsewhere the id keeps the plain shape of the id factory.
+    same_slot = key_slot(f"drsession:{session.id}".encode()) == key_slot(
+        f"drsession:{old}".encode()
+    )
+    assert same_slot or topology != "cluster"
+    assert session.id.startswith("{") == (topology == "cluster")
     middleware.store.close()
+
+
+@pytest.mark.parametrize("factory", [None, lambda: "custom-" + secrets.token_hex(16)])
+def test_raw_layout_regenerate_and_login_keep_the_slot(
+    topology: str, topology_url: str, admin: Any, factory: Any
+) -> None:
+    store = SessionStore(
+        redis=sync_client(topology_url), key_layout="raw", prefix="app:", id_factory=factory
+    )
+    session = store.open()
+    session["n"] = 1
+    first = session.id
+    assert first is not None
+    session.regenerate()
+    session.login("ann")
+    session.regenerate()  # an id already carrying a tag keeps it
+    assert session.id not in (None, first)
+    assert store.open_id(store.config.cookie_value(session.id))["n"] == 1
+    assert [info.current for info in store.sessions_of("ann", current=session)] == [True]
+    stored = [k for k in admin.keys() if k.startswith(b"app:") and b"app:u:" not in k]
+    assert stored == [f"app:{session.id}".encode()]
+    assert key_slot(stored[0]) == key_slot(f"app:{first}".encode()) or topology != "cluster"
+    if factory is not None:
+        assert "custom-" in session.id
+    store.close()
+
+
+async def test_async_raw_layout_regenerate_and_login(
+    topology: str, topology_url: str, admin: Any
+) -> None:
+    store = AsyncSessionStore(redis=topology_url, key_layout="raw", prefix="app:")
+    session = store.open()
+    await session.set("n", 1)
+    first = session.id
+    await session.regenerate()
+    await session.login("ann")
+    assert session.id not in (None, first)
+    again = store.open_id(store.config.cookie_value(session.id))
+    assert await again.get("n") == 1
+    same_slot = key_slot(f"app:{session.id}".encode()) == key_slot(f"app:{first}".encode())
+    assert same_slot or topology != "cluster"
+    assert session.id.startswith("{") == (topology == "cluster")
+    await store.aclose()
 
 
 # ---------------------------------------------------------------- Sentinel failover

@@ -37,6 +37,7 @@ from hashsession.protocol import (
 from hashsession.scripts import by_sha
 from hashsession.session import ttl_ms
 from hashsession.store import StoreBase, checked_client
+from hashsession.topology import is_cluster
 from hashsession.users import SessionInfo, UserId, arun, revoke, revoke_user, sessions_of, user_text
 from hashsession.values import Recorder
 
@@ -390,6 +391,8 @@ class AsyncSessionStore(StoreBase):
     def __init__(self, *, redis: str | aioredis.Redis | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self._clients = _Clients(redis)
+        if is_cluster(self._clients.fixed):
+            self._on_cluster()
 
     @property
     def client(self) -> aioredis.Redis:

@@ -57,6 +57,8 @@ class SessionConfig:
     refresh_cookie: bool
     edit_retries: int
     max_sessions_per_user: int | None = None
+    #: Set by the store on a Redis Cluster: a regenerated raw id keeps its key's slot.
+    same_slot_ids: bool = False
 
     @classmethod
     def build(
@@ -135,10 +137,21 @@ class SessionConfig:
                 raise ConfigurationError(
                     "id_factory", f"made {made!r}; ids must be 1-256 printable cookie-safe chars"
                 )
-            return made
-        if self.key_layout == "digest":
+        elif self.key_layout == "digest":
             return ids.new_id(ids.tag_of(like) if like else None)
-        return ids.new_id()
+        else:
+            made = ids.new_id()
+        if like is None or not self.same_slot_ids:
+            return made
+        try:
+            placed = ids.in_slot_of(self.prefix, like, made)
+        except ValueError as exc:
+            raise ConfigurationError("prefix", str(exc)) from None
+        if len(placed) > 256:
+            raise ConfigurationError(
+                "id_factory", "on a Redis Cluster, ids must leave room for a 5-character slot tag"
+            )
+        return placed
 
     def key_of(self, session_id: str) -> str:
         """The Redis key holding the session ``session_id``."""

@@ -10,11 +10,23 @@ regenerated with the same tag lands in the same Redis Cluster slot, so
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import itertools
 import re
 import secrets
+from functools import cache
 
-__all__ = ["ID_LENGTH", "digest_key", "is_native_id", "new_id", "raw_key", "tag_of"]
+__all__ = [
+    "ID_LENGTH",
+    "digest_key",
+    "in_slot_of",
+    "is_native_id",
+    "key_slot",
+    "new_id",
+    "raw_key",
+    "tag_of",
+]
 
 _TAG_LENGTH = 4
 _RANDOM_LENGTH = 43  # base64url of 32 bytes, padding stripped
@@ -50,3 +62,53 @@ def digest_key(prefix: str, session_id: str) -> str:
 def raw_key(prefix: str, session_id: str) -> str:
     """The Redis key of the raw layout (DRSession's): prefix plus the id itself."""
     return prefix + session_id
+
+
+# -- Redis Cluster slots, for the raw layout -----------------------------------
+
+_SLOTS = 16384
+_TAG_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster slot of ``key``: CRC16 of its ``{hash tag}``, or of all of it."""
+    raw = key.encode("utf-8")
+    start = raw.find(b"{")
+    if start != -1:
+        end = raw.find(b"}", start + 1)
+        if end > start + 1:
+            raw = raw[start + 1 : end]
+    return binascii.crc_hqx(raw, 0) % _SLOTS
+
+
+@cache
+def _slot_tags() -> tuple[str, ...]:
+    """A 3-character hash tag for every slot (built once, about 0.1 s, on first need)."""
+    tags: list[str | None] = [None] * _SLOTS
+    missing = _SLOTS
+    for letters in itertools.product(_TAG_ALPHABET, repeat=3):
+        tag = "".join(letters)
+        slot = binascii.crc_hqx(tag.encode("ascii"), 0) % _SLOTS
+        if tags[slot] is None:
+            tags[slot] = tag
+            missing -= 1
+            if not missing:
+                break
+    assert not missing, "every slot has a 3-character tag"
+    return tuple(t for t in tags if t is not None)
+
+
+def in_slot_of(prefix: str, old_id: str, made: str) -> str:
+    """``made``, or ``{tag}`` plus ``made``, so that its raw key shares ``old_id``'s slot.
+
+    A raw key is the prefix plus the id, so a fresh id usually lands in another
+    Redis Cluster slot, and moving a session there in one atomic command is
+    impossible. A hash tag chosen for the old key's slot keeps it in place.
+    """
+    slot = key_slot(prefix + old_id)
+    if key_slot(prefix + made) == slot:
+        return made
+    tagged = "{" + _slot_tags()[slot] + "}" + made
+    if key_slot(prefix + tagged) != slot:  # the prefix holds an unclosed "{"
+        raise ValueError(f"cannot place an id in slot {slot} under the prefix {prefix!r}")
+    return tagged

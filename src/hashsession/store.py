@@ -9,6 +9,7 @@ request's ``Cookie`` header and, when the response starts,
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -18,6 +19,7 @@ from hashsession.cookies import CookiePolicy
 from hashsession.errors import ConfigurationError
 from hashsession.protocol import SessionCore
 from hashsession.session import Session
+from hashsession.topology import is_cluster
 from hashsession.users import SessionInfo, UserId, revoke, revoke_user, run, sessions_of
 
 if TYPE_CHECKING:
@@ -71,6 +73,10 @@ class StoreBase:
         except TypeError as exc:  # an unknown keyword
             raise ConfigurationError("settings", str(exc)) from None
 
+    def _on_cluster(self) -> None:
+        """Sessions live on a Redis Cluster: regenerated ids must keep their key's slot."""
+        self.config = replace(self.config, same_slot_ids=True)
+
     @property
     def cookie(self) -> CookiePolicy:
         """The cookie policy in force."""
@@ -116,6 +122,8 @@ class SessionStore(StoreBase):
     def __init__(self, *, redis: str | redis.Redis | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self._client = connect(redis)
+        if is_cluster(self._client):
+            self._on_cluster()
 
     @property
     def client(self) -> redis.Redis:

@@ -19,6 +19,13 @@ and ``sentinel_password`` for sentinels that require a login of their own.
 Every session operation names exactly one key (two in one slot for
 ``regenerate()``), so sessions work unchanged on a Cluster: redis-py routes
 each command to the node owning its key.
+
+Clients built here never resend a command whose reply was lost: redis-py
+retries on a dropped connection or a socket timeout by default, and a resent
+increment would count twice. A failed command raises (as ``BackendError``
+through a store) and the caller decides. A cluster client still follows
+``MOVED``/``ASK`` redirects and retries ``CLUSTERDOWN``: refusals, where
+nothing ran.
 """
 
 from __future__ import annotations
@@ -33,12 +40,20 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import parse_url as parse_redis_url
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from hashsession.errors import BackendError, ConfigurationError
@@ -82,6 +97,21 @@ _POOL_TIMEOUT = 20
 _SERVER_CONNECTIONS = 10_000
 
 
+# Errors after which a cluster client may resend a command: the cluster refused it.
+_REFUSALS = (ClusterDownError, SlotNotCoveredError)
+
+
+def _no_resend() -> Retry:
+    """A retry policy that never resends: a lost reply may hide an applied write."""
+    return Retry(NoBackoff(), 0)
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, resending a command only after the cluster refused it."""
+
+    ERRORS_ALLOW_RETRY = _REFUSALS  # type: ignore[assignment]
+
+
 class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
     """Sentinel's pool for the master, waiting for a free connection instead of failing."""
 
@@ -98,8 +128,11 @@ class _BoundedAsyncCluster(AsyncRedisCluster):
     and the others wait up to ``timeout`` seconds for a turn. And commands sent
     while it has not read the slot map yet are routed as if they had no key (MOVED,
     then a re-read of the map that drops connections in use, then retries that can
-    run a write twice), so every command waits for the slot map first.
+    run a write twice), so every command waits for the slot map first. Like
+    :class:`_Cluster`, it resends a command only after the cluster refused it.
     """
+
+    ERRORS_ALLOW_RETRY = _REFUSALS  # type: ignore[assignment]
 
     def __init__(self, timeout: float | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -122,6 +155,16 @@ class _BoundedAsyncCluster(AsyncRedisCluster):
 def _pool_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Connection options plus the pool limits plain URLs get (the URL may override them)."""
     return {"max_connections": _MAX_CONNECTIONS, "timeout": _POOL_TIMEOUT, **options}
+
+
+def _connection_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options plus the no-resend policy for every connection (see the module's docstring)."""
+    return {**options, "retry": _no_resend()}
+
+
+def _async_no_resend() -> AsyncRetry:
+    """The asyncio twin of :func:`_no_resend`."""
+    return AsyncRetry(NoBackoff(), 0)
 
 
 @dataclass(frozen=True)
@@ -235,7 +278,9 @@ def sync_client(url: str) -> SyncClient:
     topology = parse(url)
     if topology.kind == "standalone":
         try:
-            pool = redis.ConnectionPool.from_url(url, max_connections=_SERVER_CONNECTIONS)
+            pool = redis.ConnectionPool.from_url(
+                url, max_connections=_SERVER_CONNECTIONS, retry=_no_resend()
+            )
         except ValueError as exc:
             raise _bad(str(exc)) from exc
         return redis.Redis(connection_pool=pool)
@@ -247,7 +292,7 @@ def sync_client(url: str) -> SyncClient:
         master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
             topology.service,
             connection_pool_class=_BlockingSentinelPool,
-            **_pool_options(topology.options),
+            **_connection_options(_pool_options(topology.options)),
         )
         return master
     # Only a cluster client given a URL hands each node the pool class we ask for, so
@@ -258,7 +303,7 @@ def sync_client(url: str) -> SyncClient:
     seed = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
     nodes = [ClusterNode(h, p) for h, p in others]  # type: ignore[no-untyped-call]
     try:
-        return RedisCluster(
+        return _Cluster(
             url=seed,
             startup_nodes=nodes,
             connection_pool_class=redis.BlockingConnectionPool,
@@ -279,7 +324,9 @@ def async_client(url: str) -> AsyncClient:
     topology = parse(url)
     if topology.kind == "standalone":
         try:
-            pool = aioredis.ConnectionPool.from_url(url, max_connections=_SERVER_CONNECTIONS)
+            pool = aioredis.ConnectionPool.from_url(
+                url, max_connections=_SERVER_CONNECTIONS, retry=_async_no_resend()
+            )
         except ValueError as exc:
             raise _bad(str(exc)) from exc
         return aioredis.Redis(connection_pool=pool)
@@ -291,6 +338,7 @@ def async_client(url: str) -> AsyncClient:
         master: aioredis.Redis = sentinel.master_for(
             topology.service,
             connection_pool_class=_AsyncBlockingSentinelPool,
+            retry=_async_no_resend(),
             **_pool_options(topology.options),
         )
         return master
