@@ -11,6 +11,7 @@ from hashsession.errors import (
     HashSessionError,
     InvalidKeyError,
     LimitExceededError,
+    NotReplicatedError,
     ValueTypeError,
 )
 from hashsession.protocol import MISSING
@@ -32,6 +33,7 @@ __all__ = [
     "HashSessionError",
     "InvalidKeyError",
     "LimitExceededError",
+    "NotReplicatedError",
     "Session",
     "SessionInfo",
     "SessionStore",

@@ -34,6 +34,7 @@ from hashsession.protocol import (
     load_meta,
     pairs_of,
 )
+from hashsession.replication import apipeline, check, waited
 from hashsession.scripts import by_sha
 from hashsession.session import ttl_ms
 from hashsession.store import StoreBase, checked_client
@@ -115,12 +116,18 @@ class AsyncSession(SessionView):
         except BACKEND_ERRORS as exc:
             raise self._core.error(exc, key) from exc
 
-    async def _run(self, plan: Callable[..., Step], key: str | None, *args: Any) -> Any:
+    async def _run(
+        self,
+        plan: Callable[..., Step],
+        key: str | None,
+        *args: Any,
+        send: Callable[[Command, str | None], Awaitable[Any]] | None = None,
+    ) -> Any:
         while True:
             cmd, finish, value = plan(*args)
             if cmd is None:
                 return value
-            reply = await self._send(cmd, key)
+            reply = await (send or self._send)(cmd, key)
             if finish is None:
                 return reply
             out = finish(reply)
@@ -128,6 +135,26 @@ class AsyncSession(SessionView):
                 if self._core.after:
                     await self._follow_up()
                 return out
+
+    async def _run_critical(self, plan: Callable[..., Step], *args: Any) -> None:
+        """As :meth:`Session._run_critical <hashsession.Session._run_critical>`."""
+        config = self._core.config
+        if not config.wait_replicas:
+            await self._run(plan, None, *args)
+            return
+        replicas: list[int] = []
+
+        async def send(cmd: Command, key: str | None) -> Any:
+            try:
+                reply, confirmed = await apipeline(self._client, waited(config, [cmd]))
+            except BACKEND_ERRORS as exc:
+                raise self._core.error(exc, key) from exc
+            replicas.append(confirmed)
+            return reply
+
+        await self._run(plan, None, *args, send=send)
+        if replicas:
+            check(config, min(replicas))
 
     async def _follow_up(self) -> None:
         """Send the index upkeep the last step left (login, regenerate, a due refresh)."""
@@ -364,11 +391,11 @@ class AsyncSession(SessionView):
 
     async def regenerate(self) -> None:
         """Give the session a new id, keeping its data and expiry; the old id stops working."""
-        await self._run(self._core.plan_regenerate, None)
+        await self._run_critical(self._core.plan_regenerate)
 
     async def invalidate(self) -> None:
         """Delete the session now; the response expires its cookie."""
-        await self._run(self._core.plan_invalidate, None)
+        await self._run_critical(self._core.plan_invalidate)
 
     async def login(self, user_id: UserId) -> None:
         """Make ``user_id`` the owner under a new id (data and expiry kept), and index it.
@@ -376,7 +403,7 @@ class AsyncSession(SessionView):
         Two round trips: the rename, then the owner's index (one more per session
         evicted by ``max_sessions_per_user``, and one when another user owned it).
         """
-        await self._run(self._core.plan_login, None, user_text(user_id))
+        await self._run_critical(self._core.plan_login, user_text(user_id))
 
     async def save(self) -> None:
         """Nothing to do: every change was written when it was made."""

@@ -57,6 +57,9 @@ class SessionConfig:
     refresh_cookie: bool
     edit_retries: int
     max_sessions_per_user: int | None = None
+    #: Replicas that must confirm a critical write (``WAIT``), and how long to wait, in ms.
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
     #: Set by the store on a Redis Cluster: a regenerated raw id keeps its key's slot.
     same_slot_ids: bool = False
 
@@ -79,6 +82,8 @@ class SessionConfig:
         refresh_cookie: bool = True,
         edit_retries: int = 10,
         max_sessions_per_user: int | None = None,
+        wait_for_replicas: int = 0,
+        wait_timeout: float | timedelta = 1.0,
     ) -> SessionConfig:
         """Check every setting, naming the first bad one."""
         if not isinstance(prefix, str) or "\n" in prefix:
@@ -93,6 +98,7 @@ class SessionConfig:
             ("max_value_size", max_value_size, 1),
             ("max_keys", max_keys, 1),
             ("edit_retries", edit_retries, 1),
+            ("wait_for_replicas", wait_for_replicas, 0),
             (
                 "max_sessions_per_user",
                 1 if max_sessions_per_user is None else max_sessions_per_user,
@@ -101,6 +107,12 @@ class SessionConfig:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigurationError(name, f"must be a whole number >= {low}, not {value!r}")
+        if isinstance(wait_timeout, timedelta):
+            wait_timeout = wait_timeout.total_seconds()
+        if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float)):
+            raise ConfigurationError("wait_timeout", f"must be seconds, not {wait_timeout!r}")
+        if not 0.001 <= wait_timeout <= 60:
+            raise ConfigurationError("wait_timeout", "must be from 0.001 to 60 seconds")
         if max_keys > 3000:
             raise ConfigurationError("max_keys", "must be at most 3000 (one Lua call's arguments)")
         if key_layout not in ("digest", "raw"):
@@ -125,6 +137,8 @@ class SessionConfig:
             refresh_cookie=bool(refresh_cookie),
             edit_retries=edit_retries,
             max_sessions_per_user=max_sessions_per_user,
+            wait_replicas=wait_for_replicas,
+            wait_timeout_ms=round(wait_timeout * 1000),
         )
 
     # ids, keys and cookies -------------------------------------------------

@@ -5,6 +5,7 @@
     HashSessionError
      ├── ConfigurationError (ValueError)   a setting is wrong; at start-up; names it
      ├── BackendError                      Redis failed; the redis-py error is __cause__
+     │    └── NotReplicatedError           too few replicas confirmed a critical write
      ├── InvalidKeyError (TypeError, ValueError)   a key is not a str or is reserved
      ├── CodecError (ValueError)           a value could not be encoded or decoded
      │    ├── EncodeError
@@ -30,6 +31,7 @@ __all__ = [
     "HashSessionError",
     "InvalidKeyError",
     "LimitExceededError",
+    "NotReplicatedError",
     "ValueTypeError",
 ]
 
@@ -48,6 +50,23 @@ class ConfigurationError(HashSessionError, ValueError):
 
 class BackendError(HashSessionError):
     """Redis could not do what was asked; the redis-py error is ``__cause__``."""
+
+
+class NotReplicatedError(BackendError):
+    """The master made a critical write but too few replicas confirmed it in time.
+
+    Raised under ``wait_for_replicas`` after ``invalidate``, ``regenerate``,
+    ``login``, ``revoke`` and ``revoke_user``: the write is in force on the master,
+    and a failover now could undo it. ``replicas`` is how many confirmed.
+    """
+
+    def __init__(self, wanted: int, replicas: int) -> None:
+        super().__init__(
+            f"the write reached {replicas} of the {wanted} replica(s) asked for by"
+            " wait_for_replicas in time; a failover now could undo it"
+        )
+        self.wanted = wanted
+        self.replicas = replicas
 
 
 class _KeyedError(HashSessionError):

@@ -31,6 +31,7 @@ from hashsession.protocol import (
     load_meta,
     pairs_of,
 )
+from hashsession.replication import check, pipeline, waited
 from hashsession.scripts import by_sha
 from hashsession.users import UserId, user_text
 from hashsession.values import Counter, FloatCounter, Recorder, counted, increment_of
@@ -79,13 +80,19 @@ class Session(SessionView, MutableMapping[str, Any]):
         except BACKEND_ERRORS as exc:
             raise self._core.error(exc, key) from exc
 
-    def _run(self, plan: Callable[..., Step], key: str | None, *args: Any) -> Any:
+    def _run(
+        self,
+        plan: Callable[..., Step],
+        key: str | None,
+        *args: Any,
+        send: Callable[[Command, str | None], Any] | None = None,
+    ) -> Any:
         self._snapshot = None
         while True:
             cmd, finish, value = plan(*args)
             if cmd is None:
                 return value
-            reply = self._send(cmd, key)
+            reply = (send or self._send)(cmd, key)
             if finish is None:
                 return reply
             out = finish(reply)
@@ -93,6 +100,30 @@ class Session(SessionView, MutableMapping[str, Any]):
                 if self._core.after:
                     self._follow_up()
                 return out
+
+    def _run_critical(self, plan: Callable[..., Step], *args: Any) -> None:
+        """Run a security-critical step; under ``wait_for_replicas``, ``WAIT`` behind it.
+
+        The step finishes (the session takes its new id, or ends) before
+        :class:`~hashsession.NotReplicatedError` is raised: the write is in force.
+        """
+        config = self._core.config
+        if not config.wait_replicas:
+            self._run(plan, None, *args)
+            return
+        replicas: list[int] = []
+
+        def send(cmd: Command, key: str | None) -> Any:
+            try:
+                reply, confirmed = pipeline(self._client, waited(config, [cmd]))
+            except BACKEND_ERRORS as exc:
+                raise self._core.error(exc, key) from exc
+            replicas.append(confirmed)
+            return reply
+
+        self._run(plan, None, *args, send=send)
+        if replicas:
+            check(config, min(replicas))
 
     def _follow_up(self) -> None:
         """Send the index upkeep the last step left (login, regenerate, a due refresh)."""
@@ -403,11 +434,11 @@ class Session(SessionView, MutableMapping[str, Any]):
 
     def regenerate(self) -> None:
         """Give the session a new id, keeping its data and expiry; the old id stops working."""
-        self._run(self._core.plan_regenerate, None)
+        self._run_critical(self._core.plan_regenerate)
 
     def invalidate(self) -> None:
         """Delete the session now; the response expires its cookie."""
-        self._run(self._core.plan_invalidate, None)
+        self._run_critical(self._core.plan_invalidate)
 
     def login(self, user_id: UserId) -> None:
         """Make ``user_id`` the owner under a new id (data and expiry kept), and index it.
@@ -415,7 +446,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         Two round trips: the rename, then the owner's index (one more per session
         evicted by ``max_sessions_per_user``, and one when another user owned it).
         """
-        self._run(self._core.plan_login, None, user_text(user_id))
+        self._run_critical(self._core.plan_login, user_text(user_id))
 
     def save(self) -> None:
         """Nothing to do: every change was written when it was made."""

@@ -75,6 +75,13 @@ class StoreBase:
 
     def _on_cluster(self) -> None:
         """Sessions live on a Redis Cluster: regenerated ids must keep their key's slot."""
+        if self.config.wait_replicas:
+            raise ConfigurationError(
+                "wait_for_replicas",
+                "is not available on a Redis Cluster (WAIT must follow the write on the"
+                " same connection to the key's node, which redis-py's cluster client does"
+                " not offer); use Sentinel, or leave it at 0",
+            )
         self.config = replace(self.config, same_slot_ids=True)
 
     @property

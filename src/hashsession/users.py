@@ -30,6 +30,7 @@ from redis.exceptions import NoScriptError
 from hashsession.config import SessionConfig, user_digest
 from hashsession.errors import BackendError
 from hashsession.protocol import BACKEND_ERRORS, Command, SessionView, index_command, index_put
+from hashsession.replication import apipeline, check, pipeline, waited
 from hashsession.scripts import CREATED_FIELD, OWNER_FIELD, REVOKE, SEEN_FIELD, by_sha
 
 __all__ = [
@@ -182,11 +183,12 @@ def revoke(config: SessionConfig, id_or_handle: str, user_id: UserId | None = No
         member = yield index_command(config.index_key_of(digest), "find", sha)
         if member is None:
             return False
-        return bool((yield ("DEL", member)))
+        (deleted,) = yield from _critical(config, [("DEL", member)])
+        return bool(deleted)
     key = _key_of_id(config, id_or_handle)
     if key is None:
         return False
-    reply = yield ("EVALSHA", REVOKE.sha, 1, key, user or "")
+    (reply,) = yield from _critical(config, [("EVALSHA", REVOKE.sha, 1, key, user or "")])
     if not reply:  # gone (None), or someone else's (0)
         return False
     if reply[1] is not None:
@@ -211,8 +213,24 @@ def revoke_user(
     doomed: list[bytes] = yield index_command(config.index_key(user), "drop", keep_key, keep_sha)
     if not doomed:
         return 0
-    replies = yield [("DEL", member) for member in doomed]
+    replies = yield from _critical(config, [("DEL", member) for member in doomed])
     return sum(1 for deleted in replies if deleted)
+
+
+def _critical(config: SessionConfig, commands: list[Command]) -> Flow[list[Any]]:
+    """Send a security-critical write; under ``wait_for_replicas``, ``WAIT`` behind it.
+
+    Raises :class:`~hashsession.NotReplicatedError` (after the write) when too few
+    replicas confirmed it.
+    """
+    if not config.wait_replicas:
+        if len(commands) == 1:
+            return [(yield commands[0])]
+        replies: list[Any] = yield commands
+        return replies
+    *replies, replicas = yield waited(config, commands)
+    check(config, replicas)
+    return replies
 
 
 # --------------------------------------------------------------------------- drivers
@@ -232,10 +250,7 @@ def run(client: Any, flow: Flow[T]) -> T:
             return stop.value  # type: ignore[no-any-return]
         try:
             if isinstance(request, list):
-                pipe = client.pipeline(transaction=False)
-                for cmd in request:
-                    pipe.execute_command(*cmd)
-                reply = pipe.execute()
+                reply = pipeline(client, request)
             else:
                 try:
                     reply = client.execute_command(*request)
@@ -255,10 +270,7 @@ async def arun(client: Any, flow: Flow[T]) -> T:
             return stop.value  # type: ignore[no-any-return]
         try:
             if isinstance(request, list):
-                pipe = client.pipeline(transaction=False)
-                for cmd in request:
-                    pipe.execute_command(*cmd)
-                reply = await pipe.execute()
+                reply = await apipeline(client, request)
             else:
                 try:
                     reply = await client.execute_command(*request)
