@@ -38,14 +38,14 @@ from hashsession.replication import apipeline, check, waited
 from hashsession.scripts import by_sha
 from hashsession.session import ttl_ms
 from hashsession.store import StoreBase, checked_client
-from hashsession.topology import is_cluster
+from hashsession.topology import AsyncClient, is_cluster
 from hashsession.users import SessionInfo, UserId, arun, revoke, revoke_user, sessions_of, user_text
 from hashsession.values import Recorder
 
 __all__ = ["AsyncSession", "AsyncSessionStore"]
 
 
-def _from_url(url: str) -> aioredis.Redis:
+def _from_url(url: str) -> AsyncClient:
     """A new client for a URL of any topology (see :mod:`hashsession.topology`)."""
     from hashsession.topology import async_client
 
@@ -59,13 +59,13 @@ class _Clients:
     ``RedisCluster``) is used as it is, on whatever loop calls it.
     """
 
-    def __init__(self, target: str | aioredis.Redis | None) -> None:
+    def __init__(self, target: str | AsyncClient | None) -> None:
         if target is None:
             from hashsession.embedded import default_server
 
             target = default_server().url
         self.url: str | None = None
-        self.fixed: aioredis.Redis | None = None
+        self.fixed: AsyncClient | None = None
         if isinstance(target, str):
             self.url = target
             self.fixed = _from_url(target)  # validates the URL now; serves calls with no loop
@@ -76,11 +76,11 @@ class _Clients:
             raise ConfigurationError(
                 "redis", f"expected a URL or a redis.asyncio client, not {target!r}"
             )
-        self.per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+        self.per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
 
-    def current(self) -> aioredis.Redis:
+    def current(self) -> AsyncClient:
         assert self.fixed is not None
         if self.url is None:
             return self.fixed
@@ -99,7 +99,7 @@ class AsyncSession(SessionView):
 
     __slots__ = ("_client", "_core", "_execute")
 
-    def __init__(self, core: SessionCore, client: aioredis.Redis) -> None:
+    def __init__(self, core: SessionCore, client: AsyncClient) -> None:
         self._core = core
         self._client = client
         self._execute: Callable[..., Awaitable[Any]] = client.execute_command
@@ -415,14 +415,14 @@ class AsyncSessionStore(StoreBase):
     #: The class :meth:`open` makes sessions of; adapters subclass it.
     session_class: type[AsyncSession] = AsyncSession
 
-    def __init__(self, *, redis: str | aioredis.Redis | None = None, **settings: Any) -> None:
+    def __init__(self, *, redis: str | AsyncClient | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self._clients = _Clients(redis)
         if is_cluster(self._clients.fixed):
             self._on_cluster()
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> AsyncClient:
         """The client for the running event loop (a URL gets one client per loop)."""
         return self._clients.current()
 
@@ -458,5 +458,10 @@ class AsyncSessionStore(StoreBase):
         return await arun(self.client, revoke_user(self.config, user_id, keep))
 
     async def aclose(self) -> None:
-        """Close the Redis connections of the running loop's client."""
-        await self.client.aclose()
+        """Close the running loop's client; one built from a URL also drops its pool."""
+        client = self.client
+        if self._clients.url is not None and isinstance(client, aioredis.Redis):
+            # Built with a pool of our own, which Redis.aclose() alone leaves connected.
+            await client.aclose(close_connection_pool=True)
+        else:
+            await client.aclose()

@@ -31,9 +31,10 @@ from hashsession.session import Session
 from hashsession.store import SessionStore
 
 if TYPE_CHECKING:
-    import redis
     from flask import Flask
     from flask.wrappers import Request, Response
+
+    from hashsession.topology import SyncClient
 
 __all__ = [
     "FlaskOptions",
@@ -137,7 +138,7 @@ class FlaskSession(Session, SessionMixin):
     """
 
     def __init__(
-        self, core: SessionCore, client: redis.Redis, options: FlaskOptions | None = None
+        self, core: SessionCore, client: SyncClient, options: FlaskOptions | None = None
     ) -> None:
         super().__init__(core, client)
         self.options = options if options is not None else FlaskOptions()

@@ -42,7 +42,7 @@ from hashsession.session import Session
 from hashsession.store import SessionStore, StoreBase
 
 if TYPE_CHECKING:
-    import redis
+    from hashsession.topology import SyncClient
 
 __all__ = [
     "CSRFStoragePolicy",
@@ -76,7 +76,7 @@ class PyramidSession(Session):
 
     __slots__ = ("_created", "_reads")
 
-    def __init__(self, core: SessionCore, client: redis.Redis) -> None:
+    def __init__(self, core: SessionCore, client: SyncClient) -> None:
         super().__init__(core, client)
         self._created: float | None = None
         self._reads: list[tuple[str, Any, bytes]] = []
@@ -256,9 +256,9 @@ class SessionFactory:
             raise ConfigurationError("store", f"must be a SessionStore, not {store!r}")
         self.store: StoreBase = store
         self.cookie_on_exception = bool(cookie_on_exception)
-        self._client: redis.Redis | None = store.client
+        self._client: SyncClient | None = store.client
 
-    def client_for(self, request: Any) -> redis.Redis:
+    def client_for(self, request: Any) -> SyncClient:
         """The Redis client this request's session talks through."""
         assert self._client is not None
         return self._client

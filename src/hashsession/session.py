@@ -37,7 +37,7 @@ from hashsession.users import UserId, user_text
 from hashsession.values import Counter, FloatCounter, Recorder, counted, increment_of
 
 if TYPE_CHECKING:
-    import redis
+    from hashsession.topology import SyncClient
 
 __all__ = ["Session", "ttl_ms"]
 
@@ -60,7 +60,7 @@ class Session(SessionView, MutableMapping[str, Any]):
 
     __slots__ = ("_client", "_core", "_execute", "_snapshot")
 
-    def __init__(self, core: SessionCore, client: redis.Redis) -> None:
+    def __init__(self, core: SessionCore, client: SyncClient) -> None:
         self._core = core
         self._client = client
         self._execute: Callable[..., Any] = client.execute_command

@@ -19,7 +19,7 @@ from hashsession.cookies import CookiePolicy
 from hashsession.errors import ConfigurationError
 from hashsession.protocol import SessionCore
 from hashsession.session import Session
-from hashsession.topology import is_cluster
+from hashsession.topology import SyncClient, is_cluster
 from hashsession.users import SessionInfo, UserId, revoke, revoke_user, run, sessions_of
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ __all__ = ["SessionStore", "StoreBase", "connect"]
 log = logging.getLogger("hashsession")
 
 
-def connect(target: str | redis.Redis | None) -> redis.Redis:
+def connect(target: str | SyncClient | None) -> SyncClient:
     """A redis-py client from a URL, a ready client, or ``None`` (the embedded server).
 
     URLs may name one server, a Sentinel service or a Cluster (see
@@ -126,14 +126,15 @@ class SessionStore(StoreBase):
     #: The class :meth:`open` makes sessions of; adapters and compat layers subclass it.
     session_class: type[Session] = Session
 
-    def __init__(self, *, redis: str | redis.Redis | None = None, **settings: Any) -> None:
+    def __init__(self, *, redis: str | SyncClient | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self._client = connect(redis)
+        self._owns_pool = not callable(getattr(redis, "execute_command", None))
         if is_cluster(self._client):
             self._on_cluster()
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> SyncClient:
         """The redis-py client sessions talk through."""
         return self._client
 
@@ -169,5 +170,8 @@ class SessionStore(StoreBase):
         return run(self.client, revoke_user(self.config, user_id, keep))
 
     def close(self) -> None:
-        """Close the Redis connections this store opened."""
-        self.client.close()
+        """Close the Redis connections this store opened (the pool too, if it built one)."""
+        client = self.client
+        client.close()
+        if self._owns_pool and isinstance(client, redis.Redis):
+            client.connection_pool.disconnect()

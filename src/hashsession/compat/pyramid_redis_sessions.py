@@ -38,6 +38,7 @@ from hashsession.pyramid import (
     resolved,
 )
 from hashsession.store import StoreBase, checked_client
+from hashsession.topology import SyncClient
 
 __all__ = [
     "ConfigurationError",
@@ -143,7 +144,7 @@ class _Factory(SessionFactory):
         self._connect = connect
         self._redis_options = redis_options
 
-    def client_for(self, request: Any) -> redis.Redis:
+    def client_for(self, request: Any) -> SyncClient:
         if self._connect is None:
             return super().client_for(request)
         return checked_client(self._connect(request, **self._redis_options))  # type: ignore[no-any-return]
