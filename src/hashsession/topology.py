@@ -53,6 +53,7 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -165,6 +166,19 @@ def _connection_options(options: Mapping[str, Any]) -> dict[str, Any]:
 def _async_no_resend() -> AsyncRetry:
     """The asyncio twin of :func:`_no_resend`."""
     return AsyncRetry(NoBackoff(), 0)
+
+
+def _async_pool_options() -> dict[str, Any]:
+    """No resends, and a pool that checks a pooled connection is alive before handing it out.
+
+    redis-py 8's asyncio pool skips that check while maintenance notifications are on
+    (the default with RESP3), so without resends every connection the server dropped
+    while idle would fail one request; the check makes it reconnect instead.
+    """
+    return {
+        "retry": _async_no_resend(),
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+    }
 
 
 @dataclass(frozen=True)
@@ -325,7 +339,7 @@ def async_client(url: str) -> AsyncClient:
     if topology.kind == "standalone":
         try:
             pool = aioredis.ConnectionPool.from_url(
-                url, max_connections=_SERVER_CONNECTIONS, retry=_async_no_resend()
+                url, max_connections=_SERVER_CONNECTIONS, **_async_pool_options()
             )
         except ValueError as exc:
             raise _bad(str(exc)) from exc
@@ -338,7 +352,7 @@ def async_client(url: str) -> AsyncClient:
         master: aioredis.Redis = sentinel.master_for(
             topology.service,
             connection_pool_class=_AsyncBlockingSentinelPool,
-            retry=_async_no_resend(),
+            **_async_pool_options(),
             **_pool_options(topology.options),
         )
         return master
