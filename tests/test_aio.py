@@ -1,10 +1,11 @@
 """AsyncSession on redis.asyncio: behaviour, round-trip budget, expiry, ids, errors, races.
 
-Everything runs against the real redis-server from conftest. Round trips are
-counted with :class:`AsyncCounter`, a ``redis.asyncio`` connection class that
-counts each ``send_packed_command`` call (one call is one round trip; the
-handshake of a new connection is not counted). Scripts are loaded first
-(``warm``) so that a NOSCRIPT retry never skews a count.
+Every test that talks to Redis runs on each topology (one server, Sentinel,
+Cluster; see conftest). Round trips are counted with :class:`AsyncCounter`, a
+``redis.asyncio`` client of the same kind that counts each ``send_packed_command``
+call (one call is one round trip; the handshake of a new connection is not
+counted). Scripts are loaded first (``warm``) so that a NOSCRIPT retry never
+skews a count.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from counting import AsyncCounter
@@ -37,6 +37,9 @@ from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.codecs import JSONCodec
 from hashsession.cookies import Signer
 from hashsession.scripts import CREATE, CREATED_FIELD, LIVE, OPEN, TTL_FIELD
+from hashsession.topology import async_client
+
+pytestmark = pytest.mark.all_topologies
 
 StoreFactory = Callable[..., AsyncSessionStore]
 AsyncOp = Callable[[AsyncSession], Awaitable[Any]]
@@ -104,7 +107,7 @@ async def existing(store: AsyncSessionStore) -> str:
 
 @pytest.fixture
 async def counter(redis_url: str, warm: None) -> AsyncIterator[AsyncCounter]:
-    c = AsyncCounter(redis_url)
+    c = await AsyncCounter(redis_url).ready()
     yield c
     await c.aclose()
 
@@ -125,13 +128,14 @@ async def cexisting(cstore: AsyncSessionStore) -> str:
 
 
 async def test_store_takes_a_url_or_a_client(redis_url: str) -> None:
-    client = aioredis.Redis.from_url(redis_url)
+    client = async_client(redis_url)
     store = AsyncSessionStore(redis=client, ttl=100)
     assert store.client is client
     s = store.open(None)
     await s.set("k", 1)
     assert await store.open(cookie_of(store, s)).get("k") == 1
     await store.aclose()
+    await client.aclose()
 
 
 def test_store_rejects_bad_redis_settings() -> None:
@@ -943,7 +947,7 @@ def _tamper(cookie: str) -> str:
 async def test_tampered_cookie_is_a_fresh_session_without_round_trips(
     redis_url: str, warm: None, redis_client: redis.Redis
 ) -> None:
-    counter = AsyncCounter(redis_url)
+    counter = await AsyncCounter(redis_url).ready()
     store = AsyncSessionStore(redis=counter.client, secret_keys=["k1"], ttl=100)
     try:
         s = store.open(None)
@@ -1163,16 +1167,21 @@ async def test_backend_error_on_a_stopped_server(make_server: Callable[..., Any]
 
 
 @pytest.fixture(params=["default-client", "large-pool"])
-def busy_store(request: pytest.FixtureRequest, make_store: StoreFactory, redis_url: str) -> Any:
+async def busy_store(
+    request: pytest.FixtureRequest, make_store: StoreFactory, redis_url: str
+) -> AsyncIterator[AsyncSessionStore]:
     """A store for 200 commands in flight at once.
 
     ``default-client`` is ``AsyncSessionStore(redis=url)``, exactly as users write it;
-    ``large-pool`` hands the store a client whose pool allows 1000 connections, so the
-    session logic is checked apart from the client's connection limit.
+    ``large-pool`` hands the store a client whose pool allows 1000 connections (per
+    node on a cluster), so the session logic is checked apart from the URL's limits.
     """
     if request.param == "default-client":
-        return make_store()
-    return make_store(redis=aioredis.Redis.from_url(redis_url, max_connections=1000))
+        yield make_store()
+        return
+    client = async_client(redis_url + ("&" if "?" in redis_url else "?") + "max_connections=1000")
+    yield make_store(redis=client)
+    await client.aclose()
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from hashsession import (
     SessionStore,
 )
 
+pytestmark = pytest.mark.all_topologies
+
 StoreFactory = Callable[..., SessionStore]
 
 

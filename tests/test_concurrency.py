@@ -17,6 +17,8 @@ import redis
 
 from hashsession import ConflictError, Session, SessionStore
 
+pytestmark = pytest.mark.all_topologies
+
 StoreFactory = Callable[..., SessionStore]
 
 

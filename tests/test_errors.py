@@ -26,6 +26,9 @@ from hashsession import (
     ValueTypeError,
 )
 from hashsession.embedded import EmbeddedRedis
+from hashsession.topology import sync_client
+
+pytestmark = pytest.mark.all_topologies
 
 StoreFactory = Callable[..., SessionStore]
 
@@ -336,11 +339,8 @@ def test_bad_settings_raise_configuration_error(
 @pytest.mark.parametrize("how", ["client", "url"])
 def test_decode_responses_is_refused(redis_url: str, how: str) -> None:
     """Codecs need the stored bytes; a client that decodes replies must be refused up front."""
-    target: Any
-    if how == "client":
-        target = redis.Redis.from_url(redis_url, decode_responses=True)
-    else:
-        target = redis_url + ("&" if "?" in redis_url else "?") + "decode_responses=True"
+    decoding = redis_url + ("&" if "?" in redis_url else "?") + "decode_responses=True"
+    target: Any = sync_client(decoding) if how == "client" else decoding
     try:
         with pytest.raises(ConfigurationError) as info:
             SessionStore(redis=target, codec="pickle")

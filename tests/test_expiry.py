@@ -18,6 +18,8 @@ import redis
 from hashsession import MISSING, Session, SessionStore
 from hashsession.scripts import CREATED_FIELD, TTL_FIELD
 
+pytestmark = pytest.mark.all_topologies
+
 StoreFactory = Callable[..., SessionStore]
 
 

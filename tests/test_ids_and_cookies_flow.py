@@ -14,6 +14,8 @@ from hashsession import CookiePolicy, Session, SessionStore
 from hashsession.ids import ID_LENGTH, new_id
 from hashsession.scripts import CREATE, LIVE, OPEN
 
+pytestmark = pytest.mark.all_topologies
+
 StoreFactory = Callable[..., SessionStore]
 URLSAFE = re.compile(r"[A-Za-z0-9_-]+")
 

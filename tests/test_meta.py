@@ -10,11 +10,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 import redis
 
 from hashsession import Session, SessionStore
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.protocol import SessionCore, load_meta, load_queue
+
+pytestmark = pytest.mark.all_topologies
 
 
 def test_meta_is_hidden_from_the_mapping_and_survives_clear(store: SessionStore) -> None:

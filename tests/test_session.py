@@ -1,8 +1,9 @@
 """Session as a live MutableMapping, and the round-trip budget of every operation.
 
-Everything runs against the real redis-server from conftest. Round trips are
-counted exactly with the ``counted`` fixture; every Lua script is loaded first
-(``warm``) so that a NOSCRIPT retry on a fresh server never skews a count.
+Every test runs on each topology (one server, Sentinel, Cluster; see conftest).
+Round trips are counted exactly with the ``counted`` fixture; every Lua script is
+loaded first (``warm``) so that a NOSCRIPT retry on a fresh server never skews a
+count.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import redis
 
 from hashsession import MISSING, ConflictError, Session, SessionStore
 from hashsession.scripts import CREATE, CREATED_FIELD, LIVE, OPEN
+
+pytestmark = pytest.mark.all_topologies
 
 StoreFactory = Callable[..., SessionStore]
 

@@ -9,7 +9,6 @@ The fixtures in ``conftest.py`` start each deployment once per pytest process.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ __all__ = [
     "admin_client",
     "start_cluster",
     "start_sentinel",
-    "topology_from_env",
     "wait_for",
 ]
 
@@ -39,14 +37,6 @@ SLOTS = 16384
 # failure detection is not what these tests exercise on a cluster.
 CLUSTER_NODE_TIMEOUT_MS = 5000
 SENTINEL_DOWN_AFTER_MS = 1000
-
-
-def topology_from_env() -> str:
-    """``HASHSESSION_TOPOLOGY`` (standalone, sentinel or cluster); standalone when unset."""
-    value = os.environ.get("HASHSESSION_TOPOLOGY", "standalone").strip().lower() or "standalone"
-    if value not in TOPOLOGIES:
-        raise RuntimeError(f"HASHSESSION_TOPOLOGY must be one of {TOPOLOGIES}, not {value!r}")
-    return value
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 30.0) -> float:
