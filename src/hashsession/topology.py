@@ -108,9 +108,21 @@ def _no_resend() -> Retry:
 
 
 class _Cluster(RedisCluster):
-    """redis-py's cluster client, resending a command only after the cluster refused it."""
+    """redis-py's cluster client, resending a command only after the cluster refused it.
+
+    When a node dies, redis-py drops every connection to it, including ones other
+    threads are reading from; those threads then get a ``ValueError`` or
+    ``AttributeError`` from the closed socket (seen in bench/run-faults). They are
+    lost replies like any other, so they surface as ``ConnectionError``.
+    """
 
     ERRORS_ALLOW_RETRY = _REFUSALS  # type: ignore[assignment]
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except (ValueError, AttributeError) as exc:
+            raise RedisConnectionError(f"connection closed under the command: {exc!r}") from exc
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):

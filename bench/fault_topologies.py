@@ -1,0 +1,563 @@
+"""Fault runs on Sentinel and Redis Cluster deployments (scenarios 2 and 3).
+
+The deployments come from ``tests/topologies.py`` (imported, not copied), with a
+shorter Sentinel failover-timeout and cluster-node-timeout set at run time.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
+
+from fault_kit import (
+    HOST,
+    POOL,
+    REPO,
+    SETTLE,
+    WARM,
+    Run,
+    Scenario,
+    call,
+    close_quietly,
+    common_rows,
+    guarded,
+    info,
+    kill9,
+    loaded,
+    log,
+    make_store,
+    role,
+    security_rows,
+    unexpected_note,
+    window_rows,
+)
+from fault_load import Load, Op, Tally, seed, tally
+from hashsession import ConfigurationError, SessionStore
+from hashsession.embedded import EmbeddedRedis
+
+sys.path.insert(0, str(REPO / "tests"))
+from topologies import (
+    ClusterSetup,
+    SentinelSetup,
+    start_cluster,
+    start_sentinel,
+    wait_for,
+)
+
+SECURITY = 0.05  # share of Sentinel requests that invalidate or regenerate a session
+VICTIMS = 3000  # sessions made before a Sentinel run for those requests
+SENTINEL_FAILOVER_TIMEOUT_MS = 4000
+CLUSTER_NODE_TIMEOUT_MS = 1000
+MIGRATED_SESSIONS = 32
+
+
+# ------------------------------------------------------------- 2. Sentinel
+
+
+def _following(replica: EmbeddedRedis, master: EmbeddedRedis) -> bool:
+    state = info(replica, "replication")
+    return state.get("master_link_status") == "up" and int(state["master_port"]) == master.port
+
+
+def settle_sentinel(setup: SentinelSetup) -> EmbeddedRedis:
+    """Wait until every other server replicates the master; the master."""
+    master = setup.master()
+    for server in setup.servers:
+        if server is not master:
+            wait_for("a replica to follow the master", partial(_following, server, master))
+    return master
+
+
+def sentinel_run(setup: SentinelSetup, how: str, wait: bool, min_replicas: bool) -> Run:
+    name = {"failover": "SENTINEL FAILOVER", "kill": "SIGKILL of the master"}[how]
+    name += ", wait_for_replicas=1" if wait else ""
+    name += ", min-replicas-to-write 1" if min_replicas else ""
+    run = Run(name)
+    url = setup.url + "?socket_connect_timeout=0.5&socket_timeout=3"
+    extra = {"wait_for_replicas": 1, "wait_timeout": 1.0} if wait else {}
+    try:
+        store = make_store(url, **extra)
+    except ConfigurationError as exc:
+        run.error = f"not run: this checkout's SessionStore refuses the setting ({exc})"
+        return run
+    master = settle_sentinel(setup)
+    setup.ready_for_failover()
+    admin = master.client()
+    admin.flushall()
+    try:
+        if min_replicas:
+            set_everywhere(setup.servers, "min-replicas-to-write", 1)
+        ids = seed(store, POOL)
+        victims = seed(store, VICTIMS)
+        admin.wait(1, 5000)  # the replica has every session made so far
+        admin.close()
+        old = setup.master_address()
+        with loaded(Load(store, ids, security=SECURITY, victims=victims)) as load:
+            time.sleep(WARM)
+            t0 = time.monotonic()
+            if how == "failover":
+                sentinel = setup.sentinels[0].client()
+                sentinel.sentinel_failover(setup.service)
+                sentinel.close()
+            else:
+                kill9(master)
+            wait_for("a new master", lambda: setup.master_address() != old)
+            t_promoted = time.monotonic()
+            if how == "failover":
+                wait_for("the old master to turn replica", lambda: role(master) == "slave")
+            else:
+                # Back on its port as a replica of the new master, as an operator would do
+                # (until then, wait_for_replicas=1 cannot be met by anyone).
+                master.stop()
+                index = setup.servers.index(master)
+                setup.servers[index] = EmbeddedRedis(
+                    port=old[1], args=("--replicaof", HOST, str(setup.master_address()[1]))
+                ).start()
+            t_back = time.monotonic()
+            load.wait_steady(t_back, SETTLE)
+            ops = load.stop()
+            run.unexpected, run.examples = load.unexpected, load.examples
+            left = len(load.victims)
+        store.close()
+        new = settle_sentinel(setup)
+        reader = new.client()
+        t = tally(ops, store.config, reader, [reader], ids)
+        reader.close()
+    finally:
+        if min_replicas:
+            set_everywhere(setup.servers, "min-replicas-to-write", 0)
+    run.tally = t
+    run.facts = {"demoted": t_back - t0, "victims_used": VICTIMS - left}
+    run.rows = {
+        "new master known to the sentinels after": f"{t_promoted - t0:.2f} s",
+        (
+            "old master demoted to replica after"
+            if how == "failover"
+            else "old master back as a replica after"
+        ): f"{t_back - t0:.2f} s",
+        **window_rows(ops, t0, run.facts),
+    }
+    if wait:
+        nr = sum(1 for op in ops if op.error == "NotReplicatedError")
+        run.rows["NotReplicatedError raised"] = str(nr)
+    run.rows.update(common_rows(t, ops))
+    run.rows.update(security_rows(t))
+    return run
+
+
+def set_everywhere(servers: Sequence[EmbeddedRedis], name: str, value: int) -> None:
+    """``CONFIG SET name value`` on every running server."""
+    for server in servers:
+        if server.running:
+            client = server.client()
+            try:
+                client.config_set(name, value)
+            finally:
+                client.close()
+
+
+def readonly_run() -> Run:
+    """A master turned replica by hand, no Sentinel to close its clients' connections: the
+    store's pooled connections meet READONLY, which must raise, never pass silently."""
+    run = Run("REPLICAOF on the master by hand (plain URL, no Sentinel)")
+    with EmbeddedRedis() as first:
+        second = EmbeddedRedis(args=("--replicaof", HOST, str(first.port))).start()
+        try:
+            wait_for("the replica to sync", partial(_following, second, first))
+            store = make_store(first.url)
+            ids = seed(store, POOL)
+            admin, other = first.client(), second.client()
+            admin.wait(1, 5000)
+            with loaded(Load(store, ids)) as load:
+                time.sleep(WARM)
+                call(other, "REPLICAOF", "NO", "ONE")
+                call(admin, "REPLICAOF", HOST, second.port)
+                t0 = time.monotonic()
+                time.sleep(1.0)
+                ops = load.stop()
+                run.unexpected, run.examples = load.unexpected, load.examples
+            store.close()
+            wait_for("the old master to follow", partial(_following, first, second))
+            t = tally(ops, store.config, other, [other], ids)
+            admin.close()
+            other.close()
+        finally:
+            second.stop()
+    late = [op for op in ops if op.start >= t0]
+    run.tally = t
+    run.facts = {"late_ok": sum(op.ok for op in late), "late": len(late)}
+    run.rows = {
+        "operations sent after the demotion: acknowledged / failed": (
+            f"{sum(op.ok for op in late)} / {sum(not op.ok for op in late)}"
+        ),
+        **common_rows(t, ops),
+    }
+    return run
+
+
+def scenario_sentinel() -> Scenario:
+    setup = start_sentinel()
+    runs: list[Run] = []
+    try:
+        for sentinel in setup.sentinels:
+            client = sentinel.client()
+            client.sentinel_set(setup.service, "failover-timeout", SENTINEL_FAILOVER_TIMEOUT_MS)
+            client.close()
+        plan = [
+            ("failover", False, False),
+            ("kill", False, False),
+            ("failover", True, False),
+            ("kill", True, False),
+            ("failover", False, True),
+        ]
+        for how, wait, min_replicas in plan:
+            log(f"sentinel: {how} wait={wait} min_replicas={min_replicas}")
+            runs.append(guarded(f"{how} wait={wait}", sentinel_run, setup, how, wait, min_replicas))
+    finally:
+        setup.stop()
+    log("sentinel: READONLY check")
+    runs.append(guarded("REPLICAOF by hand", readonly_run))
+    return Scenario(
+        "sentinel",
+        "2. Sentinel failover under load",
+        f"One master, one replica, three sentinels (down-after 1000 ms, failover-timeout "
+        f"{SENTINEL_FAILOVER_TIMEOUT_MS} ms); the store connects by `redis+sentinel://` URL. "
+        f"Load as in 1, except that {SECURITY:.0%} of the requests `invalidate()` or "
+        f"`regenerate()` one of {VICTIMS} sessions made (and replicated) before the fault. "
+        "After SIGKILL the dead server is started again on its port as a replica of the new "
+        "master as soon as the sentinels name it. The checks read the new master once the "
+        "old one replicates it. The last column is not Sentinel: a master and its replica "
+        "swapped by hand with `REPLICAOF` while the store (plain `redis://` URL to the old "
+        "master) keeps writing, to see READONLY replies reach the caller.",
+        runs,
+        sentinel_notes(runs),
+    )
+
+
+def sentinel_notes(runs: Sequence[Run]) -> list[str]:
+    done = {r.name: r for r in runs if r.tally is not None}
+    if not done:
+        return ["No run completed."]
+    notes = []
+    bad = sum(r.tally.not_backend for r in done.values() if r.tally)
+    readonly = any("previous master is now a slave" in m for r in runs for m in r.examples.values())
+    notes.append(
+        (
+            "Every failed operation raised a `BackendError`"
+            + (
+                " (the demoted master's READONLY included: redis-py's Sentinel connection "
+                "turns it into a ConnectionError, the store into a `BackendError`)"
+                if readonly
+                else ""
+            )
+            + "; none failed silently."
+        )
+        if bad == 0
+        else unexpected_note(runs)
+    )
+    plain = done.get("SENTINEL FAILOVER")
+    guarded_run = done.get("SENTINEL FAILOVER, min-replicas-to-write 1")
+    if plain is not None and plain.tally is not None:
+        pt = plain.tally
+        text = (
+            f"After `SENTINEL FAILOVER` the old master stayed a master for "
+            f"{plain.facts['demoted']:.1f} s (Sentinel reconfigures a live old master only "
+            "after several seconds), and the store's pooled connections kept writing to it: "
+            f"{pt.writes_lost} of {pt.writes_acked} acknowledged writes (and "
+            f"{pt.regenerations_dropped} acknowledged regenerations) vanished when it became a "
+            "replica. That is Sentinel's asynchronous replication (a split brain), not a loss "
+            "in the library, and the reason docs/topologies.md asks for "
+            "`min-replicas-to-write 1`"
+        )
+        if guarded_run is not None and guarded_run.tally is not None:
+            g = guarded_run.tally
+            text += (
+                f": with it the same failover lost {g.writes_lost} acknowledged writes, and "
+                f"{g.failed} operations failed (NOREPLICAS) instead"
+            )
+        notes.append(text + ".")
+    for name, r in done.items():
+        t = r.tally
+        assert t is not None
+        if "wait_for_replicas" in name:
+            nr = r.rows.get("NotReplicatedError raised", "0")
+            notes.append(
+                f"{name}: {t.invalidations_lost} of {t.invalidations} acknowledged "
+                f"invalidations and {t.regenerations_undone} of {t.regenerations} acknowledged "
+                f"regenerations were undone; {nr} invalidations/regenerations raised "
+                "`NotReplicatedError` (no replica confirmed in time) instead of returning."
+            )
+        elif name.startswith("SIGKILL"):
+            notes.append(
+                f"{name}: operations failed for {r.facts.get('window', 0.0):.1f} s, until the "
+                f"sentinels named the new master; {t.writes_lost} acknowledged writes and "
+                f"{t.incr_lost} acknowledged increments were lost"
+                + (
+                    " (a master that dies takes its last, not yet replicated, writes with it)."
+                    if t.writes_lost + t.incr_lost
+                    else "."
+                )
+            )
+        elif name.startswith("REPLICAOF"):
+            notes.append(
+                f"{name}: {r.facts['late'] - r.facts['late_ok']:.0f} of {r.facts['late']:.0f} "
+                "operations sent to the demoted master failed with "
+                + ", ".join(f"`{label}`" for label in t.classes)
+                + f"; {r.facts['late_ok']:.0f} were acknowledged."
+            )
+    unguarded = [r for n, r in done.items() if "wait_for_replicas" not in n and r.tally]
+    undone = sum(
+        r.tally.invalidations_lost + r.tally.regenerations_undone for r in unguarded if r.tally
+    )
+    notes.append(
+        f"Without `wait_for_replicas`, {undone} acknowledged invalidations/regenerations were "
+        "undone by these failovers (an undone invalidation is a logged-out session that "
+        "works again; an undone regeneration leaves the pre-login id valid)."
+    )
+    skipped = [r for r in runs if r.error]
+    if skipped:
+        notes.append("Not run: " + "; ".join(f"{r.name}: {r.error}" for r in skipped))
+    return notes
+
+
+# --------------------------------------------------------------- 3. Cluster
+
+
+def cluster_reader(setup: ClusterSetup) -> RedisCluster:
+    nodes = [
+        ClusterNode(HOST, s.port)  # type: ignore[no-untyped-call]
+        for s in setup.nodes
+        if s.running
+    ]
+    return RedisCluster(startup_nodes=nodes)
+
+
+def live_masters(setup: ClusterSetup) -> list[EmbeddedRedis]:
+    return [s for s in setup.nodes if s.running and role(s) == "master"]
+
+
+def replica_of(setup: ClusterSetup, master: EmbeddedRedis) -> EmbeddedRedis:
+    for server in setup.nodes:
+        if server.running and server is not master:
+            state = info(server, "replication")
+            if state["role"] == "slave" and int(state["master_port"]) == master.port:
+                return server
+    raise RuntimeError(f"no replica follows {master!r}")
+
+
+def cluster_ok(setup: ClusterSetup) -> bool:
+    for server in setup.nodes:
+        if server.running:
+            client = server.client(socket_timeout=2)
+            try:
+                if client.cluster("INFO").get("cluster_state") != "ok":
+                    return False
+            finally:
+                client.close()
+    return True
+
+
+def flush_cluster(setup: ClusterSetup) -> None:
+    for server in live_masters(setup):
+        client = server.client()
+        client.flushall()
+        client.close()
+
+
+def check_cluster(
+    setup: ClusterSetup, ops: Sequence[Op], store: SessionStore, ids: list[str]
+) -> Tally:
+    wait_for("the cluster to be ok", lambda: cluster_ok(setup))
+    for master in live_masters(setup):
+        wait_for("replicas to catch up", partial(_replicas_synced, master))
+    reader = cluster_reader(setup)
+    masters = [s.client() for s in live_masters(setup)]
+    try:
+        return tally(ops, store.config, reader, masters, ids)
+    finally:
+        for client in [reader, *masters]:
+            close_quietly(client)
+
+
+def _replicas_synced(master: EmbeddedRedis) -> bool:
+    client = master.client()
+    try:
+        replicas = int(client.info("replication").get("connected_slaves", 0))
+        return replicas == 0 or int(client.wait(replicas, 1000)) >= replicas
+    finally:
+        client.close()
+
+
+def cluster_failover_run(setup: ClusterSetup, how: str) -> Run:
+    name = {"manual": "CLUSTER FAILOVER on a replica", "kill": "SIGKILL of a master"}[how]
+    run = Run(name)
+    flush_cluster(setup)
+    victim = live_masters(setup)[0 if how == "manual" else -1]
+    replica = replica_of(setup, victim)
+    store = make_store(setup.url)
+    ids = seed(store, POOL)
+    _replicas_synced(victim)
+    with loaded(Load(store, ids)) as load:
+        time.sleep(WARM)
+        t0 = time.monotonic()
+        if how == "manual":
+            client = replica.client()
+            call(client, "CLUSTER FAILOVER")
+            client.close()
+        else:
+            kill9(victim)
+        wait_for("the replica to take over", lambda: role(replica) == "master")
+        t_promoted = time.monotonic()
+        if how == "manual":
+            wait_for("the old master to turn replica", lambda: role(victim) == "slave")
+        load.wait_steady(time.monotonic(), SETTLE)
+        ops = load.stop()
+        run.unexpected, run.examples = load.unexpected, load.examples
+    store.close()
+    if how == "kill":
+        victim.stop()
+    t = check_cluster(setup, ops, store, ids)
+    run.tally = t
+    run.rows = {
+        "replica promoted after": f"{t_promoted - t0:.2f} s",
+        **window_rows(ops, t0, run.facts),
+        **common_rows(t, ops),
+    }
+    return run
+
+
+def tag_in(config: Any, owner_slots: range) -> tuple[str, int]:
+    """A 4-character id tag whose keys hash to a slot in ``owner_slots``; the tag and slot."""
+    while True:
+        tag = secrets.token_urlsafe(3)
+        slot = key_slot(config.key_of(tag + "x" * 43).encode())
+        if slot in owner_slots:
+            return tag, slot
+
+
+def owned_slots(server: EmbeddedRedis) -> range:
+    client = server.client()
+    try:
+        myid = call(client, "CLUSTER MYID").decode()
+        for first, last, *nodes in call(client, "CLUSTER SLOTS"):
+            if nodes[0][2].decode() == myid:
+                return range(int(first), int(last) + 1)
+    finally:
+        client.close()
+    raise RuntimeError(f"{server!r} owns no slots")
+
+
+def migration_run(setup: ClusterSetup) -> Run:
+    run = Run(f"slot migration ({MIGRATED_SESSIONS} sessions in the slot)")
+    flush_cluster(setup)
+    masters = live_masters(setup)
+    source, target = masters[1], masters[2]
+    adopt = make_store(setup.url, adopt_unknown_ids=True)
+    tag, slot = tag_in(adopt.config, owned_slots(source))
+    wanted = [tag + secrets.token_urlsafe(32) for _ in range(MIGRATED_SESSIONS)]
+    ids = seed(adopt, MIGRATED_SESSIONS, wanted)
+    adopt.close()
+    src, dst = source.client(), target.client()
+    src_id = call(src, "CLUSTER MYID").decode()
+    dst_id = call(dst, "CLUSTER MYID").decode()
+    store = make_store(setup.url)
+    moved = batches = 0
+    with loaded(Load(store, ids)) as load:
+        time.sleep(WARM)
+        t0 = time.monotonic()
+        call(dst, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        call(src, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := call(src, "CLUSTER GETKEYSINSLOT", slot, 2):
+            call(src, "MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            batches += 1
+            time.sleep(0.1)
+        for client in (dst, src):
+            call(client, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+        for other in masters:
+            if other not in (source, target):
+                client = other.client()
+                call(client, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+                client.close()
+        t1 = time.monotonic()
+        load.wait_steady(t1, SETTLE)
+        ops = load.stop()
+        run.unexpected, run.examples = load.unexpected, load.examples
+    store.close()
+    src.close()
+    dst.close()
+    t = check_cluster(setup, ops, store, ids)
+    during = [op for op in ops if t0 <= op.start and op.end <= t1]
+    run.tally = t
+    run.facts = {"during_ok": sum(op.ok for op in during), "during": len(during)}
+    run.rows = {
+        "keys moved (MIGRATE batches)": f"{moved} ({batches}) in {t1 - t0:.2f} s",
+        "operations during the migration: acknowledged / failed": (
+            f"{sum(op.ok for op in during)} / {sum(not op.ok for op in during)}"
+        ),
+        **window_rows(ops, t0, run.facts),
+        **common_rows(t, ops),
+    }
+    return run
+
+
+def scenario_cluster() -> Scenario:
+    setup = start_cluster()
+    runs: list[Run] = []
+    try:
+        for server in setup.nodes:
+            client = server.client()
+            client.config_set("cluster-node-timeout", CLUSTER_NODE_TIMEOUT_MS)
+            client.close()
+        log("cluster: CLUSTER FAILOVER")
+        runs.append(guarded("CLUSTER FAILOVER", cluster_failover_run, setup, "manual"))
+        log("cluster: slot migration")
+        runs.append(guarded("slot migration", migration_run, setup))
+        log("cluster: SIGKILL of a master")
+        runs.append(guarded("SIGKILL of a master", cluster_failover_run, setup, "kill"))
+    finally:
+        setup.stop()
+    notes = []
+    done = [r for r in runs if r.tally is not None]
+    bad = sum(r.tally.not_backend for r in done if r.tally)
+    notes.append(
+        "Every failed operation raised a `BackendError`." if bad == 0 else unexpected_note(runs)
+    )
+    for r in done:
+        t = r.tally
+        assert t is not None
+        notes.append(
+            f"{r.name}: {t.failed} operations failed, {t.writes_lost} acknowledged writes and "
+            f"{t.incr_lost} acknowledged increments were lost, {t.incr_double} increments "
+            "applied twice."
+            + (
+                f" {r.facts['during_ok']:.0f} operations were acknowledged while the slot was "
+                "moving (ASK redirects followed by redis-py)."
+                if "during_ok" in r.facts
+                else ""
+            )
+        )
+    notes.append(
+        "A killed master's slots are unserved until its replica is promoted (about "
+        f"cluster-node-timeout = {CLUSTER_NODE_TIMEOUT_MS} ms plus the election); writes it "
+        "acknowledged but had not yet sent to the replica would be gone (asynchronous "
+        "replication; none were in this run unless the table says so)."
+    )
+    return Scenario(
+        "cluster",
+        "3. Cluster failover and slot migration under load",
+        "Three masters with one replica each, cluster-node-timeout "
+        f"{CLUSTER_NODE_TIMEOUT_MS} ms; the store connects by `redis+cluster://` URL; load as "
+        f"in 1 over {POOL} sessions spread over all slots (for the migration: "
+        f"{MIGRATED_SESSIONS} sessions whose ids carry a tag hashing to the migrated slot, "
+        "moved two keys per `MIGRATE ... KEYS` every 100 ms, then `CLUSTER SETSLOT ... NODE`).",
+        runs,
+        notes,
+    )
