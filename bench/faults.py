@@ -12,7 +12,7 @@ until operations succeed again, then checks the data on the server(s):
 3. Cluster (3 masters + 3 replicas): ``CLUSTER FAILOVER``, a live slot
    migration, SIGKILL of a master;
 4. ``CLIENT PAUSE`` longer than the store's ``socket_timeout``;
-5. lost replies (``bench/fault_proxy.py``): is an increment applied twice?
+5. lost replies (``tests/lossy_proxy.py``): is an increment applied twice?
 
 Scenarios 2 and 3 live in ``fault_topologies.py``, the shared settings and
 figures in ``fault_kit.py``, the markdown in ``fault_report.py``. The figures go
@@ -54,10 +54,10 @@ from fault_kit import (
     unexpected_note,
 )
 from fault_load import Load, seed, tally
-from fault_proxy import LossyProxy
 from fault_report import TRACEBACKS, report
 from fault_topologies import scenario_cluster, scenario_sentinel
 from hashsession.embedded import EmbeddedRedis
+from lossy_proxy import LossyProxy
 
 OUT = REPO / "docs" / "reliability.md"
 DOWN = 1.0  # seconds a killed standalone server stays down
@@ -253,8 +253,9 @@ def lost_reply_run(server: EmbeddedRedis, name: str, client_for: Callable[[str],
     run = Run(name)
     counter = "lost_reply_counter"
     admin = server.client()
-    with LossyProxy((HOST, server.port or 0), counter.encode()) as proxy:
-        store = make_store(client_for(proxy.url))
+    proxy = LossyProxy(HOST, server.port or 0, count=counter.encode())
+    try:
+        store = make_store(client_for(proxy.url()))
         session = store.open()
         session.set(counter, 0)
         sid = session.id or ""
@@ -269,7 +270,7 @@ def lost_reply_run(server: EmbeddedRedis, name: str, client_for: Callable[[str],
         raised: Counter[str] = Counter()
         took = 0.0
         for _ in range(LOST_REPLIES):
-            proxy.arm()
+            proxy.lose_next("drop")
             start = time.monotonic()
             try:
                 store.open_id(cookie).incr(counter)
@@ -280,8 +281,10 @@ def lost_reply_run(server: EmbeddedRedis, name: str, client_for: Callable[[str],
                 raised[label] += 1
             took = max(took, time.monotonic() - start)
         received = proxy.forwarded - sent_before
-        swallowed = proxy.swallowed
+        swallowed = len(proxy.lost_replies)
         store.close()
+    finally:
+        proxy.close()
     value = int(admin.hget(key, counter) or 0) - start_value
     admin.close()
     run.facts = {"value": value, "received": received, "acked": acked}
@@ -334,7 +337,7 @@ def scenario_lost_replies() -> Scenario:
     return Scenario(
         "lost-replies",
         "5. No double apply when a reply is lost",
-        "One redis-server behind a small TCP proxy (`bench/fault_proxy.py`) that forwards "
+        "One redis-server behind a small TCP proxy (`tests/lossy_proxy.py`) that forwards "
         "each increment to the server, waits for the server's reply, then closes the "
         f"client's connection instead of passing the reply on; {LOST_REPLIES} increments "
         "through a session (`open_id(cookie).incr(...)`), each losing its reply once, for "

@@ -25,11 +25,7 @@ proxy per node plus rewriting the slot map.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
-from typing import Literal
 
 import pytest
 import redis
@@ -39,147 +35,10 @@ from hashsession import BackendError, SessionStore
 from hashsession.aio import AsyncSessionStore
 from hashsession.embedded import EmbeddedRedis
 from hashsession.scripts import CREATE, INDEX, LIVE, LOGIN, OPEN, REVOKE
+from lossy_proxy import LOSSES, Loss, LossyProxy
 
-Loss = Literal["drop", "withhold"]
-LOSSES: tuple[Loss, ...] = ("drop", "withhold")
 # Short, so a withheld reply costs the test half a second.
 SOCKET_TIMEOUT = 0.5
-_JOIN_TIMEOUT = 5.0
-
-
-class _Link:
-    """One client connection through the proxy, paired with its own connection to the server."""
-
-    def __init__(self, client: socket.socket, server: socket.socket) -> None:
-        self.client = client
-        self.server = server
-        #: How this link loses the reply to the command it carries next, once armed.
-        self.loss: Loss | None = None
-        self.threads: list[threading.Thread] = []
-
-    def close(self) -> None:
-        """Close both sides; shutting down first wakes a pump blocked in ``recv``."""
-        for sock in (self.client, self.server):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-
-class LossyProxy:
-    """A TCP proxy on 127.0.0.1 that forwards everything, or loses one reply when armed.
-
-    After :meth:`lose_next`, the next bytes any client sends are forwarded to the
-    server and the server's reply is read, so the command has run, but never
-    passed on: ``"drop"`` then closes the client's connection, ``"withhold"``
-    keeps it open and silent until the client gives up. Each client connection
-    gets its own connection to the server and two daemon threads pumping bytes.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._armed: Loss | None = None
-        self._links: list[_Link] = []
-        self._closed = False
-        #: How many client connections the proxy has accepted.
-        self.connections = 0
-        #: The replies the server sent that the proxy did not pass on.
-        self.lost_replies: list[bytes] = []
-        self._acceptor = threading.Thread(target=self._accept, daemon=True)
-        self._acceptor.start()
-
-    def url(self, **options: float) -> str:
-        """A ``redis://`` URL through the proxy, with connection options in the query."""
-        query = "&".join(f"{name}={value}" for name, value in options.items())
-        return f"redis://127.0.0.1:{self.port}/0" + (f"?{query}" if query else "")
-
-    def lose_next(self, loss: Loss) -> None:
-        """Lose the reply to the next command any client sends, in the way ``loss`` says."""
-        with self._lock:
-            self._armed = loss
-
-    def drop_all(self) -> None:
-        """Close every open connection (as a server restart would) and keep listening."""
-        with self._lock:
-            links, self._links = self._links, []
-        self._stop(links)
-
-    def close(self) -> None:
-        """Stop listening, close every connection and wait for the threads to end."""
-        with self._lock:
-            self._closed = True
-            links, self._links = self._links, []
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._acceptor.join(_JOIN_TIMEOUT)
-        self._stop(links)
-
-    @staticmethod
-    def _stop(links: list[_Link]) -> None:
-        for link in links:
-            link.close()
-        for link in links:
-            for thread in link.threads:
-                thread.join(_JOIN_TIMEOUT)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                server = socket.create_connection(self._target)
-            except OSError:
-                client.close()
-                continue
-            for sock in (client, server):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            link = _Link(client, server)
-            for pump in (self._upstream, self._downstream):
-                thread = threading.Thread(target=pump, args=(link,), daemon=True)
-                link.threads.append(thread)
-                thread.start()
-            with self._lock:
-                closed = self._closed
-                if not closed:
-                    self._links.append(link)
-                    self.connections += 1
-            if closed:
-                link.close()
-                return
-
-    def _upstream(self, link: _Link) -> None:
-        """Client to server; the first command after arming marks its link as losing."""
-        try:
-            while data := link.client.recv(65536):
-                with self._lock:
-                    if self._armed is not None and link.loss is None:
-                        link.loss, self._armed = self._armed, None
-                link.server.sendall(data)
-        except OSError:
-            pass
-        finally:
-            link.close()
-
-    def _downstream(self, link: _Link) -> None:
-        """Server to client; on a losing link, replies are kept here instead."""
-        try:
-            while data := link.server.recv(65536):
-                if link.loss is None:
-                    link.client.sendall(data)
-                    continue
-                with self._lock:
-                    self.lost_replies.append(data)
-                if link.loss == "drop":
-                    break
-        except OSError:
-            pass
-        finally:
-            link.close()
 
 
 @pytest.fixture
