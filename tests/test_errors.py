@@ -263,6 +263,7 @@ def test_stopped_redis_new_session_write_fails_loudly_and_sends_no_cookie(
         s["a"] = 1
     _assert_backend_error(info)
     assert isinstance(info.value.__cause__, redis.exceptions.ConnectionError)
+    assert "Redis failed on a new session:" in str(info.value)
     assert s.id is None
     assert all(name != "Set-Cookie" for name, _ in store.response_headers(s))
     with pytest.raises(BackendError):

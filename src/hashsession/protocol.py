@@ -289,7 +289,8 @@ class SessionCore:
                 )
             if "not an integer" in message or "not a float" in message:
                 return ValueTypeError(key, "the stored value is not a number to increment")
-        return BackendError(f"Redis failed on session {self.key!r}: {message}")
+        where = f"session {self.key!r}" if self.key else "a new session"
+        return BackendError(f"Redis failed on {where}: {message}")
 
     # ---------------------------------------------------------- state changes
 
