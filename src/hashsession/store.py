@@ -64,12 +64,14 @@ class StoreBase:
     """What both store flavours share: validated settings and cookie handling, no I/O."""
 
     config: SessionConfig
+    #: The class that checks the settings and names ids and keys; compat layers subclass it.
+    config_class: type[SessionConfig] = SessionConfig
     #: The sans-I/O class behind each session; compat layers subclass it.
     core_class: type[SessionCore] = SessionCore
 
     def __init__(self, **settings: Any) -> None:
         try:
-            self.config = SessionConfig.build(**settings)
+            self.config = self.config_class.build(**settings)
         except TypeError as exc:  # an unknown keyword
             raise ConfigurationError("settings", str(exc)) from None
 

@@ -135,10 +135,7 @@ class _Store(SessionStore):
     """A :class:`~hashsession.SessionStore` with bottle-session's ids, keys and sessions."""
 
     session_class = Session
-
-    def __init__(self, *, redis: Any, **settings: Any) -> None:
-        super().__init__(redis=redis, **settings)
-        self.config = _Config.build(**settings)
+    config_class = _Config
 
 
 class SessionPlugin(native.SessionPlugin):
