@@ -17,10 +17,10 @@ from typing import Any
 import redis
 
 from hashsession import bottle as native
+from hashsession.compat._lists import ListSession
 from hashsession.config import SessionConfig, seconds
 from hashsession.cookies import CookiePolicy
 from hashsession.errors import ConfigurationError
-from hashsession.session import Session as _NativeSession
 from hashsession.store import SessionStore
 
 __all__ = ["MAX_TTL", "Session", "SessionPlugin"]
@@ -77,7 +77,7 @@ class _TextCodec:
         return data.decode("utf-8")
 
 
-class Session(_NativeSession):
+class Session(ListSession):
     """A live hashsession :class:`~hashsession.Session` that also behaves like bottle-session's.
 
     Kept for apps written for bottle-session: values read back as ``str``;
@@ -110,18 +110,6 @@ class Session(_NativeSession):
     def __iter__(self) -> Iterator[tuple[str, Any]]:  # type: ignore[override]
         """``(key, value)`` pairs from one ``HGETALL``, as bottle-session iterated."""
         return iter(self.items())
-
-    def keys(self) -> list[str]:  # type: ignore[override]
-        """The keys, as a list (one ``HGETALL``, whose values serve the reads right after)."""
-        return list(super().keys())
-
-    def values(self) -> list[Any]:  # type: ignore[override]
-        """The values, as a list (one ``HGETALL``)."""
-        return list(self.to_dict().values())
-
-    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
-        """Key/value pairs, as a list (one ``HGETALL``)."""
-        return list(self.to_dict().items())
 
     def destroy(self) -> None:
         """Delete the session now; later writes in this request start a new one.

@@ -15,10 +15,10 @@ from typing import Any
 import redis
 
 from hashsession import wsgi
+from hashsession.compat._lists import ListSession
 from hashsession.cookies import cookie_value_is_safe
 from hashsession.errors import ConfigurationError, DecodeError, ValueTypeError
 from hashsession.protocol import SessionCore, Step
-from hashsession.session import Session as _NativeSession
 from hashsession.store import SessionStore
 from hashsession.values import increment_of
 
@@ -126,7 +126,7 @@ class _Core(SessionCore):
         return ("DEL", key), deleted, None
 
 
-class Session(_NativeSession):
+class Session(ListSession):
     """A live hashsession :class:`~hashsession.Session` that also behaves like DRSession's.
 
     Differences from the native class, all kept for apps written for DRSession:
@@ -182,18 +182,6 @@ class Session(_NativeSession):
             return current + delta
 
         self.apply(key, add, 0)  # the codec's numbers are not Redis numbers: compare-and-set
-
-    def keys(self) -> list[str]:  # type: ignore[override]
-        """The keys, as a list (one ``HKEYS``)."""
-        return list(super().keys())
-
-    def values(self) -> list[Any]:  # type: ignore[override]
-        """The values, as a list (one ``HGETALL``)."""
-        return list(self.to_dict().values())
-
-    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
-        """Key/value pairs, as a list (one ``HGETALL``)."""
-        return list(self.to_dict().items())
 
     def destroy(self) -> None:
         """Delete the whole session key now, as DRSession did; writes after it start afresh."""
