@@ -185,3 +185,18 @@ def test_timedelta_timeout(redis_url: str) -> None:
     store = SessionStore(redis=redis_url, wait_for_replicas=1, wait_timeout=timedelta(seconds=2))
     assert store.config.wait_timeout_ms == 2000
     store.close()
+
+
+@pytest.mark.parametrize("topology", ["sentinel"])
+def test_scripts_unknown_to_the_server_are_resent_with_their_source(
+    make: Any, topology_client: Any
+) -> None:
+    store = make(wait_for_replicas=1, wait_timeout=5)
+    session, _ = live(store, n=1)
+    session.login("ann")
+    topology_client.script_flush()
+    session.regenerate()  # EVALSHA + WAIT in one pipeline: NOSCRIPT, then EVAL + WAIT
+    assert store.open_id(store.config.cookie_value(session.id))["n"] == 1
+    topology_client.script_flush()
+    assert store.revoke(session.id, user_id="ann") is True  # the REVOKE script, piped
+    assert topology_client.exists(store.config.key_of(session.id)) == 0

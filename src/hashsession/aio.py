@@ -35,7 +35,7 @@ from hashsession.protocol import (
     pairs_of,
 )
 from hashsession.replication import apipeline, check, waited
-from hashsession.scripts import by_sha
+from hashsession.scripts import with_source
 from hashsession.session import ttl_ms
 from hashsession.store import StoreBase, checked_client
 from hashsession.topology import AsyncClient, is_cluster
@@ -112,7 +112,7 @@ class AsyncSession(SessionView):
             try:
                 return await execute(*cmd)
             except NoScriptError:
-                return await execute("EVAL", by_sha(cmd[1]).source, *cmd[2:])
+                return await execute(*with_source(cmd))
         except BACKEND_ERRORS as exc:
             raise self._core.error(exc, key) from exc
 

@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError
 from hashsession.config import SessionConfig
 from hashsession.errors import NotReplicatedError
 from hashsession.protocol import Command
-from hashsession.scripts import by_sha
+from hashsession.scripts import with_source
 
 __all__ = ["apipeline", "check", "pipeline", "waited"]
 
@@ -34,13 +34,6 @@ def check(config: SessionConfig, replicas: int) -> None:
         raise NotReplicatedError(config.wait_replicas, replicas)
 
 
-def _with_sources(commands: list[Command]) -> list[Command]:
-    return [
-        ("EVAL", by_sha(cmd[1]).source, *cmd[2:]) if cmd[0] == "EVALSHA" else cmd
-        for cmd in commands
-    ]
-
-
 def pipeline(client: Any, commands: list[Command]) -> list[Any]:
     """Send ``commands`` as one non-transactional pipeline (one connection, one round trip).
 
@@ -49,7 +42,7 @@ def pipeline(client: Any, commands: list[Command]) -> list[Any]:
     try:
         return _pipeline(client, commands)
     except NoScriptError:
-        return _pipeline(client, _with_sources(commands))
+        return _pipeline(client, [with_source(cmd) for cmd in commands])
 
 
 def _pipeline(client: Any, commands: list[Command]) -> list[Any]:
@@ -64,7 +57,7 @@ async def apipeline(client: Any, commands: list[Command]) -> list[Any]:
     try:
         return await _apipeline(client, commands)
     except NoScriptError:
-        return await _apipeline(client, _with_sources(commands))
+        return await _apipeline(client, [with_source(cmd) for cmd in commands])
 
 
 async def _apipeline(client: Any, commands: list[Command]) -> list[Any]:

@@ -17,7 +17,8 @@ index entry is due for a refresh (``INDEX``, on the index key).
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 __all__ = [
     "CREATE",
@@ -28,7 +29,7 @@ __all__ = [
     "OPEN",
     "REVOKE",
     "Script",
-    "by_sha",
+    "with_source",
 ]
 
 LIMIT_ERROR = "HASHSESSION_LIMIT"
@@ -415,6 +416,8 @@ return out
 _BY_SHA = {s.sha: s for s in (*LIVE.values(), OPEN, CREATE, LOGIN, REVOKE, INDEX)}
 
 
-def by_sha(sha: str) -> Script:
-    """The script a SHA names, to resend its source after ``NOSCRIPT``."""
-    return _BY_SHA[sha]
+def with_source(cmd: Sequence[Any]) -> tuple[Any, ...]:
+    """``cmd`` as it must be resent after ``NOSCRIPT``: an ``EVALSHA`` becomes ``EVAL``."""
+    if cmd[0] != "EVALSHA":
+        return tuple(cmd)
+    return ("EVAL", _BY_SHA[cmd[1]].source, *cmd[2:])

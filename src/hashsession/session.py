@@ -32,7 +32,7 @@ from hashsession.protocol import (
     pairs_of,
 )
 from hashsession.replication import check, pipeline, waited
-from hashsession.scripts import by_sha
+from hashsession.scripts import with_source
 from hashsession.users import UserId, user_text
 from hashsession.values import Counter, FloatCounter, Recorder, counted, increment_of
 
@@ -76,7 +76,7 @@ class Session(SessionView, MutableMapping[str, Any]):
             try:
                 return execute(*cmd)
             except NoScriptError:
-                return execute("EVAL", by_sha(cmd[1]).source, *cmd[2:])
+                return execute(*with_source(cmd))
         except BACKEND_ERRORS as exc:
             raise self._core.error(exc, key) from exc
 

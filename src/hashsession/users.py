@@ -31,7 +31,7 @@ from hashsession.config import SessionConfig, user_digest
 from hashsession.errors import BackendError
 from hashsession.protocol import BACKEND_ERRORS, Command, SessionView, index_command, index_put
 from hashsession.replication import apipeline, check, pipeline, waited
-from hashsession.scripts import CREATED_FIELD, OWNER_FIELD, REVOKE, SEEN_FIELD, by_sha
+from hashsession.scripts import CREATED_FIELD, OWNER_FIELD, REVOKE, SEEN_FIELD, with_source
 
 __all__ = [
     "SessionInfo",
@@ -255,7 +255,7 @@ def run(client: Any, flow: Flow[T]) -> T:
                 try:
                     reply = client.execute_command(*request)
                 except NoScriptError:
-                    reply = client.execute_command("EVAL", by_sha(request[1]).source, *request[2:])
+                    reply = client.execute_command(*with_source(request))
         except BACKEND_ERRORS as exc:
             raise _error(exc) from exc
 
@@ -275,7 +275,6 @@ async def arun(client: Any, flow: Flow[T]) -> T:
                 try:
                     reply = await client.execute_command(*request)
                 except NoScriptError:
-                    source = by_sha(request[1]).source
-                    reply = await client.execute_command("EVAL", source, *request[2:])
+                    reply = await client.execute_command(*with_source(request))
         except BACKEND_ERRORS as exc:
             raise _error(exc) from exc
