@@ -102,11 +102,6 @@ _SERVER_CONNECTIONS = 10_000
 _REFUSALS = (ClusterDownError, SlotNotCoveredError)
 
 
-def _no_resend() -> Retry:
-    """A retry policy that never resends: a lost reply may hide an applied write."""
-    return Retry(NoBackoff(), 0)
-
-
 class _Cluster(RedisCluster):
     """redis-py's cluster client, resending a command only after the cluster refused it.
 
@@ -170,25 +165,21 @@ def _pool_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return {"max_connections": _MAX_CONNECTIONS, "timeout": _POOL_TIMEOUT, **options}
 
 
-def _connection_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options plus the no-resend policy for every connection (see the module's docstring)."""
-    return {**options, "retry": _no_resend()}
+def _sync_connection_options() -> dict[str, Any]:
+    """Connection options every sync client we build gets: no resend of a lost reply."""
+    return {"retry": Retry(NoBackoff(), 0)}
 
 
-def _async_no_resend() -> AsyncRetry:
-    """The asyncio twin of :func:`_no_resend`."""
-    return AsyncRetry(NoBackoff(), 0)
-
-
-def _async_pool_options() -> dict[str, Any]:
-    """No resends, and a pool that checks a pooled connection is alive before handing it out.
+def _async_connection_options() -> dict[str, Any]:
+    """The asyncio twin of :func:`_sync_connection_options`, plus a pool that checks a
+    pooled connection is alive before handing it out.
 
     redis-py 8's asyncio pool skips that check while maintenance notifications are on
     (the default with RESP3), so without resends every connection the server dropped
     while idle would fail one request; the check makes it reconnect instead.
     """
     return {
-        "retry": _async_no_resend(),
+        "retry": AsyncRetry(NoBackoff(), 0),
         "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
 
@@ -305,7 +296,7 @@ def sync_client(url: str) -> SyncClient:
     if topology.kind == "standalone":
         try:
             pool = redis.ConnectionPool.from_url(
-                url, max_connections=_SERVER_CONNECTIONS, retry=_no_resend()
+                url, max_connections=_SERVER_CONNECTIONS, **_sync_connection_options()
             )
         except ValueError as exc:
             raise _bad(str(exc)) from exc
@@ -318,7 +309,8 @@ def sync_client(url: str) -> SyncClient:
         master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
             topology.service,
             connection_pool_class=_BlockingSentinelPool,
-            **_connection_options(_pool_options(topology.options)),
+            **_sync_connection_options(),
+            **_pool_options(topology.options),
         )
         return master
     # Only a cluster client given a URL hands each node the pool class we ask for, so
@@ -351,7 +343,7 @@ def async_client(url: str) -> AsyncClient:
     if topology.kind == "standalone":
         try:
             pool = aioredis.ConnectionPool.from_url(
-                url, max_connections=_SERVER_CONNECTIONS, **_async_pool_options()
+                url, max_connections=_SERVER_CONNECTIONS, **_async_connection_options()
             )
         except ValueError as exc:
             raise _bad(str(exc)) from exc
@@ -364,7 +356,7 @@ def async_client(url: str) -> AsyncClient:
         master: aioredis.Redis = sentinel.master_for(
             topology.service,
             connection_pool_class=_AsyncBlockingSentinelPool,
-            **_async_pool_options(),
+            **_async_connection_options(),
             **_pool_options(topology.options),
         )
         return master
