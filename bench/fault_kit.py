@@ -19,6 +19,9 @@ from hashsession.embedded import EmbeddedRedis
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+# The test deployments (tests/topologies.py) and the lossy proxy (tests/lossy_proxy.py)
+# serve the fault runs too; every fault module imports this one first.
+sys.path.insert(0, str(REPO / "tests"))
 HOST = "127.0.0.1"
 PREFIX = "hsfault:"
 TTL = 3600

@@ -7,7 +7,6 @@ shorter Sentinel failover-timeout and cluster-node-timeout set at run time.
 from __future__ import annotations
 
 import secrets
-import sys
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -19,7 +18,6 @@ from redis.crc import key_slot
 from fault_kit import (
     HOST,
     POOL,
-    REPO,
     SETTLE,
     WARM,
     Run,
@@ -41,8 +39,6 @@ from fault_kit import (
 from fault_load import Load, Op, Tally, seed, tally
 from hashsession import ConfigurationError, SessionStore
 from hashsession.embedded import EmbeddedRedis
-
-sys.path.insert(0, str(REPO / "tests"))
 from topologies import (
     ClusterSetup,
     SentinelSetup,
