@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -51,22 +51,6 @@ def run_threads(targets: list[Callable[[], None]], timeout: float = 60) -> None:
         assert not t.is_alive(), "a worker thread hung"
     if errors:
         raise errors[0]
-
-
-@pytest.fixture
-def make_store(redis_url: str) -> Iterator[StoreFactory]:
-    stores: list[SessionStore] = []
-
-    def make(**kwargs: Any) -> SessionStore:
-        kwargs.setdefault("redis", redis_url)
-        kwargs.setdefault("ttl", 100)
-        store = SessionStore(**kwargs)
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
 
 
 def new_session(store: SessionStore, **data: Any) -> tuple[str, str]:

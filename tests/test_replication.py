@@ -7,13 +7,13 @@ write took effect: the old id is dead, the session moved on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
 
-from conftest import Counted
+from conftest import Counted, StoreFactory
 from hashsession import BackendError, ConfigurationError, NotReplicatedError, SessionStore
 from hashsession.aio import AsyncSessionStore
 
@@ -21,17 +21,9 @@ SENTINEL = pytest.mark.parametrize("topology", ["sentinel"])
 
 
 @pytest.fixture
-def make(topology_url: str, topology_client: Any) -> Iterator[Any]:
-    stores: list[SessionStore] = []
-
-    def build(**settings: Any) -> SessionStore:
-        store = SessionStore(redis=topology_url, **settings)
-        stores.append(store)
-        return store
-
-    yield build
-    for store in stores:
-        store.close()
+def make(topology_url: str, make_store: StoreFactory) -> StoreFactory:
+    """Stores on the topology under test (the suite's factory, pointed there)."""
+    return partial(make_store, redis=topology_url)
 
 
 def live(store: SessionStore, **values: Any) -> tuple[Any, str]:
