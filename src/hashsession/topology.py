@@ -303,10 +303,10 @@ def sync_client(url: str) -> SyncClient:
         return redis.Redis(connection_pool=pool)
     if topology.kind == "sentinel":
         assert topology.service is not None
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             list(topology.nodes), sentinel_kwargs=dict(topology.sentinel_options)
         )
-        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        master: redis.Redis = sentinel.master_for(
             topology.service,
             connection_pool_class=_BlockingSentinelPool,
             **_sync_connection_options(),
@@ -350,7 +350,7 @@ def async_client(url: str) -> AsyncClient:
         return aioredis.Redis(connection_pool=pool)
     if topology.kind == "sentinel":
         assert topology.service is not None
-        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+        sentinel = AsyncSentinel(
             list(topology.nodes), sentinel_kwargs=dict(topology.sentinel_options)
         )
         master: aioredis.Redis = sentinel.master_for(
