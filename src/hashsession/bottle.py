@@ -20,7 +20,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import bottle  # type: ignore[import-untyped]
+from hashsession._extras import missing_extra
+
+try:
+    import bottle  # type: ignore[import-untyped]
+except ModuleNotFoundError as exc:  # the extra is not installed
+    missing_extra(exc, "bottle", "hashsession.bottle")
 
 from hashsession.errors import ConfigurationError
 from hashsession.session import Session

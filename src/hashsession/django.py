@@ -20,15 +20,20 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.conf import settings  # type: ignore[import-untyped]
-from django.contrib.sessions.backends.base import (  # type: ignore[import-untyped]
-    CreateError,
-    SessionBase,
-)
-from django.core.signals import setting_changed  # type: ignore[import-untyped]
-from django.utils import timezone  # type: ignore[import-untyped]
-from django.utils.module_loading import import_string  # type: ignore[import-untyped]
+from hashsession._extras import missing_extra
+
+try:
+    from asgiref.sync import sync_to_async
+    from django.conf import settings  # type: ignore[import-untyped]
+    from django.contrib.sessions.backends.base import (  # type: ignore[import-untyped]
+        CreateError,
+        SessionBase,
+    )
+    from django.core.signals import setting_changed  # type: ignore[import-untyped]
+    from django.utils import timezone  # type: ignore[import-untyped]
+    from django.utils.module_loading import import_string  # type: ignore[import-untyped]
+except ModuleNotFoundError as exc:  # the extra is not installed
+    missing_extra(exc, "django", "hashsession.django")
 from redis.exceptions import RedisError
 
 from hashsession.errors import BackendError, ConfigurationError

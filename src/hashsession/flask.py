@@ -20,9 +20,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import flask
-from flask.json.tag import TaggedJSONSerializer
-from flask.sessions import SessionInterface, SessionMixin
+from hashsession._extras import missing_extra
+
+try:
+    import flask
+    from flask.json.tag import TaggedJSONSerializer
+    from flask.sessions import SessionInterface, SessionMixin
+except ModuleNotFoundError as exc:  # the extra is not installed
+    missing_extra(exc, "flask", "hashsession.flask")
 
 from hashsession.config import seconds
 from hashsession.errors import ConfigurationError

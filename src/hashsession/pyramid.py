@@ -28,12 +28,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pyramid.interfaces import ICSRFStoragePolicy, ISession  # type: ignore[import-untyped]
-from pyramid.path import DottedNameResolver  # type: ignore[import-untyped]
-from zope.interface.declarations import (  # type: ignore[import-untyped]
-    Implements,
-    objectSpecificationDescriptor,
-)
+from hashsession._extras import missing_extra
+
+try:
+    from pyramid.interfaces import ICSRFStoragePolicy, ISession  # type: ignore[import-untyped]
+    from pyramid.path import DottedNameResolver  # type: ignore[import-untyped]
+    from zope.interface.declarations import (  # type: ignore[import-untyped]
+        Implements,
+        objectSpecificationDescriptor,
+    )
+except ModuleNotFoundError as exc:  # the extra is not installed
+    missing_extra(exc, "pyramid", "hashsession.pyramid")
 
 from hashsession.cookies import CookiePolicy
 from hashsession.errors import ConfigurationError

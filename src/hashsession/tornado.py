@@ -37,7 +37,12 @@ from asyncio import Future
 from collections.abc import Mapping
 from typing import Any
 
-from tornado.web import Application, RequestHandler
+from hashsession._extras import missing_extra
+
+try:
+    from tornado.web import Application, RequestHandler
+except ModuleNotFoundError as exc:  # the extra is not installed
+    missing_extra(exc, "tornado", "hashsession.tornado")
 
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.errors import ConfigurationError

@@ -19,11 +19,17 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import redis
-from pyramid.exceptions import (  # type: ignore[import-untyped]
-    ConfigurationError as _PyramidConfigurationError,
-)
-from pyramid.interfaces import ISession  # type: ignore[import-untyped]
-from pyramid.path import DottedNameResolver  # type: ignore[import-untyped]
+
+from hashsession._extras import missing_extra
+
+try:
+    from pyramid.exceptions import (  # type: ignore[import-untyped]
+        ConfigurationError as _PyramidConfigurationError,
+    )
+    from pyramid.interfaces import ISession  # type: ignore[import-untyped]
+    from pyramid.path import DottedNameResolver  # type: ignore[import-untyped]
+except ModuleNotFoundError as exc:  # the extra is not installed
+    missing_extra(exc, "pyramid", "hashsession.compat.pyramid_redis_sessions")
 
 from hashsession.codecs import Codec, FunctionCodec
 from hashsession.errors import ConfigurationError as _ConfigurationError

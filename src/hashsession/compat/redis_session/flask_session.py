@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Flask, request
+from hashsession._extras import missing_extra
+
+try:
+    from flask import Flask, request
+except ModuleNotFoundError as exc:  # the extra is not installed
+    missing_extra(exc, "flask", "hashsession.compat.redis_session.flask_session")
 
 from hashsession.compat.redis_session import (
     DEFAULT_COOKIE,

@@ -12,8 +12,13 @@ from asyncio import Future
 from collections.abc import Mapping
 from typing import Any
 
-from tornado.options import define, options
-from tornado.web import Application, RequestHandler
+from hashsession._extras import missing_extra
+
+try:
+    from tornado.options import define, options
+    from tornado.web import Application, RequestHandler
+except ModuleNotFoundError as exc:  # the extra is not installed
+    missing_extra(exc, "tornado", "hashsession.compat.redis_session.tornado_session")
 
 from hashsession.compat.redis_session import (
     DEFAULT_COOKIE,
