@@ -11,7 +11,10 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hashsession`` command."""
+    from hashsession import __version__
+
     parser = argparse.ArgumentParser(prog="hashsession", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hashsession {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="serve the demo app (embedded Redis by default)")
     demo.add_argument("--host", default="127.0.0.1")
