@@ -17,7 +17,6 @@ from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from hashsession.errors import ConfigurationError, ConflictError
 from hashsession.protocol import (
@@ -34,11 +33,11 @@ from hashsession.protocol import (
     load_meta,
     pairs_of,
 )
-from hashsession.replication import apipeline, check, waited
-from hashsession.scripts import with_source
+from hashsession.replication import check, waited
 from hashsession.session import ttl_ms
 from hashsession.store import StoreBase, checked_client
 from hashsession.topology import AsyncClient, is_cluster
+from hashsession.transport import apipeline, aresend
 from hashsession.users import SessionInfo, UserId, arun, revoke, revoke_user, sessions_of, user_text
 from hashsession.values import Recorder
 
@@ -107,14 +106,17 @@ class AsyncSession(SessionView):
     # ------------------------------------------------------------ transport
 
     async def _send(self, cmd: Command, key: str | None) -> Any:
-        execute = self._execute
         try:
-            try:
-                return await execute(*cmd)
-            except NoScriptError:
-                return await execute(*with_source(cmd))
+            return await self._execute(*cmd)
         except BACKEND_ERRORS as exc:
-            raise self._core.error(exc, key) from exc
+            return await self._resend(cmd, key, exc)
+
+    async def _resend(self, cmd: Command, key: str | None, exc: Exception) -> Any:
+        """As :meth:`Session._resend <hashsession.Session._resend>`."""
+        try:
+            return await aresend(self._client, cmd, exc, self._core.config.connection_wait)
+        except BACKEND_ERRORS as error:
+            raise self._core.error(error, key) from error
 
     async def _run(
         self,
@@ -146,7 +148,9 @@ class AsyncSession(SessionView):
 
         async def send(cmd: Command, key: str | None) -> Any:
             try:
-                reply, confirmed = await apipeline(self._client, waited(config, [cmd]))
+                reply, confirmed = await apipeline(
+                    self._client, waited(config, [cmd]), config.connection_wait
+                )
             except BACKEND_ERRORS as exc:
                 raise self._core.error(exc, key) from exc
             replicas.append(confirmed)
@@ -183,7 +187,7 @@ class AsyncSession(SessionView):
             try:
                 raw = await self._execute("HGET", live, field)
             except BACKEND_ERRORS as exc:
-                raise core.error(exc, field) from exc
+                raw = await self._resend(("HGET", live, field), field, exc)
         else:
             raw = await self._run(core.plan_get, field, field)
         return default if raw is None else core.decode(field, raw)
@@ -197,7 +201,7 @@ class AsyncSession(SessionView):
             try:
                 return bool(await self._execute("HEXISTS", live, field))
             except BACKEND_ERRORS as exc:
-                raise core.error(exc, field) from exc
+                return bool(await self._resend(("HEXISTS", live, field), field, exc))
         return bool(await self._run(core.plan_has, field, field))
 
     async def keys(self) -> list[str]:
@@ -263,7 +267,7 @@ class AsyncSession(SessionView):
             try:
                 return bool(await self._execute("HDEL", live, field))
             except BACKEND_ERRORS as exc:
-                raise core.error(exc, field) from exc
+                return bool(await self._resend(("HDEL", live, field), field, exc))
         return bool(await self._run(core.plan_delete, field, field))
 
     async def incr(self, key: str, amount: int = 1) -> int:
@@ -441,21 +445,27 @@ class AsyncSessionStore(StoreBase):
 
         ``current`` (a session or an id) is flagged ``current=True`` in the list.
         """
-        return await arun(self.client, sessions_of(self.config, user_id, current))
+        return await arun(
+            self.client, sessions_of(self.config, user_id, current), self.config.connection_wait
+        )
 
     async def revoke(self, id_or_handle: str, *, user_id: UserId | None = None) -> bool:
         """Delete one session, by id or by a :class:`SessionInfo` handle; whether it lived.
 
         With ``user_id``, only a session of that user is deleted.
         """
-        return await arun(self.client, revoke(self.config, id_or_handle, user_id))
+        return await arun(
+            self.client, revoke(self.config, id_or_handle, user_id), self.config.connection_wait
+        )
 
     async def revoke_user(self, user_id: UserId, keep: AsyncSession | str | None = None) -> int:
         """Delete every session of ``user_id`` except ``keep`` (a session, id or handle).
 
         "Log out everywhere else"; returns how many live sessions were deleted.
         """
-        return await arun(self.client, revoke_user(self.config, user_id, keep))
+        return await arun(
+            self.client, revoke_user(self.config, user_id, keep), self.config.connection_wait
+        )
 
     async def aclose(self) -> None:
         """Close the running loop's client; one built from a URL also drops its pool."""

@@ -60,6 +60,8 @@ class SessionConfig:
     #: Replicas that must confirm a critical write (``WAIT``), and how long to wait, in ms.
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
+    #: Seconds a command waits for a free connection when the client's pool is full.
+    connection_wait: float = 10.0
     #: Set by the store on a Redis Cluster: a regenerated raw id keeps its key's slot.
     same_slot_ids: bool = False
 
@@ -84,6 +86,7 @@ class SessionConfig:
         max_sessions_per_user: int | None = None,
         wait_for_replicas: int = 0,
         wait_timeout: float | timedelta = 1.0,
+        connection_wait_timeout: float | timedelta = 10.0,
     ) -> SessionConfig:
         """Check every setting, naming the first bad one."""
         if not isinstance(prefix, str) or "\n" in prefix:
@@ -113,6 +116,16 @@ class SessionConfig:
             raise ConfigurationError("wait_timeout", f"must be seconds, not {wait_timeout!r}")
         if not 0.001 <= wait_timeout <= 60:
             raise ConfigurationError("wait_timeout", "must be from 0.001 to 60 seconds")
+        if isinstance(connection_wait_timeout, timedelta):
+            connection_wait_timeout = connection_wait_timeout.total_seconds()
+        if isinstance(connection_wait_timeout, bool) or not isinstance(
+            connection_wait_timeout, (int, float)
+        ):
+            raise ConfigurationError(
+                "connection_wait_timeout", f"must be seconds, not {connection_wait_timeout!r}"
+            )
+        if not 0 <= connection_wait_timeout <= 3600:
+            raise ConfigurationError("connection_wait_timeout", "must be from 0 to 3600 seconds")
         if max_keys > 3000:
             raise ConfigurationError("max_keys", "must be at most 3000 (one Lua call's arguments)")
         if key_layout not in ("digest", "raw"):
@@ -139,6 +152,7 @@ class SessionConfig:
             max_sessions_per_user=max_sessions_per_user,
             wait_replicas=wait_for_replicas,
             wait_timeout_ms=round(wait_timeout * 1000),
+            connection_wait=float(connection_wait_timeout),
         )
 
     # ids, keys and cookies -------------------------------------------------

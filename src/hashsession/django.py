@@ -40,6 +40,7 @@ from hashsession.errors import BackendError, ConfigurationError
 from hashsession.protocol import MISSING, State
 from hashsession.session import Session
 from hashsession.store import SessionStore as HashStore
+from hashsession.transport import send
 
 __all__ = ["SessionStore", "get_store"]
 
@@ -327,9 +328,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
     # ------------------------------------------------------------- lifecycle
 
     def _redis(self, *command: Any) -> Any:
-        execute: Callable[..., Any] = self._store.client.execute_command
+        store = self._store
         try:
-            return execute(*command)
+            return send(store.client, command, store.config.connection_wait)
         except RedisError as exc:
             raise BackendError(f"Redis failed: {exc}") from exc
 

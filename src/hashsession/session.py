@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError
-
 from hashsession.errors import ConflictError
 from hashsession.protocol import (
     AGAIN,
@@ -31,8 +29,8 @@ from hashsession.protocol import (
     load_meta,
     pairs_of,
 )
-from hashsession.replication import check, pipeline, waited
-from hashsession.scripts import with_source
+from hashsession.replication import check, waited
+from hashsession.transport import pipeline, resend
 from hashsession.users import UserId, user_text
 from hashsession.values import Counter, FloatCounter, Recorder, counted, increment_of
 
@@ -71,14 +69,18 @@ class Session(SessionView, MutableMapping[str, Any]):
     # ------------------------------------------------------------ transport
 
     def _send(self, cmd: Command, key: str | None) -> Any:
-        execute = self._execute
         try:
-            try:
-                return execute(*cmd)
-            except NoScriptError:
-                return execute(*with_source(cmd))
+            return self._execute(*cmd)
         except BACKEND_ERRORS as exc:
-            raise self._core.error(exc, key) from exc
+            return self._resend(cmd, key, exc)
+
+    def _resend(self, cmd: Command, key: str | None, exc: Exception) -> Any:
+        """After ``cmd`` raised ``exc``: its reply if sending it again is safe and works
+        (see :mod:`hashsession.transport`), else the session's error for ``key``."""
+        try:
+            return resend(self._client, cmd, exc, self._core.config.connection_wait)
+        except BACKEND_ERRORS as error:
+            raise self._core.error(error, key) from error
 
     def _run(
         self,
@@ -115,7 +117,9 @@ class Session(SessionView, MutableMapping[str, Any]):
 
         def send(cmd: Command, key: str | None) -> Any:
             try:
-                reply, confirmed = pipeline(self._client, waited(config, [cmd]))
+                reply, confirmed = pipeline(
+                    self._client, waited(config, [cmd]), config.connection_wait
+                )
             except BACKEND_ERRORS as exc:
                 raise self._core.error(exc, key) from exc
             replicas.append(confirmed)
@@ -152,7 +156,7 @@ class Session(SessionView, MutableMapping[str, Any]):
             try:
                 raw = self._execute("HGET", live, field)
             except BACKEND_ERRORS as exc:
-                raise core.error(exc, field) from exc
+                raw = self._resend(("HGET", live, field), field, exc)
         else:
             raw = snapshot.pop(field, None) if snapshot is not None else None
             if raw is None:
@@ -176,7 +180,7 @@ class Session(SessionView, MutableMapping[str, Any]):
             try:
                 raw = self._execute("HGET", live, field)
             except BACKEND_ERRORS as exc:
-                raise core.error(exc, field) from exc
+                raw = self._resend(("HGET", live, field), field, exc)
         else:
             raw = self._run(core.plan_get, field, field)
         return default if raw is None else core.decode(field, raw)
@@ -190,7 +194,7 @@ class Session(SessionView, MutableMapping[str, Any]):
             try:
                 return bool(self._execute("HEXISTS", live, field))
             except BACKEND_ERRORS as exc:
-                raise core.error(exc, field) from exc
+                return bool(self._resend(("HEXISTS", live, field), field, exc))
         return bool(self._run(core.plan_has, field, field))
 
     def __iter__(self) -> Iterator[str]:
@@ -259,12 +263,9 @@ class Session(SessionView, MutableMapping[str, Any]):
             core.modified = True
             try:
                 reply = self._execute("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw)
-            except NoScriptError:
-                reply = self._send(
-                    ("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw), field
-                )
             except BACKEND_ERRORS as exc:
-                raise core.error(exc, field) from exc
+                cmd = ("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw)
+                reply = self._resend(cmd, field, exc)
             if reply is not None:
                 return
             core.vanished()
@@ -306,7 +307,7 @@ class Session(SessionView, MutableMapping[str, Any]):
             try:
                 return bool(self._execute("HDEL", live, field))
             except BACKEND_ERRORS as exc:
-                raise core.error(exc, field) from exc
+                return bool(self._resend(("HDEL", live, field), field, exc))
         return bool(self._run(core.plan_delete, field, field))
 
     def incr(self, key: str, amount: int = 1) -> int:

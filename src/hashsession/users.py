@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from redis.exceptions import NoScriptError
-
 from hashsession.config import SessionConfig, user_digest
 from hashsession.errors import BackendError
 from hashsession.protocol import BACKEND_ERRORS, Command, SessionView, index_command, index_put
-from hashsession.replication import apipeline, check, pipeline, waited
-from hashsession.scripts import CREATED_FIELD, OWNER_FIELD, REVOKE, SEEN_FIELD, with_source
+from hashsession.replication import check, waited
+from hashsession.scripts import CREATED_FIELD, OWNER_FIELD, REVOKE, SEEN_FIELD
+from hashsession.transport import apipeline, asend, pipeline, send
 
 __all__ = [
     "SessionInfo",
@@ -240,8 +239,9 @@ def _error(exc: Exception) -> BackendError:
     return BackendError(f"Redis failed on a user's session index: {exc}")
 
 
-def run(client: Any, flow: Flow[T]) -> T:
-    """Drive ``flow`` on a sync redis-py client (or cluster client)."""
+def run(client: Any, flow: Flow[T], wait: float) -> T:
+    """Drive ``flow`` on a sync redis-py client (or cluster client); a full connection
+    pool is waited for up to ``wait`` seconds per request (see :mod:`hashsession.transport`)."""
     reply: Any = None
     while True:
         try:
@@ -250,18 +250,15 @@ def run(client: Any, flow: Flow[T]) -> T:
             return stop.value  # type: ignore[no-any-return]
         try:
             if isinstance(request, list):
-                reply = pipeline(client, request)
+                reply = pipeline(client, request, wait)
             else:
-                try:
-                    reply = client.execute_command(*request)
-                except NoScriptError:
-                    reply = client.execute_command(*with_source(request))
+                reply = send(client, request, wait)
         except BACKEND_ERRORS as exc:
             raise _error(exc) from exc
 
 
-async def arun(client: Any, flow: Flow[T]) -> T:
-    """Drive ``flow`` on a ``redis.asyncio`` client (or cluster client)."""
+async def arun(client: Any, flow: Flow[T], wait: float) -> T:
+    """The asyncio twin of :func:`run`, on a ``redis.asyncio`` client (or cluster client)."""
     reply: Any = None
     while True:
         try:
@@ -270,11 +267,8 @@ async def arun(client: Any, flow: Flow[T]) -> T:
             return stop.value  # type: ignore[no-any-return]
         try:
             if isinstance(request, list):
-                reply = await apipeline(client, request)
+                reply = await apipeline(client, request, wait)
             else:
-                try:
-                    reply = await client.execute_command(*request)
-                except NoScriptError:
-                    reply = await client.execute_command(*with_source(request))
+                reply = await asend(client, request, wait)
         except BACKEND_ERRORS as exc:
             raise _error(exc) from exc
