@@ -303,9 +303,7 @@ def sync_client(url: str) -> SyncClient:
         return redis.Redis(connection_pool=pool)
     if topology.kind == "sentinel":
         assert topology.service is not None
-        sentinel = Sentinel(
-            list(topology.nodes), sentinel_kwargs=dict(topology.sentinel_options)
-        )
+        sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=dict(topology.sentinel_options))
         master: redis.Redis = sentinel.master_for(
             topology.service,
             connection_pool_class=_BlockingSentinelPool,
