@@ -50,7 +50,7 @@ import hashsession
 from core_ops import busy_loops, calls_delta, pinned, server_calls, sh
 from hashsession.aio import AsyncSessionStore
 from hashsession.asgi import SessionMiddleware, session_of
-from hashsession.embedded import EmbeddedRedis
+from hashsession.embedded import EmbeddedRedis, server_identity
 from hashsession.scripts import LIVE
 
 HERE = Path(__file__).resolve().parent
@@ -357,7 +357,7 @@ def main() -> int:
         head = [
             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- Python {platform.python_version()}, redis-py {redis.__version__}, "
-            f"Redis {admin.info()['redis_version']}, hashsession {hashsession.__version__}, "
+            f"{server_identity(admin)}, hashsession {hashsession.__version__}, "
             f"starsessions {version('starsessions')}, starlette {version('starlette')}",
             f"- busy loops: {busy}; pinning: {pin}",
             f"- per operation: {args.rounds} rounds x {args.iters} calls per column, interleaved; "

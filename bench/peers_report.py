@@ -45,6 +45,12 @@ def short(c: dict[str, Any]) -> str:
     return f"{c['library']} ({fw})" if fw else c["library"]
 
 
+def server_name(reported: Any) -> str:
+    """``"Valkey 9.1.2"``; results from before servers named themselves hold a bare version."""
+    text = str(reported)
+    return f"Redis {text}" if text[:1].isdigit() else text
+
+
 def yes(ok: bool) -> str:
     return "**met**" if ok else "**MISSED**"
 
@@ -374,7 +380,7 @@ def render(res: dict[str, Any], png_name: str) -> str:
         "",
         f"- date: {m.get('date')}",
         f"- machine: {m.get('cpu')}, {m.get('cpus')} logical CPUs, {m.get('platform')}",
-        f"- Redis {m.get('redis_server')} (embedded redis-server, loopback, no persistence); "
+        f"- {server_name(m.get('redis_server'))} (embedded server, loopback, no persistence); "
         f"coordinator Python {m.get('python')}, redis-py {m.get('redis_py')}, hiredis "
         f"{'yes' if m.get('hiredis') else 'no'}",
         f"- hashsession {m.get('hashsession')} at commit {m.get('commit')} (plus any "

