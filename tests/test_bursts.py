@@ -292,7 +292,9 @@ def test_sync_burst_on_a_pool_of_5(
     # then a session of its own logged in, and its user's sessions listed (a pipeline,
     # split per node on a cluster).
     client = user_sync_client(topology, topology_deployment, 5)
-    store = SessionStore(redis=client, ttl=100)
+    # 200 callers on 5 connections: the wait is generous so a loaded CI machine cannot
+    # turn a slow queue into a failure (the default's behaviour is the 500/200 bursts').
+    store = SessionStore(redis=client, ttl=100, connection_wait_timeout=120)
     shared = store.open(None)
     shared["started"] = True
     cookie = store.config.cookie_value(shared.id)
@@ -335,7 +337,7 @@ async def test_async_burst_on_a_pool_of_5(
     wait_log: pytest.LogCaptureFixture,
 ) -> None:
     client = user_async_client(topology, topology_deployment, 5)
-    store = AsyncSessionStore(redis=client, ttl=100)
+    store = AsyncSessionStore(redis=client, ttl=100, connection_wait_timeout=120)
 
     async def work(i: int) -> None:
         s = store.open_id(cookie)
