@@ -17,6 +17,7 @@ marked ``standalone_only``. Tests that choose topologies themselves use
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ import pytest
 from counting import Counted
 from counting import CountedCluster as CountedCluster  # tests import it from here
 from hashsession import SessionStore
-from hashsession.embedded import EmbeddedRedis
+from hashsession.embedded import EmbeddedRedis, server_binary
 from topologies import (
     TOPOLOGIES,
     ClusterSetup,
@@ -51,6 +52,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "standalone_only: in an all_topologies module, run on standalone only"
     )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the server binary every fixture starts (``HASHSESSION_SERVER``), in the log."""
+    binary = server_binary()
+    version = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, check=False, timeout=30
+    ).stdout.strip()
+    return f"server: {binary}: {version}"
 
 
 @pytest.hookimpl(trylast=True)  # after @parametrize, so the topology ends the test id
