@@ -1,9 +1,11 @@
-"""A real TCP proxy on 127.0.0.1 that loses replies on demand, for lost-reply tests and runs.
+"""A real TCP proxy on 127.0.0.1 that loses replies (or commands) on demand.
 
 Used by ``tests/test_retry_policy.py`` and ``bench/faults.py`` (scenario 5): a
 command goes through to the real server and runs there, and its reply never
 reaches the client, which is what a dropped connection or a socket timeout
-after the server answered looks like.
+after the server answered looks like. ``tests/test_state_follows_server.py``
+also has it lose a command on its way in (``"refuse"``): the connection breaks
+before the server sees it, so the command never runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Literal
 
 __all__ = ["LOSSES", "Loss", "LossyProxy"]
 
-Loss = Literal["drop", "withhold"]
+Loss = Literal["drop", "withhold", "refuse"]
+#: The ways of losing a reply to a command that ran (``"refuse"`` loses the command itself).
 LOSSES: tuple[Loss, ...] = ("drop", "withhold")
 _JOIN_TIMEOUT = 5.0
 
@@ -44,7 +47,9 @@ class LossyProxy:
     After :meth:`lose_next`, the next bytes any client sends are forwarded to the
     server and the server's reply is read, so the command has run, but never
     passed on: ``"drop"`` then closes the client's connection, ``"withhold"``
-    keeps it open and silent until the client gives up. Each client connection
+    keeps it open and silent until the client gives up. ``"refuse"`` instead
+    closes the connection without forwarding those bytes: the command never
+    runs (they are kept in :attr:`refused`). Each client connection
     gets its own connection to the server and two daemon threads pumping bytes.
     """
 
@@ -64,6 +69,8 @@ class LossyProxy:
         self.connections = 0
         #: The replies the server sent that the proxy did not pass on.
         self.lost_replies: list[bytes] = []
+        #: The commands (raw bytes) that ``"refuse"`` kept from the server.
+        self.refused: list[bytes] = []
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
 
@@ -141,6 +148,9 @@ class LossyProxy:
                     takes = counted or not self._count
                     if self._armed is not None and link.loss is None and takes:
                         link.loss, self._armed = self._armed, None
+                    if link.loss == "refuse":
+                        self.refused.append(data)
+                        break
                 link.server.sendall(data)
         except OSError:
             pass
