@@ -53,16 +53,17 @@ class LossyProxy:
     gets its own connection to the server and two daemon threads pumping bytes.
     """
 
-    def __init__(self, host: str, port: int, *, count: bytes = b"") -> None:
+    def __init__(self, host: str, port: int, *, count: bytes | tuple[bytes, ...] = b"") -> None:
         self._target = (host, port)
-        self._count = count
-        #: How many chunks clients sent that hold ``count`` (when given); with ``count``,
-        #: :meth:`lose_next` waits for such a chunk.
+        self._count = (count,) if isinstance(count, bytes) else count
+        #: How many chunks clients sent that hold ``count`` (or one of several markers),
+        #: when given; with ``count``, :meth:`lose_next` waits for such a chunk.
         self.forwarded = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._armed: Loss | None = None
+        self._skip = 0
         self._links: list[_Link] = []
         self._closed = False
         #: How many client connections the proxy has accepted.
@@ -79,10 +80,14 @@ class LossyProxy:
         query = "&".join(f"{name}={value}" for name, value in options.items())
         return f"redis://127.0.0.1:{self.port}/0" + (f"?{query}" if query else "")
 
-    def lose_next(self, loss: Loss) -> None:
-        """Lose the reply to the next command any client sends, in the way ``loss`` says."""
+    def lose_next(self, loss: Loss, *, after: int = 0) -> None:
+        """Lose the reply to the next command any client sends, in the way ``loss`` says.
+
+        With ``after``, that many commands (holding ``count``, when given) go through first.
+        """
         with self._lock:
             self._armed = loss
+            self._skip = after
 
     def drop_all(self) -> None:
         """Close every open connection (as a server restart would) and keep listening."""
@@ -141,13 +146,16 @@ class LossyProxy:
         try:
             while data := link.client.recv(65536):
                 with self._lock:
-                    counted = bool(self._count) and self._count in data
+                    counted = any(marker and marker in data for marker in self._count)
                     self.forwarded += counted
                     # With ``count``, only a command holding it loses its reply (not, say,
                     # the handshake of the connection that replaces a dropped one).
-                    takes = counted or not self._count
+                    takes = counted or not any(self._count)
                     if self._armed is not None and link.loss is None and takes:
-                        link.loss, self._armed = self._armed, None
+                        if self._skip:
+                            self._skip -= 1
+                        else:
+                            link.loss, self._armed = self._armed, None
                     if link.loss == "refuse":
                         self.refused.append(data)
                         break
