@@ -1,9 +1,11 @@
-"""A real TCP proxy on 127.0.0.1 that loses replies on demand, for lost-reply tests and runs.
+"""A real TCP proxy on 127.0.0.1 that loses replies (or commands) on demand.
 
 Used by ``tests/test_retry_policy.py`` and ``bench/faults.py`` (scenario 5): a
 command goes through to the real server and runs there, and its reply never
 reaches the client, which is what a dropped connection or a socket timeout
-after the server answered looks like.
+after the server answered looks like. ``tests/test_state_follows_server.py``
+also has it lose a command on its way in (``"refuse"``): the connection breaks
+before the server sees it, so the command never runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Literal
 
 __all__ = ["LOSSES", "Loss", "LossyProxy"]
 
-Loss = Literal["drop", "withhold"]
+Loss = Literal["drop", "withhold", "refuse"]
+#: The ways of losing a reply to a command that ran (``"refuse"`` loses the command itself).
 LOSSES: tuple[Loss, ...] = ("drop", "withhold")
 _JOIN_TIMEOUT = 5.0
 
@@ -44,26 +47,31 @@ class LossyProxy:
     After :meth:`lose_next`, the next bytes any client sends are forwarded to the
     server and the server's reply is read, so the command has run, but never
     passed on: ``"drop"`` then closes the client's connection, ``"withhold"``
-    keeps it open and silent until the client gives up. Each client connection
+    keeps it open and silent until the client gives up. ``"refuse"`` instead
+    closes the connection without forwarding those bytes: the command never
+    runs (they are kept in :attr:`refused`). Each client connection
     gets its own connection to the server and two daemon threads pumping bytes.
     """
 
-    def __init__(self, host: str, port: int, *, count: bytes = b"") -> None:
+    def __init__(self, host: str, port: int, *, count: bytes | tuple[bytes, ...] = b"") -> None:
         self._target = (host, port)
-        self._count = count
-        #: How many chunks clients sent that hold ``count`` (when given); with ``count``,
-        #: :meth:`lose_next` waits for such a chunk.
+        self._count = (count,) if isinstance(count, bytes) else count
+        #: How many chunks clients sent that hold ``count`` (or one of several markers),
+        #: when given; with ``count``, :meth:`lose_next` waits for such a chunk.
         self.forwarded = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._armed: Loss | None = None
+        self._skip = 0
         self._links: list[_Link] = []
         self._closed = False
         #: How many client connections the proxy has accepted.
         self.connections = 0
         #: The replies the server sent that the proxy did not pass on.
         self.lost_replies: list[bytes] = []
+        #: The commands (raw bytes) that ``"refuse"`` kept from the server.
+        self.refused: list[bytes] = []
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
 
@@ -72,10 +80,14 @@ class LossyProxy:
         query = "&".join(f"{name}={value}" for name, value in options.items())
         return f"redis://127.0.0.1:{self.port}/0" + (f"?{query}" if query else "")
 
-    def lose_next(self, loss: Loss) -> None:
-        """Lose the reply to the next command any client sends, in the way ``loss`` says."""
+    def lose_next(self, loss: Loss, *, after: int = 0) -> None:
+        """Lose the reply to the next command any client sends, in the way ``loss`` says.
+
+        With ``after``, that many commands (holding ``count``, when given) go through first.
+        """
         with self._lock:
             self._armed = loss
+            self._skip = after
 
     def drop_all(self) -> None:
         """Close every open connection (as a server restart would) and keep listening."""
@@ -134,13 +146,19 @@ class LossyProxy:
         try:
             while data := link.client.recv(65536):
                 with self._lock:
-                    counted = bool(self._count) and self._count in data
+                    counted = any(marker and marker in data for marker in self._count)
                     self.forwarded += counted
                     # With ``count``, only a command holding it loses its reply (not, say,
                     # the handshake of the connection that replaces a dropped one).
-                    takes = counted or not self._count
+                    takes = counted or not any(self._count)
                     if self._armed is not None and link.loss is None and takes:
-                        link.loss, self._armed = self._armed, None
+                        if self._skip:
+                            self._skip -= 1
+                        else:
+                            link.loss, self._armed = self._armed, None
+                    if link.loss == "refuse":
+                        self.refused.append(data)
+                        break
                 link.server.sendall(data)
         except OSError:
             pass

@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from hashsession import BackendError, SessionStore
 from hashsession.aio import AsyncSessionStore
 from hashsession.embedded import EmbeddedRedis
-from hashsession.scripts import CREATE, INDEX, LIVE, LOGIN, OPEN, REVOKE
+from hashsession.scripts import EVERY
 from lossy_proxy import LOSSES, Loss, LossyProxy
 
 # Short, so a withheld reply costs the test half a second.
@@ -60,7 +60,7 @@ def direct(redis_server: EmbeddedRedis) -> Iterator[SessionStore]:
     increment itself, never an ``EVALSHA`` refused with ``NOSCRIPT``.
     """
     store = SessionStore(redis=redis_server.url, ttl=100)
-    for script in (*LIVE.values(), OPEN, CREATE, LOGIN, REVOKE, INDEX):
+    for script in EVERY:
         store.client.script_load(script.source)
     try:
         yield store

@@ -25,6 +25,7 @@ from hashsession.protocol import (
     INCR_SHA,
     MISSING,
     SET_SHA,
+    After,
     Command,
     SessionCore,
     SessionView,
@@ -33,7 +34,6 @@ from hashsession.protocol import (
     load_meta,
     pairs_of,
 )
-from hashsession.replication import check, waited
 from hashsession.session import ttl_ms
 from hashsession.store import StoreBase, checked_client
 from hashsession.topology import AsyncClient, is_cluster
@@ -105,7 +105,12 @@ class AsyncSession(SessionView):
 
     # ------------------------------------------------------------ transport
 
-    async def _send(self, cmd: Command, key: str | None) -> Any:
+    async def _send(self, cmd: Command | list[Command], key: str | None) -> Any:
+        if isinstance(cmd, list):  # a write and its WAIT, or deletes and their unindexing
+            try:
+                return await apipeline(self._client, cmd, self._core.config.connection_wait)
+            except BACKEND_ERRORS as exc:
+                raise self._core.error(exc, key) from exc
         try:
             return await self._execute(*cmd)
         except BACKEND_ERRORS as exc:
@@ -118,60 +123,38 @@ class AsyncSession(SessionView):
         except BACKEND_ERRORS as error:
             raise self._core.error(error, key) from error
 
-    async def _run(
-        self,
-        plan: Callable[..., Step],
-        key: str | None,
-        *args: Any,
-        send: Callable[[Command, str | None], Awaitable[Any]] | None = None,
-    ) -> Any:
+    async def _run(self, plan: Callable[..., Step], key: str | None, *args: Any) -> Any:
+        core = self._core
         while True:
             cmd, finish, value = plan(*args)
             if cmd is None:
                 return value
-            reply = await (send or self._send)(cmd, key)
+            if core.before:
+                await self._upkeep(core.before)
+            reply = await self._send(cmd, key)
             if finish is None:
                 return reply
             out = finish(reply)
             if out is not AGAIN:
-                if self._core.after:
-                    await self._follow_up()
+                if core.after:
+                    await self._upkeep(core.after)
                 return out
 
     async def _run_critical(self, plan: Callable[..., Step], *args: Any) -> None:
         """As :meth:`Session._run_critical <hashsession.Session._run_critical>`."""
-        config = self._core.config
-        if not config.wait_replicas:
-            await self._run(plan, None, *args)
-            return
-        replicas: list[int] = []
+        await self._run(plan, None, *args)
+        self._core.settle()
 
-        async def send(cmd: Command, key: str | None) -> Any:
-            try:
-                reply, confirmed = await apipeline(
-                    self._client, waited(config, [cmd]), config.connection_wait
-                )
-            except BACKEND_ERRORS as exc:
-                raise self._core.error(exc, key) from exc
-            replicas.append(confirmed)
-            return reply
-
-        await self._run(plan, None, *args, send=send)
-        if replicas:
-            check(config, min(replicas))
-
-    async def _follow_up(self) -> None:
-        """Send the index upkeep the last step left (login, regenerate, a due refresh)."""
-        after = self._core.after
-        assert after is not None
+    async def _upkeep(self, queue: list[After]) -> None:
+        """Send the commands a plan left before or after its step (a user's index)."""
         try:
-            while after:
-                cmd, finish = after.pop(0)
+            while queue:
+                cmd, finish = queue.pop(0)
                 reply = await self._send(cmd, None)
                 if finish is not None:
                     finish(reply)
         finally:
-            after.clear()
+            queue.clear()
 
     def __repr__(self) -> str:
         return f"<AsyncSession {self._core.state.value} id={'set' if self.id else None}>"

@@ -10,20 +10,33 @@ flavours cannot drift apart.
 A step is ``(command, finish, value)``:
 
 * ``command is None``: no round trip is needed; ``value`` is the result;
+* ``command`` is a list: the commands go out as one pipeline (a write with the
+  ``WAIT`` that ``wait_for_replicas`` asks for behind it) and the reply is the list
+  of their replies;
 * ``finish is None``: the raw reply is the result;
 * otherwise ``finish(reply)`` is the result, or :data:`AGAIN` when the session
   turned out to be gone and the operation must be planned afresh (the core has
   already switched to a new, empty session, so the next plan creates it).
 
-A finished step may leave commands in :attr:`SessionCore.after`: upkeep of the
-owner's index (see :mod:`hashsession.users`) that the session sends right
-after the step, in order. Only ``login``, ``regenerate`` of an owned session
-and, about once per half idle timeout, the first command of an owned session's
-request leave any.
+Planning changes nothing the session believes: its id, key, state and the
+cookie its response sends change in ``finish``, once Redis has answered. A step
+that fails on its way (the session raises) leaves the session as it was, so the
+operation can be called again and sends its command again.
+
+A plan may leave commands in :attr:`SessionCore.before`, sent before the step's
+command (its index entry, which ``login`` writes before the session takes an
+owner), and a finished step may leave some in :attr:`SessionCore.after`: upkeep of
+the owner's index (see :mod:`hashsession.users`) sent right after the step, in
+order. Only ``login``, ``regenerate`` of an owned session and, about once per
+half idle timeout, the first command of an owned session's request leave any.
+After a critical step (``invalidate``, ``regenerate``, ``login``) the session calls
+:meth:`SessionCore.settle`, which raises the ``NotReplicatedError`` the step's
+``WAIT`` called for, if any.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -41,6 +54,7 @@ from hashsession.errors import (
     HashSessionError,
     InvalidKeyError,
     LimitExceededError,
+    NotReplicatedError,
     ValueTypeError,
 )
 from hashsession.scripts import (
@@ -51,6 +65,8 @@ from hashsession.scripts import (
     LIMIT_ERROR,
     LIVE,
     LOGIN,
+    LOGIN_APART,
+    LOGIN_NEW,
     OPEN,
     OWNER_FIELD,
     SEEN_FIELD,
@@ -73,15 +89,17 @@ __all__ = [
     "index_put",
     "load_meta",
     "load_queue",
+    "session_reference",
 ]
 
 Command = tuple[Any, ...]
 #: What redis-py raises when Redis fails: its error tree, plus the cluster client's own
 #: exceptions (CROSSSLOT refusals, uncovered slots), which do not derive from RedisError.
 BACKEND_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
-Step = tuple[Command | None, Callable[[Any], Any] | None, Any]
-#: A command sent after a step, and what to do with its reply (which may queue more).
-After = tuple[Command, Callable[[Any], None] | None]
+Step = tuple[Command | list[Command] | None, Callable[[Any], Any] | None, Any]
+#: A command (or a pipeline of them) sent before or after a step, and what to do with its
+#: reply (which may queue more).
+After = tuple[Command | list[Command], Callable[[Any], None] | None]
 
 
 class _Marker(Enum):
@@ -135,17 +153,44 @@ def index_put(
     removes: Iterable[str | bytes] = (),
     adds: Iterable[tuple[int, str]] = (),
     cap: int = 0,
+    spare: str = "",
 ) -> Command:
     """Remove and add (good-until ms, session key) entries of a user's index, then prune.
 
-    With ``cap``, the entries beyond it that expire soonest are evicted (never one added
-    here); the reply lists their session keys, which the caller must delete.
+    With ``cap``, the entries beyond it that expire soonest are to be evicted (never one
+    added here, nor ``spare``, which does not count: the old key of the session logging
+    in); the reply lists their session keys. They stay indexed: the caller deletes those
+    sessions, then removes their entries.
     """
     gone = list(removes)
     flat: list[Any] = []
     for good, member in adds:
         flat += [good, member]
-    return index_command(index, "put", cap, len(gone), *gone, *flat)
+    return index_command(index, "put", cap, spare, len(gone), *gone, *flat)
+
+
+def session_reference(key: str) -> str:
+    """A short name for a session in errors and logs: the first 12 hex digits of its key's SHA1.
+
+    It reveals neither the id nor the key (so not the id of the raw layout, whose key
+    holds it), and the session's handle from :meth:`~hashsession.SessionStore.sessions_of`
+    starts with it after the dot, so the two can be matched.
+    """
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
+
+
+class _Indexed:
+    """The entry a login put in its user's index before the session took the owner."""
+
+    __slots__ = ("evicted", "good", "id", "key", "user")
+
+    def __init__(self, user: str, session_id: str, key: str, good: int) -> None:
+        self.user = user
+        self.id = session_id
+        self.key = key
+        self.good = good
+        #: Sessions the entry's put chose to evict to honour the user's cap.
+        self.evicted: list[bytes] = []
 
 
 class SessionCore:
@@ -154,11 +199,13 @@ class SessionCore:
     __slots__ = (
         "_id",
         "_incoming_id",
+        "_indexed",
         "_key",
         "_state",
         "_ttl_override",
         "accessed",
         "after",
+        "before",
         "config",
         "had_cookie",
         "invalidated",
@@ -166,6 +213,7 @@ class SessionCore:
         "lost",
         "modified",
         "rejected",
+        "short",
     )
 
     def __init__(
@@ -188,6 +236,12 @@ class SessionCore:
         self.lost = False
         #: Index upkeep to send after the step just finished (``None`` or empty: nothing).
         self.after: list[After] | None = None
+        #: Commands to send before the step just planned (``None`` or empty: nothing).
+        self.before: list[After] | None = None
+        #: The shortfall of the last critical step's ``WAIT``, raised by :meth:`settle`.
+        self.short: NotReplicatedError | None = None
+        #: A login's index entry, put before a step that found the session gone.
+        self._indexed: _Indexed | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -289,7 +343,7 @@ class SessionCore:
                 )
             if "not an integer" in message or "not a float" in message:
                 return ValueTypeError(key, "the stored value is not a number to increment")
-        where = f"session {self.key!r}" if self.key else "a new session"
+        where = f"session {session_reference(self.key)}" if self.key else "a new session"
         return BackendError(f"Redis failed on {where}: {message}")
 
     # ---------------------------------------------------------- state changes
@@ -340,20 +394,25 @@ class SessionCore:
         result: Any,
         meta: Sequence[tuple[str, Any]] = (),
         now: int | None = None,
+        session_id: str | None = None,
     ) -> Step:
+        """``CREATE`` a session under ``session_id``, else its adopted id, else a new one.
+
+        The session takes the id only when Redis has created it.
+        """
         c = self.config
         if len(pairs) > c.max_keys:
             raise LimitExceededError(
                 pairs[c.max_keys][0], f"the session would hold more than {c.max_keys} keys"
             )
-        if self._id is None:
-            self._id = c.new_id()
-            self._key = c.key_of(self._id)
+        if session_id is None:
+            session_id = self._id if self._id is not None else c.new_id()
+        key = c.key_of(session_id)
         now = now or _now_ms()
         ttl = self._ttl_override or c.idle_ms
         if c.absolute_ms:
             ttl = min(ttl, c.absolute_ms)
-        cmd: list[Any] = ["EVALSHA", CREATE.sha, 1, self._key, ttl, CREATED_FIELD, now]
+        cmd: list[Any] = ["EVALSHA", CREATE.sha, 1, key, ttl, CREATED_FIELD, now]
         if self._ttl_override:
             cmd += [TTL_FIELD, self._ttl_override]
         for f, v in meta:
@@ -363,13 +422,15 @@ class SessionCore:
 
         def created(reply: Any) -> Any:
             if reply == 1:
+                self._id, self._key = session_id, key
                 self._enter(State.LIVE)
                 return result
             # The key exists already: an adopted id someone else just created, or a
             # vanishingly unlikely collision of fresh ids.
-            if c.adopt_unknown_ids and self._id == self._incoming_id:
+            if c.adopt_unknown_ids and session_id == self._incoming_id:
+                self._id, self._key = session_id, key
                 self._enter(State.LIVE)
-            else:
+            elif session_id == self._id:
                 self._id = self._key = None
             return AGAIN
 
@@ -551,9 +612,9 @@ class SessionCore:
         cmd = ("EVALSHA", _TOUCH, 1, self._key, ttl_ms or "", c.idle_ms, _now_ms(), c.absolute_ms)
 
         def touched(reply: Any) -> Any:
+            if ttl_ms is not None:  # this session's timeout now (or its successor's, if gone)
+                self._ttl_override = ttl_ms
             if reply is None:
-                if ttl_ms is not None:
-                    self._ttl_override = ttl_ms
                 self._lose()
                 return None
             self._opened(reply)  # [ttl] or [ttl, owner, good-until]
@@ -565,12 +626,13 @@ class SessionCore:
         """Move the data to a new id in one atomic ``RENAMENX`` (same slot by construction).
 
         An owned session's index entry moves too: one more command, on the index key.
+        The session takes the new id once Redis has renamed it.
         """
         self.accessed = self.modified = True
         if self._state is State.NEW:
             if self._id is not None:  # an adopted id that holds nothing: stop adopting it
                 self._id = self._key = None
-            return None, None, None
+            return self._critical((None, None, None))
         c = self.config
         new_id = c.new_id(like=self._id)
         new_key = c.key_of(new_id)
@@ -595,40 +657,49 @@ class SessionCore:
                 self._queue(index_put(c.index_key(reply[1]), [old_key], [(reply[2], new_key)]))
             return None
 
-        return cmd, renamed, None
+        # Under wait_for_replicas a shortfall still leaves the new id: the master renamed.
+        return self._critical((cmd, renamed, None))
 
     def plan_login(self, user: str) -> Step:
-        """Regenerate the id and record ``user`` as the owner, then index the session.
+        """Regenerate the id and record ``user`` as the owner, indexed in the same step.
 
-        A stored session is renamed by ``LOGIN``; a new one is created with only the
-        owner's metadata. Either way the step leaves in :attr:`after` the ``INDEX``
-        command adding the session to ``user``'s index (and, under a cap, a ``DEL`` per
-        session evicted), and when another user owned the session, its removal from
-        that user's index.
+        No session is ever owned without being in its owner's index, whichever command
+        fails, so "log out everywhere" cannot miss one. Off a Cluster, one script renames
+        a stored session (``LOGIN``) or creates a new one (``LOGIN_NEW``), puts it in the
+        index and deletes the sessions beyond the user's cap, atomically. On a Cluster the
+        index lives in another slot: the entry for the new key goes in first
+        (:attr:`before`; under a cap it names the sessions to evict), then ``LOGIN_APART``
+        or ``CREATE`` makes the session; if that fails, the index holds an entry for a key
+        that does not exist, which costs nothing. Then the evicted sessions are deleted
+        before they are unindexed (with the old key's entry, when ``user`` owned the
+        session already). When another user owned it, the old key leaves that user's
+        index last (:attr:`after`).
         """
         self.accessed = self.modified = True
         c = self.config
         now = _now_ms()
-        if self._state is State.NEW:
-            self._id = self._key = None  # never log in under an id the client chose
+        if c.same_slot_ids:
+            return self._plan_login_apart(user, now)
+        cap = c.max_sessions_per_user or 0
+        index = c.index_key(user)
+        if self._state is State.NEW:  # never under an id the client chose: a new one
+            new_id = c.new_id()
+            new_key = c.key_of(new_id)
             ttl = self._ttl_override or c.idle_ms
             good = now + ttl + ttl // 2
             if c.absolute_ms:
                 good = min(good, now + c.absolute_ms)
             meta = [(OWNER_FIELD, user), (SEEN_FIELD, now), (INDEXED_FIELD, good)]
-            cmd, created, _ = self._plan_create([], None, meta, now)
-            assert created is not None
-
-            def done(reply: Any) -> Any:
-                out = created(reply)
-                if out is not AGAIN:
-                    self._logged_in(user, None, None, good)
-                return out
-
-            return cmd, done, None
+            create, created, _ = self._plan_create([], None, meta, now, session_id=new_id)
+            assert created is not None and isinstance(create, tuple)
+            # CREATE's arguments after its key (ttl, fields) follow LOGIN_NEW's own.
+            ttl_arg, fields = create[4], create[5:]
+            cmd = ("EVALSHA", LOGIN_NEW.sha, 2, new_key, index, ttl_arg, now, cap, good, *fields)
+            return self._critical((cmd, created, None))
         new_id = c.new_id(like=self._id)
         new_key = c.key_of(new_id)
-        login = ("EVALSHA", LOGIN.sha, 2, self._key, new_key, c.idle_ms, now, c.absolute_ms, user)
+        args = (c.idle_ms, now, c.absolute_ms, user, cap)
+        login = ("EVALSHA", LOGIN.sha, 3, self._key, new_key, index, *args)
 
         def logged_in(reply: Any) -> Any:
             if reply is None:  # gone: the next plan creates a new session
@@ -638,37 +709,140 @@ class SessionCore:
             old_key = self._key
             self._id, self._key = new_id, new_key
             self._enter(State.LIVE)
-            self._logged_in(user, old_key, reply[1], reply[2])
+            before = reply[1]
+            if before is not None and before != user.encode("utf-8") and old_key:
+                self._queue(index_put(c.index_key(before), [old_key]))
             return None
 
-        return login, logged_in, None
+        # Under wait_for_replicas a shortfall still leaves the new id: the master renamed.
+        return self._critical((login, logged_in, None))
 
-    def _logged_in(self, user: str, old_key: str | None, before: bytes | None, good: int) -> None:
+    def _plan_login_apart(self, user: str, now: int) -> Step:
+        """:meth:`plan_login` on a Cluster: the index entry first, then the session."""
         c = self.config
-        assert self._key is not None
-        same = before is not None and before == user.encode("utf-8")
-        removes = [old_key] if same and old_key else []
+        indexed, self._indexed = self._indexed, None
+        if indexed is not None and indexed.user != user:
+            indexed = None
+        if self._state is State.NEW:
+            # Never under an id the client chose: a new one (or the one indexed already).
+            if indexed is None:
+                ttl = self._ttl_override or c.idle_ms
+                good = now + ttl + ttl // 2
+                if c.absolute_ms:
+                    good = min(good, now + c.absolute_ms)
+                indexed = self._index_first(user, c.new_id(), good, None)
+            meta = [(OWNER_FIELD, user), (SEEN_FIELD, now), (INDEXED_FIELD, indexed.good)]
+            cmd, created, _ = self._plan_create([], None, meta, now, session_id=indexed.id)
+            assert created is not None
+            entry = indexed
+
+            def done(reply: Any) -> Any:
+                out = created(reply)
+                if out is not AGAIN:
+                    self._logged_in_apart(entry, None, None)
+                return out
+
+            return self._critical((cmd, done, None))
+        # The session's own timeout, if an earlier request set one, is unknown here:
+        # LOGIN_APART caps the session to this entry, and its next request moves both along.
+        ttl = self._ttl_override or c.idle_ms
+        entry = self._index_first(user, c.new_id(like=self._id), now + ttl + ttl // 2, self._key)
+        args = (c.idle_ms, now, c.absolute_ms, user, entry.good)
+        login = ("EVALSHA", LOGIN_APART.sha, 2, self._key, entry.key, *args)
+
+        def logged_in(reply: Any) -> Any:
+            if reply is None:  # gone: the next plan creates a new session, indexed already
+                self._indexed = entry
+                return self._lose()
+            if reply == 0:  # the new key exists: impossible with fresh ids, so try another
+                return AGAIN
+            old_key = self._key
+            self._id, self._key = entry.id, entry.key
+            self._enter(State.LIVE)
+            self._logged_in_apart(entry, old_key, reply[1])
+            return None
+
+        return self._critical((login, logged_in, None))
+
+    def _index_first(self, user: str, new_id: str, good: int, spare: str | None) -> _Indexed:
+        """Plan the ``INDEX`` put of ``new_id``'s key in ``user``'s index, sent first."""
+        c = self.config
+        entry = _Indexed(user, new_id, c.key_of(new_id), good)
         cap = c.max_sessions_per_user or 0
-        self._queue(index_put(c.index_key(user), removes, [(good, self._key)], cap), self._evict)
+        put = index_put(c.index_key(user), adds=[(good, entry.key)], cap=cap, spare=spare or "")
+
+        def chosen(reply: Any) -> None:
+            entry.evicted = list(reply or ())
+
+        self.before = [(put, chosen)]
+        return entry
+
+    def _logged_in_apart(self, entry: _Indexed, old_key: str | None, before: bytes | None) -> None:
+        """Queue what follows a login on a Cluster: evictions, then the entries of ended keys."""
+        c = self.config
+        same = before is not None and before == entry.user.encode("utf-8")
+        for key in entry.evicted:  # deleted before they are unindexed: a failure leaves them
+            self._queue(("DEL", key))
+        ended: list[str | bytes] = [*entry.evicted]
+        if same and old_key:
+            ended.append(old_key)
+        if ended:
+            self._queue(index_put(c.index_key(entry.user), ended))
         if before is not None and not same and old_key:
             self._queue(index_put(c.index_key(before), [old_key]))
 
-    def _evict(self, reply: Any) -> None:
-        """Delete the sessions a login evicted from the index to honour the cap."""
-        for key in reply or ():
-            self._queue(("DEL", key))
-
     def plan_invalidate(self) -> Step:
-        """Delete the session; the response expires the cookie; later writes start a new one."""
+        """Delete the session; the response expires the cookie; later writes start a new one.
+
+        The session ends here once Redis has deleted it (and, under ``wait_for_replicas``,
+        enough replicas confirmed): until then it is as it was, so calling this again
+        sends the ``DEL`` (and the ``WAIT``) again, and the response does not drop a
+        cookie that still names a live session.
+        """
         self.accessed = self.modified = True
         key = self._key if self._state is not State.NEW else None
-        self.invalidated = True
-        self._enter(State.NEW)
-        self._id = self._key = None
-        self._ttl_override = None
+
+        def ended(reply: Any = None) -> None:
+            self.invalidated = True
+            self._enter(State.NEW)
+            self._id = self._key = None
+            self._ttl_override = None
+
         if key is None:
-            return None, None, None
-        return ("DEL", key), _none, None
+            ended()
+            return self._critical((None, None, None))
+        return self._critical((("DEL", key), ended, None), hold=True)
+
+    def _critical(self, step: Step, *, hold: bool = False) -> Step:
+        """``step`` as a security-critical write: with the ``WAIT`` ``wait_for_replicas`` asks for.
+
+        The write and the ``WAIT`` go out as one pipeline. When too few replicas confirm,
+        :meth:`settle` raises :class:`NotReplicatedError` after the step has finished: the
+        session follows the master (a rename is in force there), or with ``hold`` stays
+        as it was, so that calling the operation again sends the write and waits again.
+        """
+        self.short = None
+        c = self.config
+        cmd, finish, value = step
+        if not c.wait_replicas or cmd is None:
+            return step
+        assert not isinstance(cmd, list)
+
+        def waited(replies: Any) -> Any:
+            reply, confirmed = replies
+            if confirmed < c.wait_replicas:
+                self.short = NotReplicatedError(c.wait_replicas, confirmed)
+                if hold:
+                    return None
+            return reply if finish is None else finish(reply)
+
+        return [cmd, ("WAIT", c.wait_replicas, c.wait_timeout_ms)], waited, value
+
+    def settle(self) -> None:
+        """Raise the :class:`NotReplicatedError` of the last critical step, if it fell short."""
+        short, self.short = self.short, None
+        if short is not None:
+            raise short
 
     # ---------------------------------------------------------------- cookies
 

@@ -2,9 +2,11 @@
 
 Each write runs as one script so that the liveness check and the change are
 atomic: a write racing ``invalidate()`` or expiry finds the key gone and
-reports it, instead of re-creating a key without a TTL. Every script touches
-only ``KEYS`` (one key, or two keys in one slot for ``regenerate`` and
-``login``), so all of them are Redis Cluster safe.
+reports it, instead of re-creating a key without a TTL. Every script that runs
+on a Redis Cluster touches only ``KEYS`` (one key, or two keys in one slot for
+``regenerate`` and ``login``). Off a Cluster, a login is one script over the
+session and its user's index (:data:`LOGIN`, :data:`LOGIN_NEW`), so it is
+indexed, and sessions beyond the user's cap deleted, in the same atomic step.
 
 The first command of a request runs through ``OPEN``: it slides the idle
 timeout (honouring a per-session timeout and the absolute deadline) and then
@@ -22,10 +24,13 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "CREATE",
+    "EVERY",
     "INDEX",
     "LIMIT_ERROR",
     "LIVE",
     "LOGIN",
+    "LOGIN_APART",
+    "LOGIN_NEW",
     "OPEN",
     "REVOKE",
     "Script",
@@ -104,6 +109,54 @@ local function report(k, r)
   if not owner then return {r} end
   if redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
   return {r, owner, good}
+end
+"""
+
+# The per-user index (see INDEX): put entries in it, prune it, keep its TTL.
+_INDEX_LIB = r"""
+local function unindex(k, members)
+  for i = 1, #members, 1000 do
+    redis.call('ZREM', k, unpack(members, i, math.min(i + 999, #members)))
+  end
+end
+-- Remove `gone`, add {score, member, ...} (a score only ever rises), prune entries past
+-- now, and honour `cap`: answer the members beyond it that expire soonest (never one
+-- added here, nor `spare`, which does not count). With `kill`, their sessions are
+-- deleted and they leave the index here; else the caller deletes, then unindexes them.
+local function put(k, now, cap, spare, gone, adds, kill)
+  unindex(k, gone)
+  local added, count = {}, 0
+  for j = 1, #adds, 2 do
+    local cur = redis.call('ZSCORE', k, adds[j + 1])
+    if not cur or tonumber(cur) < tonumber(adds[j]) then
+      redis.call('ZADD', k, adds[j], adds[j + 1])
+    end
+    added[adds[j + 1]] = true
+    count = count + 1
+  end
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
+  local out, excess = {}, 0
+  if cap > 0 then
+    excess = redis.call('ZCARD', k) - cap
+    if spare ~= '' and redis.call('ZSCORE', k, spare) then excess = excess - 1 end
+  end
+  if excess > 0 then
+    for _, m in ipairs(redis.call('ZRANGE', k, 0, excess + count)) do
+      if #out == excess then break end
+      if not added[m] and m ~= spare then out[#out + 1] = m end
+    end
+    if kill then
+      for _, m in ipairs(out) do redis.call('DEL', m) end
+      unindex(k, out)
+    end
+  end
+  return out
+end
+-- Prune, and let the key expire with its last entry.
+local function expire(k, now)
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
+  local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIRE', k, math.max(1, tonumber(last[2]) - tonumber(now))) end
 end
 """
 
@@ -314,18 +367,71 @@ return 1
 """,
 )
 
-#: Log a session in: KEYS are its key and its new key (same slot); idle ms, now ms,
-#: absolute ms, user id. Slides, renames and records the owner, the visit and the index
-#: entry's good-until. False if the session is gone, 0 if the new key exists, else
-#: {1, the previous owner or nil, good-until}.
+#: Log a session in, off a Cluster: KEYS are its key, its new key and the user's index;
+#: idle ms, now ms, absolute ms, user id, the user's cap (0: none). Slides, puts the new
+#: key in the index (dropping the old key's entry if the user owned the session already;
+#: deleting and unindexing the sessions beyond the cap), renames, and records the owner,
+#: the visit and the index entry's good-until, all in one atomic step. False if the
+#: session is gone, 0 if the new key exists, else {1, the previous owner or nil, good-until}.
 LOGIN = _script(
     "login",
     _HELPERS
+    + _INDEX_LIB
     + r"""
-local k, n = KEYS[1], KEYS[2]
-if not slide(k, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])) then return false end
+local k, n, x, now = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[2])
+if not slide(k, tonumber(ARGV[1]), now, tonumber(ARGV[3])) then return false end
+if redis.call('EXISTS', n) == 1 then return 0 end
+local before = redis.call('HGET', k, '\0u')
+local gone = {}
+if before == ARGV[4] then gone[1] = k end
+put(x, now, tonumber(ARGV[5]), '', gone, {fresh, n}, true)
+redis.call('RENAME', k, n)
+redis.call('HSET', n, '\0u', ARGV[4], '\0s', ARGV[2], '\0i', fresh)
+expire(x, now)
+return {1, before, fresh}
+""",
+)
+
+#: Log a new session in, off a Cluster: KEYS are its key and the user's index; ttl ms,
+#: now ms, the user's cap (0: none), the index entry's good-until, then the field/value
+#: pairs to create it with (the owner's metadata among them). Indexes it (deleting and
+#: unindexing the sessions beyond the cap) and creates it in one atomic step. 1, or 0 if
+#: the key exists.
+LOGIN_NEW = _script(
+    "login_new",
+    _INDEX_LIB
+    + r"""
+local n, x, now = KEYS[1], KEYS[2], ARGV[2]
+if redis.call('EXISTS', n) == 1 then return 0 end
+put(x, now, tonumber(ARGV[3]), '', {}, {ARGV[4], n}, true)
+redis.call('HSET', n, unpack(ARGV, 5))
+redis.call('PEXPIRE', n, ARGV[1])
+expire(x, now)
+return 1
+""",
+)
+
+#: Log a session in on a Cluster, where its user's index lives in another slot: the
+#: client has put the new key in the index already (``INDEX`` put, first), so the session
+#: is never owned without being indexed. KEYS are its key and its new key (same slot);
+#: idle ms, now ms, absolute ms, user id, and that entry's good-until. Slides, renames
+#: and records the owner, the visit and the index entry's good-until. A session whose own
+#: idle timeout would outlast the entry is capped to it (its next request's refresh moves
+#: both along). False if the session is gone, 0 if the new key exists, else {1, the
+#: previous owner or nil, good-until}.
+LOGIN_APART = _script(
+    "login_apart",
+    _HELPERS
+    + r"""
+local k, n, now, indexed = KEYS[1], KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[5])
+local ttl = slide(k, tonumber(ARGV[1]), now, tonumber(ARGV[3]))
+if not ttl then return false end
 local before = redis.call('HGET', k, '\0u')
 if redis.call('RENAMENX', k, n) == 0 then return 0 end
+if fresh > indexed then
+  fresh = indexed
+  if now + ttl > indexed then redis.call('PEXPIRE', n, math.max(1, indexed - now)) end
+end
 redis.call('HSET', n, '\0u', ARGV[4], '\0s', ARGV[2], '\0i', fresh)
 return {1, before, fresh}
 """,
@@ -347,45 +453,28 @@ return {1, m[1]}
 
 #: One user's index (KEYS[1]): a sorted set of session keys scored by the time (ms) until
 #: which each entry is known to outlast its session. ARGV: now ms, then one of
-#:   put, cap (0: none), n, n members to remove, then score/member pairs to add
-#:     -> the members evicted to honour the cap (never one just added);
+#:   put, cap (0: none), a member that does not count against the cap or '' (the old key
+#:     of the session logging in), n, n members to remove, then score/member pairs to add
+#:     -> the members to evict to honour the cap (never one just added, never the spared
+#:     one); they stay indexed until the caller, having deleted their sessions, removes them;
 #:   list -> every member;
-#:   drop, a member to keep or '', the SHA1 of a member to keep or '' -> the members removed;
-#:   find, the SHA1 of a member -> that member (removed from the index), or false.
+#:   drop, a member to keep or '', the SHA1 of a member to keep or '' -> the others;
+#:   find, the SHA1 of a member -> that member, or false.
+#: Only put removes members: drop and find leave them for the caller to remove once their
+#: sessions are deleted, so a delete that fails leaves them indexed and a retry finds them.
 #: Entries scored below now are pruned, and the key expires with its last entry.
 INDEX = _script(
     "index",
-    r"""
+    _INDEX_LIB
+    + r"""
 local k, now, what = KEYS[1], ARGV[1], ARGV[2]
-local function unindex(members)
-  for i = 1, #members, 1000 do
-    redis.call('ZREM', k, unpack(members, i, math.min(i + 999, #members)))
-  end
-end
 local out = false
 if what == 'put' then
-  local cap, n = tonumber(ARGV[3]), tonumber(ARGV[4])
-  if n > 0 then redis.call('ZREM', k, unpack(ARGV, 5, 4 + n)) end
-  local added, count = {}, 0
-  for j = 5 + n, #ARGV, 2 do
-    local cur = redis.call('ZSCORE', k, ARGV[j + 1])
-    if not cur or tonumber(cur) < tonumber(ARGV[j]) then
-      redis.call('ZADD', k, ARGV[j], ARGV[j + 1])
-    end
-    added[ARGV[j + 1]] = true
-    count = count + 1
-  end
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
-  out = {}
-  local excess = 0
-  if cap > 0 then excess = redis.call('ZCARD', k) - cap end
-  if excess > 0 then
-    for _, m in ipairs(redis.call('ZRANGE', k, 0, excess + count - 1)) do
-      if #out == excess then break end
-      if not added[m] then out[#out + 1] = m end
-    end
-    unindex(out)
-  end
+  local n = tonumber(ARGV[5])
+  local gone, adds = {}, {}
+  for j = 6, 5 + n do gone[#gone + 1] = ARGV[j] end
+  for j = 6 + n, #ARGV do adds[#adds + 1] = ARGV[j] end
+  out = put(k, now, tonumber(ARGV[3]), ARGV[4], gone, adds, false)
 elseif what == 'list' then
   redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
   out = redis.call('ZRANGE', k, 0, -1)
@@ -394,11 +483,9 @@ elseif what == 'drop' then
   for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
     if m ~= ARGV[3] and (ARGV[4] == '' or redis.sha1hex(m) ~= ARGV[4]) then out[#out + 1] = m end
   end
-  unindex(out)
 elseif what == 'find' then
   for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
     if redis.sha1hex(m) == ARGV[3] then
-      redis.call('ZREM', k, m)
       out = m
       break
     end
@@ -406,14 +493,23 @@ elseif what == 'find' then
 else
   return redis.error_reply('unknown index operation ' .. tostring(what))
 end
-redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
-local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
-if last[2] then redis.call('PEXPIRE', k, math.max(1, tonumber(last[2]) - tonumber(now))) end
+expire(k, now)
 return out
 """,
 )
 
-_BY_SHA = {s.sha: s for s in (*LIVE.values(), OPEN, CREATE, LOGIN, REVOKE, INDEX)}
+#: Every script (to load them all ahead, say).
+EVERY: tuple[Script, ...] = (
+    *LIVE.values(),
+    OPEN,
+    CREATE,
+    LOGIN,
+    LOGIN_NEW,
+    LOGIN_APART,
+    REVOKE,
+    INDEX,
+)
+_BY_SHA = {s.sha: s for s in EVERY}
 
 
 def with_source(cmd: Sequence[Any]) -> tuple[Any, ...]:

@@ -21,6 +21,7 @@ from hashsession.protocol import (
     INCR_SHA,
     MISSING,
     SET_SHA,
+    After,
     Command,
     SessionCore,
     SessionView,
@@ -29,7 +30,6 @@ from hashsession.protocol import (
     load_meta,
     pairs_of,
 )
-from hashsession.replication import check, waited
 from hashsession.transport import pipeline, resend
 from hashsession.users import UserId, user_text
 from hashsession.values import Counter, FloatCounter, Recorder, counted, increment_of
@@ -68,7 +68,12 @@ class Session(SessionView, MutableMapping[str, Any]):
 
     # ------------------------------------------------------------ transport
 
-    def _send(self, cmd: Command, key: str | None) -> Any:
+    def _send(self, cmd: Command | list[Command], key: str | None) -> Any:
+        if isinstance(cmd, list):  # a write and its WAIT, or deletes and their unindexing
+            try:
+                return pipeline(self._client, cmd, self._core.config.connection_wait)
+            except BACKEND_ERRORS as exc:
+                raise self._core.error(exc, key) from exc
         try:
             return self._execute(*cmd)
         except BACKEND_ERRORS as exc:
@@ -82,65 +87,43 @@ class Session(SessionView, MutableMapping[str, Any]):
         except BACKEND_ERRORS as error:
             raise self._core.error(error, key) from error
 
-    def _run(
-        self,
-        plan: Callable[..., Step],
-        key: str | None,
-        *args: Any,
-        send: Callable[[Command, str | None], Any] | None = None,
-    ) -> Any:
+    def _run(self, plan: Callable[..., Step], key: str | None, *args: Any) -> Any:
         self._snapshot = None
+        core = self._core
         while True:
             cmd, finish, value = plan(*args)
             if cmd is None:
                 return value
-            reply = (send or self._send)(cmd, key)
+            if core.before:
+                self._upkeep(core.before)
+            reply = self._send(cmd, key)
             if finish is None:
                 return reply
             out = finish(reply)
             if out is not AGAIN:
-                if self._core.after:
-                    self._follow_up()
+                if core.after:
+                    self._upkeep(core.after)
                 return out
 
     def _run_critical(self, plan: Callable[..., Step], *args: Any) -> None:
-        """Run a security-critical step; under ``wait_for_replicas``, ``WAIT`` behind it.
+        """Run a security-critical step; under ``wait_for_replicas`` it carries a ``WAIT``.
 
-        The step finishes (the session takes its new id, or ends) before
-        :class:`~hashsession.NotReplicatedError` is raised: the write is in force.
+        :class:`~hashsession.NotReplicatedError` is raised once the step has finished
+        (see :meth:`SessionCore._critical <hashsession.protocol.SessionCore._critical>`).
         """
-        config = self._core.config
-        if not config.wait_replicas:
-            self._run(plan, None, *args)
-            return
-        replicas: list[int] = []
+        self._run(plan, None, *args)
+        self._core.settle()
 
-        def send(cmd: Command, key: str | None) -> Any:
-            try:
-                reply, confirmed = pipeline(
-                    self._client, waited(config, [cmd]), config.connection_wait
-                )
-            except BACKEND_ERRORS as exc:
-                raise self._core.error(exc, key) from exc
-            replicas.append(confirmed)
-            return reply
-
-        self._run(plan, None, *args, send=send)
-        if replicas:
-            check(config, min(replicas))
-
-    def _follow_up(self) -> None:
-        """Send the index upkeep the last step left (login, regenerate, a due refresh)."""
-        after = self._core.after
-        assert after is not None
+    def _upkeep(self, queue: list[After]) -> None:
+        """Send the commands a plan left before or after its step (a user's index)."""
         try:
-            while after:
-                cmd, finish = after.pop(0)
+            while queue:
+                cmd, finish = queue.pop(0)
                 reply = self._send(cmd, None)
                 if finish is not None:
                     finish(reply)
         finally:
-            after.clear()
+            queue.clear()
 
     def __repr__(self) -> str:
         return f"<Session {self._core.state.value} id={'set' if self.id else None}>"

@@ -170,7 +170,8 @@ def sessions_of(
 def revoke(config: SessionConfig, id_or_handle: str, user_id: UserId | None = None) -> Flow[bool]:
     """Delete one session, by id or by handle; whether a live session was deleted.
 
-    With ``user_id``, only a session that user owns is deleted. Two round trips.
+    With ``user_id``, only a session that user owns is deleted. Two round trips (on a
+    Cluster, three by handle).
     """
     user = None if user_id is None else user_text(user_id)
     if not isinstance(id_or_handle, str):
@@ -179,10 +180,11 @@ def revoke(config: SessionConfig, id_or_handle: str, user_id: UserId | None = No
         digest, sha = id_or_handle.split(".")
         if user is not None and digest != user_digest(user):
             return False
-        member = yield index_command(config.index_key_of(digest), "find", sha)
+        index = config.index_key_of(digest)
+        member = yield index_command(index, "find", sha)
         if member is None:
             return False
-        (deleted,) = yield from _critical(config, [("DEL", member)])
+        (deleted,) = yield from _delete(config, index, [member])
         return bool(deleted)
     key = _key_of_id(config, id_or_handle)
     if key is None:
@@ -200,7 +202,8 @@ def revoke_user(
 ) -> Flow[int]:
     """Delete every indexed session of ``user_id`` but ``keep``; how many were live.
 
-    One round trip for the index, one pipeline of ``DEL`` for the sessions.
+    One round trip for the index, one pipeline of ``DEL`` for the sessions (which takes
+    them out of the index too; on a Cluster, one more round trip does).
     """
     user = user_text(user_id)
     keep_key, keep_sha = "", ""
@@ -209,11 +212,28 @@ def revoke_user(
         keep_sha = sha if digest == user_digest(user) else ""
     else:
         keep_key = _key_of_session(config, keep) or ""
-    doomed: list[bytes] = yield index_command(config.index_key(user), "drop", keep_key, keep_sha)
+    index = config.index_key(user)
+    doomed: list[bytes] = yield index_command(index, "drop", keep_key, keep_sha)
     if not doomed:
         return 0
-    replies = yield from _critical(config, [("DEL", member) for member in doomed])
+    replies = yield from _delete(config, index, doomed)
     return sum(1 for deleted in replies if deleted)
+
+
+def _delete(config: SessionConfig, index: str, members: list[bytes]) -> Flow[list[Any]]:
+    """Delete the sessions ``members`` (a critical write), then take them out of ``index``.
+
+    Never the other way round: a delete that fails leaves them indexed, so calling
+    again finds them. On one server the deletes and the unindexing go out as one
+    pipeline, run in order; on a Cluster (nodes apart) the unindexing follows the deletes.
+    """
+    deletes: list[Command] = [("DEL", member) for member in members]
+    if config.same_slot_ids:
+        replies = yield from _critical(config, deletes)
+        yield index_put(index, members)
+        return replies
+    *replies, _ = yield from _critical(config, [*deletes, index_put(index, members)])
+    return replies
 
 
 def _critical(config: SessionConfig, commands: list[Command]) -> Flow[list[Any]]:
