@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 
 from hashsession import (
     MISSING,
+    BackendError,
+    ConfigurationError,
     DecodeError,
     EncodeError,
     HashSessionError,
@@ -530,6 +532,43 @@ async def test_async_numbers(redis_url: str, redis_client: redis.Redis) -> None:
         await store.aclose()
 
 
+@pytest.mark.parametrize(
+    "ttl",
+    [math.inf, math.nan, 1e300, 10**400, -1, 0, 1000 * 366 * 24 * 3600],
+    ids=["inf", "nan", "1e300", "10**400", "-1", "0", "1001y"],
+)
+def test_a_timeout_redis_cannot_take_is_refused_before_it_poisons_the_session(
+    store: SessionStore, existing: str, redis_client: redis.Redis, ttl: Any
+) -> None:
+    key = store.open(existing).core.key
+    for state in STATES:
+        s = opened(store, existing, state)
+        for call in (s.touch, s.adjust_timeout):
+            with pytest.raises(ConfigurationError) as info:
+                call(ttl)
+            assert info.value.setting == "ttl"
+            assert isinstance(info.value, ValueError)
+    assert not redis_client.hexists(key, "\x00t")
+    assert store.open(existing).get("n") == 1  # every later request still works
+
+
+def test_a_junk_timeout_planted_in_redis_is_a_backend_error(
+    store: SessionStore, existing: str, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(store.open(existing).core.key, "\x00t", b"1" * 300)
+    with pytest.raises(BackendError) as info:
+        store.open(existing).get("n")  # not a ValueTypeError about key "n"
+    assert not isinstance(info.value, ValueTypeError)
+
+
+@pytest.mark.standalone_only
+@pytest.mark.parametrize("setting", ["ttl", "absolute_ttl"])
+def test_store_timeouts_beyond_1000_years_are_refused(redis_url: str, setting: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        SessionStore(redis=redis_url, **{setting: 10**12})
+    assert info.value.setting == setting
+
+
 # --------------------------------------------------------------------------- fuzz
 
 # Keys: text (with lone surrogates and NULs mixed in), reserved names, very long text,
@@ -573,6 +612,16 @@ AMOUNTS = st.one_of(
     st.none(),
     st.text(max_size=2),
 )
+# Timeouts: none short enough to expire the shared session during the test.
+TIMEOUTS = st.one_of(
+    st.none(),
+    st.integers(max_value=0),
+    st.integers(min_value=100),
+    st.floats(max_value=0),
+    st.floats(min_value=100),
+    st.sampled_from([math.nan, math.inf, 10**400, 1e300]),
+    st.text(max_size=2),
+)
 META_NAMES = st.one_of(
     st.sampled_from(["m", "q", "c", "t", "u", "s", "i", ""]), ODD_TEXT, KEYS, st.binary(max_size=3)
 )
@@ -604,11 +653,14 @@ def sync_call(s: Session, data: st.DataObject) -> Any:
                 "meta_setdefault",
                 "meta_pop",
                 "meta_push",
+                "touch",
             ]
         )
     )
     k = lambda: data.draw(KEYS)  # noqa: E731
     v = lambda: data.draw(VALUES)  # noqa: E731
+    if op == "touch":
+        return s.touch(data.draw(TIMEOUTS))
     if op == "getitem":
         return s[k()]
     if op == "get":
@@ -728,11 +780,14 @@ async def async_call(s: AsyncSession, data: st.DataObject) -> Any:
                 "meta_setdefault",
                 "meta_pop",
                 "meta_push",
+                "touch",
             ]
         )
     )
     k = lambda: data.draw(KEYS)  # noqa: E731
     v = lambda: data.draw(VALUES)  # noqa: E731
+    if op == "touch":
+        return await s.touch(data.draw(TIMEOUTS))
     if op == "get":
         return await s.get(k())
     if op == "has":

@@ -15,10 +15,15 @@ from hashsession.codecs import Codec, resolve_codec
 from hashsession.cookies import CookiePolicy, Signer
 from hashsession.errors import ConfigurationError
 
-__all__ = ["KeyLayout", "SessionConfig", "seconds", "user_digest"]
+__all__ = ["MAX_SECONDS", "KeyLayout", "SessionConfig", "seconds", "user_digest"]
 
 KeyLayout = Literal["digest", "raw"]
 _RAW_ID = re.compile(r"[!#-+\--:<-\[\]-~]{1,256}")  # printable ASCII cookie octets
+
+
+#: The longest timeout or lifetime accepted (1000 years): its milliseconds, added to now,
+#: stay exact in the scripts' Lua numbers and within what Redis' PEXPIRE takes.
+MAX_SECONDS = 1000 * 365 * 24 * 3600
 
 
 def seconds(setting: str, value: object, *, allow_none: bool = False) -> int | None:
@@ -29,6 +34,8 @@ def seconds(setting: str, value: object, *, allow_none: bool = False) -> int | N
         value = int(value.total_seconds())
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(setting, f"must be a positive number of seconds, not {value!r}")
+    if value > MAX_SECONDS:
+        raise ConfigurationError(setting, f"must be at most {MAX_SECONDS} seconds (1000 years)")
     return value
 
 

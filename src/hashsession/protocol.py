@@ -412,12 +412,12 @@ class SessionCore:
                 )
             if "NaN or Infinity" in message:  # HINCRBYFLOAT past the float range
                 return LimitExceededError(key, "the increment would not give a finite number")
-            if "not an integer" in message:
+            if "hash value is not an integer" in message:  # HINCRBY on what it cannot add to
                 return ValueTypeError(
                     key,
                     "the stored value is not an integer in the signed 64-bit range Redis counts in",
                 )
-            if "not a float" in message:
+            if "hash value is not a float" in message:
                 return ValueTypeError(key, "the stored value is not a number to increment")
         where = f"session {self.key!r}" if self.key else "a new session"
         return BackendError(f"Redis failed on {where}: {message}")

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
-from hashsession.errors import ConflictError
+from hashsession.config import MAX_SECONDS
+from hashsession.errors import ConfigurationError, ConflictError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
@@ -45,11 +46,22 @@ __all__ = ["Session", "ttl_ms"]
 
 
 def ttl_ms(ttl: int | float | timedelta) -> int:
-    """Milliseconds from seconds or a timedelta; must be positive."""
+    """Milliseconds from seconds or a timedelta; positive, finite, at most 1000 years.
+
+    Anything else raises :class:`~hashsession.ConfigurationError` (a ``ValueError``)
+    naming ``ttl``: a timeout Redis cannot take, once stored, would fail every later
+    request of the session.
+    """
     secs = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    if isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs <= 0:
-        raise ValueError(f"a timeout must be a positive number of seconds, not {ttl!r}")
-    return int(secs * 1000)
+    if (
+        isinstance(secs, bool)
+        or not isinstance(secs, (int, float))
+        or not 0 < secs <= MAX_SECONDS  # False for NaN too
+    ):
+        raise ConfigurationError(
+            "ttl", f"a timeout must be a positive number of seconds up to 1000 years, not {ttl!r}"
+        )
+    return max(1, int(secs * 1000))
 
 
 class Session(SessionView, MutableMapping[str, Any]):
