@@ -562,6 +562,13 @@ def test_a_junk_timeout_planted_in_redis_is_a_backend_error(
 
 
 @pytest.mark.standalone_only
+def test_a_prefix_with_a_lone_surrogate_is_refused_at_start_up(redis_url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        SessionStore(redis=redis_url, prefix="hs\udcff:")
+    assert info.value.setting == "prefix"
+
+
+@pytest.mark.standalone_only
 @pytest.mark.parametrize("setting", ["ttl", "absolute_ttl"])
 def test_store_timeouts_beyond_1000_years_are_refused(redis_url: str, setting: str) -> None:
     with pytest.raises(ConfigurationError) as info:

@@ -95,6 +95,12 @@ class SessionConfig:
         """Check every setting, naming the first bad one."""
         if not isinstance(prefix, str) or "\n" in prefix:
             raise ConfigurationError("prefix", f"must be a str without newlines, not {prefix!r}")
+        try:
+            prefix.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigurationError(
+                "prefix", "holds a lone surrogate, which has no UTF-8 form"
+            ) from None
         idle = seconds("ttl", ttl)
         absolute = seconds("absolute_ttl", absolute_ttl, allow_none=True)
         if isinstance(secret_keys, (str, bytes)):
