@@ -28,7 +28,7 @@ from django.urls import path
 from django.utils import timezone
 
 from conftest import Counted
-from hashsession import ConfigurationError, Session
+from hashsession import ConfigurationError, DecodeError, Session
 from hashsession import SessionStore as HashStore
 from hashsession.django import EXPIRY_META, SessionStore, get_store
 
@@ -789,3 +789,43 @@ async def test_async_view_through_the_async_client(
     assert response.content == b'"v"'
     value = response.cookies[COOKIE].value
     assert user_fields(redis_client, key_of(hs, value)) == {"k": "v"}
+
+
+# --------------------------------------------------------------------------- odd input (issue 13)
+
+
+def test_listings_skip_a_field_name_that_is_not_utf8(
+    hs: HashStore, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = SessionStore()
+    s.update({"a": 1, "b": "two"})
+    key = key_of(hs, s.session_key)
+    redis_client.hset(key, b"\xff\xfe", b"1")  # another client's field, not UTF-8
+    caplog.set_level("WARNING", "hashsession")
+    again = SessionStore(s.session_key)
+    assert sorted(again.keys()) == ["a", "b"]
+    assert sorted(again.items()) == [("a", 1), ("b", "two")]
+    assert sorted(again.values(), key=repr) == ["two", 1]
+    assert again.load() == {"a": 1, "b": "two"}
+    assert any("b'\\xff\\xfe'" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("junk", [b"{junk", b"[1]", b'"not a date"', b"true", b"\xff"])
+def test_a_junk_expiry_is_a_decode_error_naming_it(
+    hs: HashStore, redis_client: redis.Redis, junk: bytes
+) -> None:
+    s = SessionStore()
+    s["a"] = 1
+    s.set_expiry(60)
+    redis_client.hset(key_of(hs, s.session_key), "\x00" + EXPIRY_META, junk)
+    for read in (
+        lambda t: t.get_expiry_age(),
+        lambda t: t.get_expiry_date(),
+        lambda t: t.get_expire_at_browser_close(),
+    ):
+        with pytest.raises(DecodeError) as info:
+            read(SessionStore(s.session_key))
+        assert info.value.key == EXPIRY_META
+    t = SessionStore(s.session_key)
+    t.set_expiry(None)  # a write repairs it
+    assert SessionStore(s.session_key).get_expiry_age() == DEFAULT_AGE

@@ -22,6 +22,8 @@ from hashsession.errors import ConfigurationError, ConflictError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
+    I64_MAX,
+    I64_MIN,
     INCR_SHA,
     MISSING,
     SET_SHA,
@@ -255,10 +257,10 @@ class AsyncSession(SessionView):
 
     async def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` to the integer under ``key`` (0 if missing) with ``HINCRBY``."""
-        if type(amount) is not int:
-            raise TypeError(f"incr() takes an int amount, not {type(amount).__name__}")
         core = self._core
         field = core.field(key)
+        if type(amount) is not int or not I64_MIN <= amount <= I64_MAX:
+            core.int_amount(field, amount)  # raises, naming the key
         live = core.live_key
         if live is not None:
             core.modified = True
@@ -271,10 +273,10 @@ class AsyncSession(SessionView):
 
     async def incr_float(self, key: str, amount: float = 1.0) -> float:
         """Add ``amount`` to the number under ``key`` with ``HINCRBYFLOAT``."""
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-            raise TypeError(f"incr_float() takes a number, not {type(amount).__name__}")
-        field = self._core.field(key)
-        return float(await self._run(self._core.plan_incr, field, field, float(amount)))
+        core = self._core
+        field = core.field(key)
+        amount = core.float_amount(field, amount)
+        return float(await self._run(core.plan_incr, field, field, amount))
 
     async def setdefault(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, storing ``default`` first if missing; one atomic step."""
@@ -346,27 +348,30 @@ class AsyncSession(SessionView):
 
     async def meta_get(self, name: str) -> Any:
         """Metadata ``name``, or ``None``; one ``HGET``."""
-        return load_meta(await self._run(self._core.plan_get, None, self._core.meta_field(name)))
+        field = self._core.meta_field(name)
+        return load_meta(await self._run(self._core.plan_get, None, field), name)
 
     async def meta_set(self, name: str, value: Any) -> None:
         """Store metadata ``name`` now."""
-        await self._run(
-            self._core.plan_set, None, [(self._core.meta_field(name), dump_meta(value))]
-        )
+        field = self._core.meta_field(name, write=True)
+        await self._run(self._core.plan_set, None, [(field, dump_meta(value, name))])
 
     async def meta_setdefault(self, name: str, value: Any) -> Any:
         """Metadata ``name``, storing ``value`` first if it is unset; one atomic step."""
-        field = self._core.meta_field(name)
-        return load_meta(await self._run(self._core.plan_setdefault, None, field, dump_meta(value)))
+        field = self._core.meta_field(name, write=True)
+        raw = await self._run(self._core.plan_setdefault, None, field, dump_meta(value, name))
+        return load_meta(raw, name)
 
     async def meta_pop(self, name: str) -> Any:
         """Remove metadata ``name`` and return its raw bytes (or ``None``), atomically."""
-        return await self._run(self._core.plan_pop, None, self._core.meta_field(name))
+        return await self._run(self._core.plan_pop, None, self._core.meta_field(name, write=True))
 
     async def meta_push(self, name: str, item: Any, unique: bool = False) -> bool:
         """Append ``item`` to queue ``name`` atomically; ``unique`` skips one already queued."""
-        field = self._core.meta_field(name)
-        return bool(await self._run(self._core.plan_push, None, field, dump_meta(item), unique))
+        field = self._core.meta_field(name, write=True)
+        return bool(
+            await self._run(self._core.plan_push, None, field, dump_meta(item, name), unique)
+        )
 
     async def touch(self, ttl: int | float | timedelta | None = None) -> None:
         """Slide the idle timeout now; with ``ttl``, make it this session's timeout from now on."""

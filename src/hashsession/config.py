@@ -15,10 +15,15 @@ from hashsession.codecs import Codec, resolve_codec
 from hashsession.cookies import CookiePolicy, Signer
 from hashsession.errors import ConfigurationError
 
-__all__ = ["KeyLayout", "SessionConfig", "seconds", "user_digest"]
+__all__ = ["MAX_SECONDS", "KeyLayout", "SessionConfig", "seconds", "user_digest"]
 
 KeyLayout = Literal["digest", "raw"]
 _RAW_ID = re.compile(r"[!#-+\--:<-\[\]-~]{1,256}")  # printable ASCII cookie octets
+
+
+#: The longest timeout or lifetime accepted (1000 years): its milliseconds, added to now,
+#: stay exact in the scripts' Lua numbers and within what Redis' PEXPIRE takes.
+MAX_SECONDS = 1000 * 365 * 24 * 3600
 
 
 def seconds(setting: str, value: object, *, allow_none: bool = False) -> int | None:
@@ -29,6 +34,8 @@ def seconds(setting: str, value: object, *, allow_none: bool = False) -> int | N
         value = int(value.total_seconds())
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(setting, f"must be a positive number of seconds, not {value!r}")
+    if value > MAX_SECONDS:
+        raise ConfigurationError(setting, f"must be at most {MAX_SECONDS} seconds (1000 years)")
     return value
 
 
@@ -91,6 +98,12 @@ class SessionConfig:
         """Check every setting, naming the first bad one."""
         if not isinstance(prefix, str) or "\n" in prefix:
             raise ConfigurationError("prefix", f"must be a str without newlines, not {prefix!r}")
+        try:
+            prefix.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigurationError(
+                "prefix", "holds a lone surrogate, which has no UTF-8 form"
+            ) from None
         idle = seconds("ttl", ttl)
         absolute = seconds("absolute_ttl", absolute_ttl, allow_none=True)
         if isinstance(secret_keys, (str, bytes)):

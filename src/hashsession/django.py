@@ -36,7 +36,7 @@ except ModuleNotFoundError as exc:  # the extra is not installed
     missing_extra(exc, "django", "hashsession.django")
 from redis.exceptions import RedisError
 
-from hashsession.errors import BackendError, ConfigurationError
+from hashsession.errors import BackendError, ConfigurationError, DecodeError
 from hashsession.protocol import MISSING, State
 from hashsession.session import Session
 from hashsession.store import SessionStore as HashStore
@@ -104,6 +104,24 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_on_setting_changed, dispatch_uid="hashsession.django")
+
+
+def _checked_expiry(value: Any) -> int | str | None:
+    """A stored expiry as :meth:`SessionStore.set_expiry` writes it; else :class:`DecodeError`."""
+    if value is None or type(value) is int:
+        return value
+    if isinstance(value, str):
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return value
+    raise DecodeError(
+        EXPIRY_META,
+        f"stored expiry {value!r:.40} is neither seconds nor an ISO 8601 date",
+        what="session metadata",
+    )
 
 
 def _as_datetime(value: str | datetime) -> datetime:
@@ -248,7 +266,8 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         if self._expiry is _UNKNOWN:
             live = self._live
             # A session made in this request has the default expiry unless set_expiry ran.
-            self._expiry = None if live.id is None or live.new else live.meta_get(EXPIRY_META)
+            stored = None if live.id is None or live.new else live.meta_get(EXPIRY_META)
+            self._expiry = _checked_expiry(stored)
         return self._expiry
 
     def get_session_cookie_age(self) -> int:

@@ -6,15 +6,19 @@
      ├── ConfigurationError (ValueError)   a setting is wrong; at start-up; names it
      ├── BackendError                      Redis failed; the redis-py error is __cause__
      │    └── NotReplicatedError           too few replicas confirmed a critical write
-     ├── InvalidKeyError (TypeError, ValueError)   a key is not a str or is reserved
+     ├── InvalidKeyError (TypeError, ValueError)   a key is not a str, is reserved, or is
+     │                                     not valid Unicode (a lone surrogate)
      ├── CodecError (ValueError)           a value could not be encoded or decoded
-     │    ├── EncodeError
-     │    └── DecodeError
+     │    ├── EncodeError                  (text with a lone surrogate, NaN or infinity in JSON)
+     │    └── DecodeError                  (stored bytes or metadata the codec cannot read)
      ├── ValueTypeError (TypeError)        an increment met a value that is not a number
-     ├── LimitExceededError (ValueError)   a value, key or key count is over its limit
+     ├── LimitExceededError (ValueError)   a value, key or key count is over its limit, or a
+     │                                     number outside what Redis can count with
      └── ConflictError                     an optimistic edit kept losing races
 
 Errors about one session key carry it as ``.key``; ``ConfigurationError`` has ``.setting``.
+Errors about an adapter's metadata (``meta_get`` and friends) carry its name as ``.key``
+and say "session metadata" instead of "session key".
 
 Bad cookies are not errors: they give a fresh session.
 """
@@ -70,13 +74,18 @@ class NotReplicatedError(BackendError):
 
 
 class _KeyedError(HashSessionError):
-    def __init__(self, key: object, message: str) -> None:
-        super().__init__(f"session key {key!r}: {message}")
+    def __init__(self, key: object, message: str, *, what: str = "session key") -> None:
+        super().__init__(f"{what} {key!r}: {message}")
         self.key = key
 
 
 class InvalidKeyError(_KeyedError, TypeError, ValueError):
-    """A session key is not a ``str``, is too long, or starts with the reserved NUL byte."""
+    """A session key (or metadata name) cannot name a field.
+
+    It is not a ``str``, starts with the reserved NUL byte, or is not valid Unicode
+    text (it holds a lone surrogate, which has no UTF-8 form). A metadata name is
+    also refused when a write would touch one of the core's own reserved fields.
+    """
 
 
 class CodecError(_KeyedError, ValueError):
@@ -84,19 +93,32 @@ class CodecError(_KeyedError, ValueError):
 
 
 class EncodeError(CodecError):
-    """The codec could not encode the value stored under ``key``."""
+    """The codec could not encode the value stored under ``key``; nothing was written.
+
+    Also raised for text holding a lone surrogate (it has no UTF-8 form), for NaN and
+    infinities under JSON (standard JSON cannot read them back), and for a float
+    increment that is not a finite number.
+    """
 
 
 class DecodeError(CodecError):
-    """The bytes stored under ``key`` are not something the codec can read."""
+    """The bytes stored under ``key`` (or in metadata ``key``) cannot be read back."""
 
 
 class ValueTypeError(_KeyedError, TypeError):
-    """An increment met a stored value that is not a number."""
+    """An increment met a value that is not a number it can add: the stored one, or the amount.
+
+    ``incr`` counts in Redis' signed 64-bit integers, so a stored integer beyond them
+    (which JSON holds well enough) cannot be incremented either.
+    """
 
 
 class LimitExceededError(_KeyedError, ValueError):
-    """A value, key or the number of keys is over the store's limit; nothing was written."""
+    """A value, key or the number of keys is over the store's limit; nothing was written.
+
+    Also raised when a number leaves the range Redis counts in: an ``incr`` amount
+    outside signed 64 bits, or an increment whose result would overflow.
+    """
 
 
 class ConflictError(_KeyedError):

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -73,9 +75,13 @@ from hashsession.scripts import (
     TTL_FIELD,
 )
 
+log = logging.getLogger("hashsession")
+
 __all__ = [
     "AGAIN",
     "BACKEND_ERRORS",
+    "I64_MAX",
+    "I64_MIN",
     "INCR_SHA",
     "MISSING",
     "SET_SHA",
@@ -141,6 +147,15 @@ def _text(name: bytes | str) -> str:
 
 def _is_user_field(name: bytes | str) -> bool:
     return not (name[:1] == b"\x00" or name[:1] == "\x00")
+
+
+#: Signed 64-bit integers: what ``HINCRBY`` counts with.
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+#: The core's own reserved fields, by metadata name: adapters may read them, never write.
+_CORE_META = frozenset(
+    f[1:] for f in (CREATED_FIELD, TTL_FIELD, OWNER_FIELD, SEEN_FIELD, INDEXED_FIELD)
+)
+_NO_UTF8 = "it holds a lone surrogate, which has no UTF-8 form"
 
 
 def index_command(index: str, op: str, *args: Any) -> Command:
@@ -276,26 +291,103 @@ class SessionCore:
         if key[:1] == "\x00":
             raise InvalidKeyError(key, "keys starting with a NUL byte are reserved")
         limit = self.config.max_key_bytes
-        if len(key) * 4 > limit and len(key.encode("utf-8", "surrogatepass")) > limit:
+        if key.isascii():  # O(1) in CPython: the common case costs one flag test
+            size = len(key)
+        else:
+            try:
+                size = len(key.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise InvalidKeyError(key, f"not valid Unicode text: {_NO_UTF8}") from None
+        if size > limit:
             raise LimitExceededError(key, f"key longer than {limit} bytes")
         return key
 
     @staticmethod
-    def meta_field(name: str) -> str:
-        """The reserved hash field for library metadata ``name`` (no user key can name it)."""
+    def meta_field(name: object, *, write: bool = False) -> str:
+        """The reserved hash field for library metadata ``name`` (no user key can name it).
+
+        ``write``: the field is about to be changed, which the core's own fields (creation
+        time, timeout, owner, last seen, index) never are through metadata.
+        """
+        if type(name) is not str and not isinstance(name, str):
+            raise InvalidKeyError(name, "metadata names must be str", what="session metadata")
+        if not name.isascii():
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidKeyError(
+                    name, f"not valid Unicode text: {_NO_UTF8}", what="session metadata"
+                ) from None
+        if write and name in _CORE_META:
+            raise InvalidKeyError(
+                name,
+                "reserved for the session itself; adapters may only read it",
+                what="session metadata",
+            )
         return "\x00" + name
+
+    @property
+    def reference(self) -> str:
+        """A name for the session that is safe to log: never its id, nor a key holding it.
+
+        The Redis key under the digest layout (a digest, not the id); under the raw
+        layout, whose keys hold the id, ``sha1:`` and the SHA1 of the key (as in the
+        handles of :mod:`hashsession.users`).
+        """
+        key = self._key
+        if key is None:
+            return "a new session"
+        if self.config.key_layout == "digest":
+            return key
+        return "sha1:" + hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+    def readable_names(self, names: Iterable[bytes | str]) -> list[str]:
+        """The user fields among ``names`` as text, skipping (and logging) any not UTF-8.
+
+        Another client can write any bytes as a field name; no ``str`` key can name
+        such a field, so listings leave it out (``clear()`` still removes it).
+        """
+        out = []
+        for name in names:
+            if not _is_user_field(name):
+                continue
+            try:
+                out.append(_text(name))
+            except UnicodeDecodeError:
+                self.unreadable(name)
+        return out
+
+    def _readable_items(self, reply: Mapping[bytes | str, Any]) -> dict[str, Any]:
+        out = {}
+        for name, value in reply.items():
+            if _is_user_field(name):
+                try:
+                    out[_text(name)] = value
+                except UnicodeDecodeError:
+                    self.unreadable(name)
+        return out
+
+    def unreadable(self, name: bytes | str) -> None:
+        log.warning(
+            "session %s: skipping field %r, whose name is not UTF-8 text (written by "
+            "another client?); no str key can name it, clear() removes it",
+            self.reference,
+            name,
+        )
 
     def encode(self, key: str, value: Any) -> bytes:
         """The stored bytes of ``value``; errors name ``key``."""
         config = self.config
         try:
             raw = config.codec.dumps(value)
+            if type(raw) is str:
+                raw = raw.encode("utf-8")  # a lone surrogate fails here
+            elif type(raw) is not bytes:
+                raw = _bytes_of(raw)
+        except UnicodeEncodeError as exc:
+            raise EncodeError(key, f"cannot store {type(value).__name__}: {_NO_UTF8}") from exc
         except Exception as exc:
             raise EncodeError(key, f"cannot encode {type(value).__name__}: {exc}") from exc
-        if type(raw) is str:
-            raw = raw.encode("utf-8")
-        elif not isinstance(raw, bytes):
-            raw = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
         if len(raw) > config.max_value_bytes:
             raise LimitExceededError(
                 key, f"value of {len(raw)} bytes is over the {config.max_value_bytes} limit"
@@ -308,6 +400,32 @@ class SessionCore:
             return self.config.codec.loads(raw)
         except Exception as exc:
             raise DecodeError(key, f"stored value cannot be decoded: {exc}") from exc
+
+    @staticmethod
+    def int_amount(key: object, amount: object) -> int:
+        """``amount`` if ``incr`` can add it: an ``int`` within signed 64 bits."""
+        if type(amount) is not int:
+            raise ValueTypeError(key, f"incr() takes an int amount, not {type(amount).__name__}")
+        if not I64_MIN <= amount <= I64_MAX:
+            raise LimitExceededError(
+                key, "the amount is outside the signed 64-bit range Redis counts in"
+            )
+        return amount
+
+    @staticmethod
+    def float_amount(key: object, amount: object) -> float:
+        """``amount`` as the float ``incr_float`` adds: a finite number."""
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise ValueTypeError(key, f"incr_float() takes a number, not {type(amount).__name__}")
+        try:
+            out = float(amount)
+        except OverflowError:
+            out = math.inf
+        if out - out != 0.0:  # NaN or an infinity
+            raise EncodeError(
+                key, "an increment must be a finite number (JSON and Redis have no NaN or infinity)"
+            )
+        return out
 
     @staticmethod
     def backoff(attempt: int) -> float:
@@ -341,7 +459,18 @@ class SessionCore:
                 return LimitExceededError(
                     over, f"the session would hold more than {self.config.max_keys} keys"
                 )
-            if "not an integer" in message or "not a float" in message:
+            if "would overflow" in message:  # HINCRBY past signed 64 bits
+                return LimitExceededError(
+                    key, "the increment would overflow Redis' signed 64-bit integers"
+                )
+            if "NaN or Infinity" in message:  # HINCRBYFLOAT past the float range
+                return LimitExceededError(key, "the increment would not give a finite number")
+            if "hash value is not an integer" in message:  # HINCRBY on what it cannot add to
+                return ValueTypeError(
+                    key,
+                    "the stored value is not an integer in the signed 64-bit range Redis counts in",
+                )
+            if "hash value is not a float" in message:
                 return ValueTypeError(key, "the stored value is not a number to increment")
         where = f"session {session_reference(self.key)}" if self.key else "a new session"
         return BackendError(f"Redis failed on {where}: {message}")
@@ -483,7 +612,10 @@ class SessionCore:
                 reply = step[1](reply)
                 if reply is AGAIN:
                     return AGAIN
-            return [_text(n) for n in reply or () if _is_user_field(n)]
+            try:
+                return [_text(n) for n in reply or () if _is_user_field(n)]
+            except UnicodeDecodeError:
+                return self.readable_names(reply)
 
         return step[0], names, None
 
@@ -501,7 +633,10 @@ class SessionCore:
                     return AGAIN
             if isinstance(reply, list):
                 reply = dict(zip(reply[::2], reply[1::2], strict=True))
-            return {_text(k): v for k, v in (reply or {}).items() if _is_user_field(k)}
+            try:
+                return {_text(k): v for k, v in (reply or {}).items() if _is_user_field(k)}
+            except UnicodeDecodeError:
+                return self._readable_items(reply)
 
         return step[0], pairs, None
 
@@ -531,8 +666,9 @@ class SessionCore:
 
     def plan_incr(self, field: str, amount: int | float) -> Step:
         """``HINCRBY`` (or ``HINCRBYFLOAT`` for a float amount) of ``field``."""
-        self.accessed = self.modified = True
         is_float = isinstance(amount, float)
+        amount = self.float_amount(field, amount) if is_float else self.int_amount(field, amount)
+        self.accessed = self.modified = True
         if self._state is State.NEW:
             return self._plan_create([(field, repr(amount).encode("ascii"))], amount)
         args = (self.config.max_keys, field, repr(amount))
@@ -884,19 +1020,47 @@ def _truth(reply: Any) -> bool:
     return bool(reply)
 
 
-def dump_meta(value: Any) -> bytes:
-    """Library metadata as compact JSON (never the user's codec); one line, no newline."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+_META_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def load_meta(raw: bytes | None) -> Any:
-    """Metadata written by :func:`dump_meta`, or ``None``."""
-    return None if raw is None else json.loads(raw)
+def dump_meta(value: Any, name: str = "") -> bytes:
+    """Library metadata as compact JSON (never the user's codec); one line, no newline.
+
+    What JSON cannot hold (NaN, infinities, lone surrogates, other types) raises
+    :class:`EncodeError` naming metadata ``name``.
+    """
+    try:
+        return _META_JSON.encode(value).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodeError(name, f"cannot store it: {_NO_UTF8}", what="session metadata") from exc
+    except Exception as exc:
+        raise EncodeError(
+            name, f"cannot encode {type(value).__name__}: {exc}", what="session metadata"
+        ) from exc
 
 
-def load_queue(raw: bytes | None) -> list[Any]:
+def load_meta(raw: bytes | None, name: str = "") -> Any:
+    """Metadata written by :func:`dump_meta`, or ``None``; junk raises :class:`DecodeError`."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except Exception as exc:  # JSONDecodeError, UnicodeDecodeError, RecursionError
+        raise DecodeError(
+            name, f"stored metadata cannot be decoded: {exc}", what="session metadata"
+        ) from exc
+
+
+def load_queue(raw: bytes | None, name: str = "") -> list[Any]:
     """The items of a queue built by ``meta_push`` (newline-separated JSON)."""
-    return [] if raw is None else [json.loads(line) for line in raw.split(b"\n") if line]
+    if raw is None:
+        return []
+    try:
+        return [json.loads(line) for line in raw.split(b"\n") if line]
+    except Exception as exc:
+        raise DecodeError(
+            name, f"stored queue cannot be decoded: {exc}", what="session metadata"
+        ) from exc
 
 
 def pairs_of(
@@ -909,6 +1073,15 @@ def pairs_of(
         field = core.field(key)
         out.append((field, core.encode(field, value)))
     return out
+
+
+def _bytes_of(raw: Any) -> bytes:
+    """What a codec returned, as bytes: ``str`` as UTF-8, bytes-like as it is."""
+    if isinstance(raw, str):
+        return raw.encode("utf-8")
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw)
+    raise TypeError(f"the codec returned {type(raw).__name__}, not str or bytes")
 
 
 class SessionView:

@@ -41,7 +41,7 @@ except ModuleNotFoundError as exc:  # the extra is not installed
     missing_extra(exc, "pyramid", "hashsession.pyramid")
 
 from hashsession.cookies import CookiePolicy
-from hashsession.errors import ConfigurationError
+from hashsession.errors import ConfigurationError, InvalidKeyError
 from hashsession.protocol import MISSING, SessionCore, State, load_queue
 from hashsession.session import Session
 from hashsession.store import SessionStore, StoreBase
@@ -164,12 +164,14 @@ class PyramidSession(Session):
 
     def peek_flash(self, queue: str = "") -> list[Any]:
         """The messages in flash ``queue``, left in place; one ``HGET``."""
-        field = self._core.meta_field(_queue(queue))
-        return load_queue(self._run(self._core.plan_get, None, field))
+        name = _queue(queue)
+        field = self._core.meta_field(name)
+        return load_queue(self._run(self._core.plan_get, None, field), name)
 
     def pop_flash(self, queue: str = "") -> list[Any]:
         """Remove flash ``queue`` and return its messages, atomically."""
-        return load_queue(self.meta_pop(_queue(queue)))
+        name = _queue(queue)
+        return load_queue(self.meta_pop(name), name)
 
     # ---------------------------------------------------------------- CSRF
 
@@ -207,7 +209,11 @@ declare_provides(PyramidSession, ISession)
 
 def _queue(queue: str) -> str:
     if not isinstance(queue, str):
-        raise TypeError(f"a flash queue is named by a str, not {type(queue).__name__}")
+        raise InvalidKeyError(
+            queue,
+            f"a flash queue is named by a str, not {type(queue).__name__}",
+            what="flash queue",
+        )
     return FLASH + queue
 
 

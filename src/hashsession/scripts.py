@@ -182,11 +182,17 @@ end""",
   if full then return full end
   return redis.call('HINCRBY', k, ARGV[a + 1], ARGV[a + 2])
 end""",
+    # Redis adds in long double, which could store a number no double (nor JSON reader)
+    # holds: a sum beyond the double range is refused with HINCRBYFLOAT's own error.
     "incr_float": r"""function(k, a)
   local n = redis.call('HLEN', k)
   if n == 0 then return false end
   local full = over(k, n, tonumber(ARGV[a]), {ARGV[a + 1]})
   if full then return full end
+  local cur = tonumber(redis.call('HGET', k, ARGV[a + 1]) or '0')
+  if cur and math.abs(cur + tonumber(ARGV[a + 2])) == math.huge then
+    return redis.error_reply('ERR increment would produce NaN or Infinity')
+  end
   return redis.call('HINCRBYFLOAT', k, ARGV[a + 1], ARGV[a + 2])
 end""",
     # limit, field, value -> the value now stored
@@ -221,8 +227,42 @@ end""",
   if v then redis.call('HDEL', k, ARGV[a]) end
   return v
 end""",
+    # -> how many user fields have a UTF-8 name (what iterating lists: others are skipped)
     "len": r"""function(k, a)
-  return users(k)
+  local function utf8(f)
+    if not string.find(f, '[\128-\255]') then return true end
+    local i, n = 1, #f
+    while i <= n do
+      local c = string.byte(f, i)
+      if c < 128 then
+        i = i + 1
+      else
+        local size, lo, hi
+        if c >= 194 and c <= 223 then size, lo, hi = 2, 128, 191
+        elseif c == 224 then size, lo, hi = 3, 160, 191
+        elseif c == 237 then size, lo, hi = 3, 128, 159
+        elseif c >= 225 and c <= 239 then size, lo, hi = 3, 128, 191
+        elseif c == 240 then size, lo, hi = 4, 144, 191
+        elseif c == 244 then size, lo, hi = 4, 128, 143
+        elseif c >= 241 and c <= 243 then size, lo, hi = 4, 128, 191
+        else return false end
+        if i + size - 1 > n then return false end
+        local c2 = string.byte(f, i + 1)
+        if c2 < lo or c2 > hi then return false end
+        for j = i + 2, i + size - 1 do
+          local cj = string.byte(f, j)
+          if cj < 128 or cj > 191 then return false end
+        end
+        i = i + size
+      end
+    end
+    return true
+  end
+  local n = 0
+  for _, f in ipairs(redis.call('HKEYS', k)) do
+    if string.byte(f, 1) ~= 0 and utf8(f) then n = n + 1 end
+  end
+  return n
 end""",
     "clear": r"""function(k, a)
   local doomed = {}

@@ -14,10 +14,13 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from hashsession.errors import ConflictError
+from hashsession.config import MAX_SECONDS
+from hashsession.errors import ConfigurationError, ConflictError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
+    I64_MAX,
+    I64_MIN,
     INCR_SHA,
     MISSING,
     SET_SHA,
@@ -41,11 +44,22 @@ __all__ = ["Session", "ttl_ms"]
 
 
 def ttl_ms(ttl: int | float | timedelta) -> int:
-    """Milliseconds from seconds or a timedelta; must be positive."""
+    """Milliseconds from seconds or a timedelta; positive, finite, at most 1000 years.
+
+    Anything else raises :class:`~hashsession.ConfigurationError` (a ``ValueError``)
+    naming ``ttl``: a timeout Redis cannot take, once stored, would fail every later
+    request of the session.
+    """
     secs = ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
-    if isinstance(secs, bool) or not isinstance(secs, (int, float)) or secs <= 0:
-        raise ValueError(f"a timeout must be a positive number of seconds, not {ttl!r}")
-    return int(secs * 1000)
+    if (
+        isinstance(secs, bool)
+        or not isinstance(secs, (int, float))
+        or not 0 < secs <= MAX_SECONDS  # False for NaN too
+    ):
+        raise ConfigurationError(
+            "ttl", f"a timeout must be a positive number of seconds up to 1000 years, not {ttl!r}"
+        )
+    return max(1, int(secs * 1000))
 
 
 class Session(SessionView, MutableMapping[str, Any]):
@@ -228,6 +242,8 @@ class Session(SessionView, MutableMapping[str, Any]):
         if kind is Counter or kind is FloatCounter:
             delta = increment_of(value, core, field)
             if delta is not None:
+                if type(delta) is int:
+                    core.int_amount(field, delta)
                 self._incr(field, delta)
                 return
         self._set(field, core.encode(field, value))
@@ -295,16 +311,17 @@ class Session(SessionView, MutableMapping[str, Any]):
 
     def incr(self, key: str, amount: int = 1) -> int:
         """Add ``amount`` to the integer under ``key`` (0 if missing) with ``HINCRBY``."""
-        if type(amount) is not int:
-            raise TypeError(f"incr() takes an int amount, not {type(amount).__name__}")
-        return int(self._incr(self._core.field(key), amount))
+        core = self._core
+        field = core.field(key)
+        if type(amount) is not int or not I64_MIN <= amount <= I64_MAX:
+            core.int_amount(field, amount)  # raises, naming the key
+        return int(self._incr(field, amount))
 
     def incr_float(self, key: str, amount: float = 1.0) -> float:
         """Add ``amount`` to the number under ``key`` with ``HINCRBYFLOAT``."""
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
-            raise TypeError(f"incr_float() takes a number, not {type(amount).__name__}")
-        field = self._core.field(key)
-        return float(self._run(self._core.plan_incr, field, field, float(amount)))
+        core = self._core
+        field = core.field(key)
+        return float(self._run(core.plan_incr, field, field, core.float_amount(field, amount)))
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, storing ``default`` first if missing; one atomic step."""
@@ -385,26 +402,28 @@ class Session(SessionView, MutableMapping[str, Any]):
 
     def meta_get(self, name: str) -> Any:
         """Metadata ``name``, or ``None``; one ``HGET``."""
-        return load_meta(self._run(self._core.plan_get, None, self._core.meta_field(name)))
+        field = self._core.meta_field(name)
+        return load_meta(self._run(self._core.plan_get, None, field), name)
 
     def meta_set(self, name: str, value: Any) -> None:
         """Store metadata ``name`` now."""
-        field = self._core.meta_field(name)
-        self._run(self._core.plan_set, None, [(field, dump_meta(value))])
+        field = self._core.meta_field(name, write=True)
+        self._run(self._core.plan_set, None, [(field, dump_meta(value, name))])
 
     def meta_setdefault(self, name: str, value: Any) -> Any:
         """Metadata ``name``, storing ``value`` first if it is unset; one atomic step."""
-        field = self._core.meta_field(name)
-        return load_meta(self._run(self._core.plan_setdefault, None, field, dump_meta(value)))
+        field = self._core.meta_field(name, write=True)
+        raw = self._run(self._core.plan_setdefault, None, field, dump_meta(value, name))
+        return load_meta(raw, name)
 
     def meta_pop(self, name: str) -> Any:
         """Remove metadata ``name`` and return its raw bytes (or ``None``), atomically."""
-        return self._run(self._core.plan_pop, None, self._core.meta_field(name))
+        return self._run(self._core.plan_pop, None, self._core.meta_field(name, write=True))
 
     def meta_push(self, name: str, item: Any, unique: bool = False) -> bool:
         """Append ``item`` to queue ``name`` atomically; ``unique`` skips one already queued."""
-        field = self._core.meta_field(name)
-        return bool(self._run(self._core.plan_push, None, field, dump_meta(item), unique))
+        field = self._core.meta_field(name, write=True)
+        return bool(self._run(self._core.plan_push, None, field, dump_meta(item, name), unique))
 
     # ------------------------------------------------------------ lifecycle
 

@@ -15,6 +15,7 @@ import json as _json
 from collections.abc import Mapping
 from typing import Any
 
+from hashsession.errors import DecodeError
 from hashsession.session import Session
 
 __all__ = [
@@ -75,11 +76,13 @@ class TextCodec:
 class Value:
     """One field as read from Redis, with redis-session's parsers and their fallbacks."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("key", "raw")
 
-    def __init__(self, raw: bytes | None) -> None:
+    def __init__(self, raw: bytes | None, key: builtins.str | None = None) -> None:
         #: The stored bytes, or ``None`` when the field is missing.
         self.raw = raw
+        #: The field it was read from (named by :class:`DecodeError`).
+        self.key = key
 
     @property
     def none(self) -> builtins.bool:
@@ -88,8 +91,13 @@ class Value:
 
     @property
     def str(self) -> builtins.str:
-        """The text; ``''`` when missing."""
-        return "" if self.raw is None else self.raw.decode("utf-8")
+        """The text; ``''`` when missing; :class:`DecodeError` if the bytes are not UTF-8."""
+        if self.raw is None:
+            return ""
+        try:
+            return self.raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError(self.key, f"stored bytes are not UTF-8 text: {exc}") from exc
 
     @property
     def int(self) -> builtins.int:
@@ -102,7 +110,7 @@ class Value:
     @property
     def bool(self) -> builtins.bool:
         """Whether the text is exactly ``True``; ``False`` otherwise."""
-        return self.str == "True"
+        return self.raw == b"True"
 
     @property
     def json(self) -> Any:
@@ -145,7 +153,7 @@ class RedisSession:
     def __getattr__(self, name: builtins.str) -> Value:
         if name.startswith("__"):
             raise AttributeError(name)
-        return Value(self._native.get(name))
+        return Value(self._native.get(name), name)
 
     def __setattr__(self, name: builtins.str, value: Any) -> None:
         self._native[name] = value
