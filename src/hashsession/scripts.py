@@ -23,16 +23,26 @@ from typing import Any, NamedTuple
 __all__ = [
     "CREATE",
     "INDEX",
+    "JSON_ERROR",
     "LIMIT_ERROR",
     "LIVE",
     "LOGIN",
     "OPEN",
     "REVOKE",
+    "SIZE_ERROR",
+    "TYPE_ERROR",
+    "VALUE_OPS",
     "Script",
     "with_source",
 ]
 
 LIMIT_ERROR = "HASHSESSION_LIMIT"
+#: ``HASHSESSION_TYPE <found> <wanted>``: a value edit met a value of another kind.
+TYPE_ERROR = "HASHSESSION_TYPE"
+#: ``HASHSESSION_SIZE <bytes>``: a value edit would make the value too large; nothing written.
+SIZE_ERROR = "HASHSESSION_SIZE"
+#: The stored value a value edit met is not JSON.
+JSON_ERROR = "HASHSESSION_JSON"
 CREATED_FIELD = "\x00c"
 TTL_FIELD = "\x00t"
 #: The owner's user id, as text (set by ``login``).
@@ -107,6 +117,82 @@ local function report(k, r)
 end
 """
 
+# Value edits (append, add, discard, set_in, delete_in) change one JSON value in place.
+# They work on its text and never decode it: cjson in Redis 6.2 prints numbers with 14
+# significant digits and turns [] into {}, so a decode/encode round trip would change what
+# the Python codec wrote. members() splits the text of an array or object into its
+# top-level members (items, or "key":value pairs), which are kept byte for byte; new ones
+# come encoded by the Python codec, and the result is joined in its compact form.
+_JSON = r"""
+local function trimmed(s, i, j)
+  i = string.find(s, '[^ \t\r\n]', i)
+  if not i or i > j then return '' end
+  local b = string.byte(s, j)
+  while b == 32 or b == 9 or b == 10 or b == 13 do
+    j = j - 1
+    b = string.byte(s, j)
+  end
+  return string.sub(s, i, j)
+end
+-- The members of s if it is an array (open '[') or an object (open '{'); else nil and the
+-- first character of s ('bad' when s is not JSON).
+local function members(s, open)
+  local i = string.find(s, '[^ \t\r\n]')
+  if not i then return nil, 'bad' end
+  local first = string.sub(s, i, i)
+  if first ~= open then return nil, first end
+  local out, depth, start, j = {}, 0, i + 1, i + 1
+  while true do
+    local p = string.find(s, '[%[%]{},"]', j)
+    if not p then return nil, 'bad' end
+    local c = string.byte(s, p)
+    j = p + 1
+    if c == 34 then  -- a string: skip to its closing quote
+      while true do
+        local e = string.find(s, '["\\]', j)
+        if not e then return nil, 'bad' end
+        if string.byte(s, e) == 92 then j = e + 2 else j = e + 1 break end
+      end
+    elseif c == 91 or c == 123 then
+      depth = depth + 1
+    elseif c == 93 or c == 125 then
+      if depth == 0 then
+        local m = trimmed(s, start, p - 1)
+        if m ~= '' then out[#out + 1] = m elseif #out > 0 then return nil, 'bad' end
+        if string.find(s, '[^ \t\r\n]', j) then return nil, 'bad' end
+        return out
+      end
+      depth = depth - 1
+    elseif depth == 0 then  -- a comma between members
+      local m = trimmed(s, start, p - 1)
+      if m == '' then return nil, 'bad' end
+      out[#out + 1] = m
+      start = j
+    end
+  end
+end
+local kinds = {['['] = 'list', ['{'] = 'dict', ['"'] = 'str', t = 'bool', f = 'bool', n = 'null'}
+local function wrong(first, wanted)
+  if first == 'bad' then return {err = 'HASHSESSION_JSON'} end
+  return {err = 'HASHSESSION_TYPE ' .. (kinds[first] or 'number') .. ' ' .. wanted}
+end
+-- Store members joined as an array or object, unless that is over size bytes.
+local function put(k, f, open, close, list, size, r)
+  local text = open .. table.concat(list, ',') .. close
+  if #text > size then return {err = 'HASHSESSION_SIZE ' .. #text} end
+  redis.call('HSET', k, f, text)
+  return r
+end
+-- The members of field f (nil if absent), or false and the error for another kind of value.
+local function value_of(k, f, open, wanted)
+  local cur = redis.call('HGET', k, f)
+  if not cur then return nil end
+  local list, first = members(cur, open)
+  if not list then return false, wrong(first, wanted) end
+  return list
+end
+"""
+
 # Each operation is a Lua function of the key and the ARGV index its arguments
 # start at. Writes answer false when the session key is gone.
 _OPS: dict[str, str] = {
@@ -161,6 +247,95 @@ end""",
   end
   redis.call('HSET', k, f, cur .. '\n' .. item)
   return 1
+end""",
+    # limit, size, field, max_len (0: none), items... -> the list's new length
+    "append": r"""function(k, a)
+  local n = redis.call('HLEN', k)
+  if n == 0 then return false end
+  local f, cap = ARGV[a + 2], tonumber(ARGV[a + 3])
+  local list, bad = value_of(k, f, '[', 'list')
+  if bad then return bad end
+  if not list then
+    local full = over(k, n, tonumber(ARGV[a]), {f})
+    if full then return full end
+    list = {}
+  end
+  for j = a + 4, #ARGV do list[#list + 1] = ARGV[j] end
+  if cap > 0 and #list > cap then  -- keep the newest cap items
+    local kept = {}
+    for j = #list - cap + 1, #list do kept[#kept + 1] = list[j] end
+    list = kept
+  end
+  return put(k, f, '[', ']', list, tonumber(ARGV[a + 1]), #list)
+end""",
+    # limit, size, field, item -> 1 if appended, 0 if an equal item (same text) is there
+    "add": r"""function(k, a)
+  local n = redis.call('HLEN', k)
+  if n == 0 then return false end
+  local f, item = ARGV[a + 2], ARGV[a + 3]
+  local list, bad = value_of(k, f, '[', 'list')
+  if bad then return bad end
+  if list then
+    for _, m in ipairs(list) do
+      if m == item then return 0 end
+    end
+  else
+    local full = over(k, n, tonumber(ARGV[a]), {f})
+    if full then return full end
+    list = {}
+  end
+  list[#list + 1] = item
+  return put(k, f, '[', ']', list, tonumber(ARGV[a + 1]), 1)
+end""",
+    # field, item -> 1 if items of that text were removed (all of them), else 0
+    "discard": r"""function(k, a)
+  local f, item = ARGV[a], ARGV[a + 1]
+  local list, bad = value_of(k, f, '[', 'list')
+  if bad then return bad end
+  if not list then return 0 end
+  local kept = {}
+  for _, m in ipairs(list) do
+    if m ~= item then kept[#kept + 1] = m end
+  end
+  if #kept == #list then return 0 end
+  return put(k, f, '[', ']', kept, math.huge, 1)
+end""",
+    # limit, size, field, sub-key (as JSON text), value -> 1
+    "set_in": r"""function(k, a)
+  local n = redis.call('HLEN', k)
+  if n == 0 then return false end
+  local f, sub = ARGV[a + 2], ARGV[a + 3]
+  local pair = sub .. ':' .. ARGV[a + 4]
+  local obj, bad = value_of(k, f, '{', 'dict')
+  if bad then return bad end
+  if not obj then
+    local full = over(k, n, tonumber(ARGV[a]), {f})
+    if full then return full end
+    obj = {}
+  end
+  local at = #obj + 1
+  for i, m in ipairs(obj) do
+    if string.sub(m, 1, #sub) == sub and string.find(m, '^[ \t\r\n]*:', #sub + 1) then
+      at = i
+      break
+    end
+  end
+  obj[at] = pair
+  return put(k, f, '{', '}', obj, tonumber(ARGV[a + 1]), 1)
+end""",
+    # field, sub-key (as JSON text) -> 1 if it was there and is removed, else 0
+    "delete_in": r"""function(k, a)
+  local f, sub = ARGV[a], ARGV[a + 1]
+  local obj, bad = value_of(k, f, '{', 'dict')
+  if bad then return bad end
+  if not obj then return 0 end
+  for i, m in ipairs(obj) do
+    if string.sub(m, 1, #sub) == sub and string.find(m, '^[ \t\r\n]*:', #sub + 1) then
+      table.remove(obj, i)
+      return put(k, f, '{', '}', obj, math.huge, 1)
+    end
+  end
+  return 0
 end""",
     # field -> the value it had, or false
     "pop": r"""function(k, a)
@@ -255,8 +430,13 @@ def _script(name: str, source: str) -> Script:
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
+#: The operations that edit one JSON value in place (they need the ``_JSON`` helpers).
+VALUE_OPS = ("append", "add", "discard", "set_in", "delete_in")
+
+
 def _live(name: str) -> Script:
-    return _script(name, f"{_HELPERS}\nlocal op = {_OPS[name]}\nreturn op(KEYS[1], 1)\n")
+    helpers = _HELPERS + _JSON if name in VALUE_OPS else _HELPERS
+    return _script(name, f"{helpers}\nlocal op = {_OPS[name]}\nreturn op(KEYS[1], 1)\n")
 
 
 def _live_reporting(name: str) -> Script:
@@ -278,6 +458,7 @@ LIVE: dict[str, Script] = {
         "len",
         "clear",
         "cas",
+        *VALUE_OPS,
     )
 }
 LIVE["touch"] = _live_reporting("touch")
@@ -289,6 +470,7 @@ LIVE["rename"] = _live_reporting("rename")
 OPEN = _script(
     "open",
     _HELPERS
+    + _JSON
     + "local ops = {\n"
     + ",\n".join(f"  [{name!r}] = {body}" for name, body in _OPS.items())
     + "\n}\n"
