@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from hashsession import ids
-from hashsession.codecs import Codec, JSONCodec, resolve_codec
+from hashsession.codecs import Codec, resolve_codec
 from hashsession.cookies import CookiePolicy, Signer
 from hashsession.errors import ConfigurationError
 
@@ -152,10 +152,12 @@ class SessionConfig:
             wait_timeout_ms=round(wait_timeout * 1000),
         )
 
-    @property
-    def server_edits(self) -> bool:
-        """Whether values are JSON from the built-in codec, so Lua can edit them in place."""
-        return type(self.codec) is JSONCodec
+    def in_place(self, kind: str) -> bool:
+        """Whether the codec lets the value edits change a ``kind`` value on the server.
+
+        See :mod:`hashsession.codecs`: ``"list"`` or ``"dict"`` in the codec's ``in_place``.
+        """
+        return kind in getattr(self.codec, "in_place", ())
 
     # ids, keys and cookies -------------------------------------------------
 

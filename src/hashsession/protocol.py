@@ -513,17 +513,18 @@ class SessionCore:
         return self._write(("EVALSHA", _PUSH, 1, self._key, *args), "push", args, _same)
 
     # ------------------------------------------------------------ value edits
-    # Each edits one stored list or dict in place. With the built-in JSON codec that is one
-    # Lua script (see scripts.VALUE_OPS), atomic and one round trip; with another codec it
-    # is an optimistic read and compare-and-set, like apply(). Items are compared by their
-    # encoding, dict keys by their text.
+    # Each edits one stored list or dict in place. When the codec allows it for that kind
+    # (see hashsession.codecs: the built-in JSON codec does for both) that is one Lua script
+    # (see scripts.VALUE_OPS), atomic and one round trip; otherwise an optimistic read and
+    # compare-and-set, like apply(). Items are compared by their encoding, dict keys by
+    # their text.
 
     def edit_append(self, key: object, items: Iterable[Any], max_len: int | None) -> ValueEdit:
         """Append ``items`` to the list under ``key`` (created if missing), keeping the newest
         ``max_len``; the result is the list's new length."""
         field = self.field(key)
         cap = _max_len(max_len)
-        if not self.config.server_edits:
+        if not self.config.in_place("list"):
             values = list(items)
 
             def edit(current: Any) -> tuple[Any, Any]:
@@ -548,7 +549,7 @@ class SessionCore:
         the same encoding is in it; the result is whether it was added."""
         field = self.field(key)
         raw = self.encode(field, item)
-        if not self.config.server_edits:
+        if not self.config.in_place("list"):
 
             def edit(current: Any) -> tuple[Any, Any]:
                 if current is MISSING:
@@ -569,7 +570,7 @@ class SessionCore:
         result is whether any was there."""
         field = self.field(key)
         raw = self.encode(field, item)
-        if not self.config.server_edits:
+        if not self.config.in_place("list"):
 
             def edit(current: Any) -> tuple[Any, Any]:
                 if current is MISSING:
@@ -589,7 +590,7 @@ class SessionCore:
         field = self.field(key)
         _check_sub(sub)
         raw = self.encode(field, value)
-        if not self.config.server_edits:
+        if not self.config.in_place("dict"):
 
             def edit(current: Any) -> tuple[Any, Any]:
                 out = {} if current is MISSING else dict(current)
@@ -609,7 +610,7 @@ class SessionCore:
         """Remove ``sub`` from the dict under ``key``; the result is whether it was there."""
         field = self.field(key)
         _check_sub(sub)
-        if not self.config.server_edits:
+        if not self.config.in_place("dict"):
 
             def edit(current: Any) -> tuple[Any, Any]:
                 if current is MISSING or sub not in current:
@@ -868,10 +869,10 @@ class SessionCore:
 class ValueEdit(NamedTuple):
     """One in-place edit of a stored value, as a session runs it.
 
-    With the built-in JSON codec ``plan`` is its atomic step (one Lua script, one round
-    trip) and ``change`` is ``None``. With any other codec ``plan`` is ``None`` and the
-    session runs ``change`` in an optimistic loop: ``change(stored bytes or None)`` is the
-    new bytes (``None``: nothing to write) and the edit's result.
+    When the codec lets it (the built-in JSON codec does), ``plan`` is its atomic step
+    (one Lua script, one round trip) and ``change`` is ``None``. Otherwise ``plan`` is
+    ``None`` and the session runs ``change`` in an optimistic loop: ``change(stored bytes
+    or None)`` is the new bytes (``None``: nothing to write) and the edit's result.
     """
 
     field: str
