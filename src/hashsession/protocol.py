@@ -884,7 +884,7 @@ class Retries:
     """The budget of one optimistic write (``edit()``, ``apply()``): when to try again.
 
     A write that lost its race is tried again after a random wait that grows with each
-    loss (full jitter, doubling from 2 ms up to 50 ms), so racing writers spread out
+    loss (full jitter, its bound doubling from 5 ms up to 100 ms), so racing writers spread out
     instead of colliding again in step. :meth:`wait` raises :class:`ConflictError` once
     ``edit_timeout`` seconds have passed since the first try, or once ``edit_retries``
     tries were made when that cap is set.
@@ -893,8 +893,8 @@ class Retries:
     __slots__ = ("_cap", "_start", "_timeout", "tries")
 
     #: The longest first wait, in seconds; it doubles with each loss up to :attr:`LONGEST`.
-    FIRST: Final = 0.002
-    LONGEST: Final = 0.05
+    FIRST: Final = 0.005
+    LONGEST: Final = 0.1
 
     def __init__(self, config: SessionConfig) -> None:
         self._timeout = config.edit_timeout
