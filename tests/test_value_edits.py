@@ -635,3 +635,82 @@ def test_other_codecs_fall_back_to_an_optimistic_write(
 
         run_threads([editor(t) for t in range(8)])  # optimistic, with the time budget
         assert len(store.open(cookie)["log"]) == 8 * 15
+
+
+# --------------------------------------------------------------------------- against Python
+
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is a dev-only extra
+    st = None
+
+if st is not None:
+    _text = st.text(
+        st.characters(blacklist_categories=("Cs",)) | st.sampled_from('",]}[{\\: \n'),
+        max_size=6,
+    )
+    _scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**70), 2**70)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | _text
+    )
+    _values = st.recursive(
+        _scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+        max_leaves=6,
+    )
+    _small = st.sampled_from([0, 1, "1", "a", "", [1], {"a": 1}, True, None, 1.0])
+    _items = _small | _values
+    _subs = st.sampled_from(["a", "b", "", 'q"', "é"]) | _text
+    _max_len = st.none() | st.integers(1, 4)
+    _ops = st.lists(
+        st.one_of(
+            st.tuples(st.just("append"), st.tuples(st.just("l"), _items), _max_len),
+            st.tuples(
+                st.just("extend"), st.tuples(st.just("l"), st.lists(_items, max_size=3)), _max_len
+            ),
+            st.tuples(st.just("add"), st.tuples(st.just("l"), _items), st.none()),
+            st.tuples(st.just("discard"), st.tuples(st.just("l"), _items), st.none()),
+            st.tuples(st.just("set_in"), st.tuples(st.just("d"), _subs, _values), st.none()),
+            st.tuples(st.just("delete_in"), st.tuples(st.just("d"), _subs), st.none()),
+        ),
+        max_size=8,
+    )
+
+    @pytest.mark.standalone_only
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        start_list=st.lists(_items, max_size=4),
+        start_dict=st.dictionaries(_subs, _values, max_size=3),
+        ops=_ops,
+    )
+    def test_scripts_agree_with_the_python_edits(
+        make_store: StoreFactory,
+        redis_client: redis.Redis,
+        start_list: list[Any],
+        start_dict: dict[str, Any],
+        ops: list[tuple[str, tuple[Any, ...], int | None]],
+    ) -> None:
+        """The Lua edits give what the optimistic Python ones give, byte for byte."""
+        server = make_store().open(None)
+        python = make_store(codec=FunctionCodec(loads=JSON.loads, dumps=JSON.dumps)).open(None)
+        for s in (server, python):
+            s.update(l=start_list, d=start_dict)
+        for name, args, max_len in ops:
+            kwargs = {} if max_len is None else {"max_len": max_len}
+            got = getattr(server, name)(*args, **kwargs)
+            want = getattr(python, name)(*args, **kwargs)
+            assert got == want, (name, args, max_len)
+        assert repr(server.to_dict()) == repr(python.to_dict())
+        for field in ("l", "d"):
+            raw = stored(redis_client, server, field)
+            assert raw == stored(redis_client, python, field)
+            assert raw is not None and raw == JSON.dumps(JSON.loads(raw)).encode()
