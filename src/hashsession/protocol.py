@@ -884,10 +884,10 @@ class Retries:
     """The budget of one optimistic write (``edit()``, ``apply()``): when to try again.
 
     A write that lost its race is tried again after a random wait that grows with each
-    loss (full jitter, its bound doubling from 5 ms up to 100 ms), so racing writers spread out
-    instead of colliding again in step. :meth:`wait` raises :class:`ConflictError` once
-    ``edit_timeout`` seconds have passed since the first try, or once ``edit_retries``
-    tries were made when that cap is set.
+    loss (full jitter, its bound doubling from 5 ms up to 100 ms), so racing writers
+    spread out instead of colliding again in step. :meth:`wait` raises
+    :class:`ConflictError` once ``edit_timeout`` seconds have passed since the first
+    try, or once ``edit_retries`` tries were made when that cap is set.
     """
 
     __slots__ = ("_cap", "_start", "_timeout", "tries")
