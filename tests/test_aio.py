@@ -513,6 +513,52 @@ async def test_edit_gives_up_with_conflict_error(
     assert await store.open(cookie_of(store, s)).get("c") == [-4]
 
 
+async def test_edit_waits_with_asyncio_sleep_until_edit_timeout(
+    make_store: StoreFactory, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(edit_timeout=0.3)
+    s = store.open(None)
+    await s.set("c", [0])
+    key = s.core.key
+    cookie = cookie_of(store, s)
+    tries = 0
+
+    def meddle(value: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        redis_client.hset(key, "c", f"[{-tries}]")  # a racing writer, every time
+        return [*value, 1]
+
+    def blocking_sleep(seconds: float) -> None:
+        raise AssertionError("the asyncio flavour must not block the event loop")
+
+    monkeypatch.setattr(time, "sleep", blocking_sleep)
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    async def edit() -> None:
+        try:
+            await store.open(cookie).apply("c", meddle, [])
+        finally:
+            done.set()
+
+    started = time.monotonic()
+    results = await asyncio.gather(edit(), ticker(), return_exceptions=True)
+    took = time.monotonic() - started
+    assert isinstance(results[0], ConflictError), results
+    assert "edit_timeout=0.3 s" in str(results[0])
+    assert 0.3 <= took < 3
+    assert tries > 5
+    assert ticks > tries  # the loop ran other tasks while the edit waited
+    assert await store.open(cookie).get("c") == [-tries]
+
+
 async def test_save_is_a_noop(store: AsyncSessionStore, existing: str) -> None:
     s = store.open(existing)
     await s.save()
@@ -1217,9 +1263,15 @@ async def test_concurrent_increments_are_exact(
     assert await busy_store.open(busy_existing).get("counter") == 200
 
 
-@pytest.mark.parametrize("retries", [None, 60], ids=["default-retries", "60-retries"])
-async def test_concurrent_edits_lose_nothing(make_store: StoreFactory, retries: int | None) -> None:
-    store = make_store() if retries is None else make_store(edit_retries=retries)
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"edit_retries": 3}, {"edit_timeout": 0.005}],
+    ids=["default", "3-tries", "5ms-budget"],
+)
+async def test_concurrent_edits_lose_nothing(
+    make_store: StoreFactory, settings: dict[str, Any]
+) -> None:
+    store = make_store(**settings)
     s = store.open(None)
     await s.set("a", 1)
     cookie = cookie_of(store, s)
@@ -1235,12 +1287,12 @@ async def test_concurrent_edits_lose_nothing(make_store: StoreFactory, retries: 
     assert sorted(stored) == [i for i in range(50) if i not in failed]
     assert all(isinstance(outcomes[i], ConflictError) for i in failed), outcomes
     assert len(failed) < 50
-    if retries is not None:  # with room to retry, 50 racing edits all get through
+    if not settings:  # the default time budget gets 50 racing edits through
         assert failed == [], f"{len(failed)} of 50 concurrent edits raised"
 
 
 async def test_concurrent_applies_lose_nothing(make_store: StoreFactory) -> None:
-    store = make_store(edit_retries=40)
+    store = make_store()
     s = store.open(None)
     await s.set("a", 1)
     cookie = cookie_of(store, s)

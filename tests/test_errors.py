@@ -315,6 +315,14 @@ def test_backend_error_on_a_wrong_type_key(
         ({"max_key_length": 0}, "max_key_length"),
         ({"max_value_size": 0}, "max_value_size"),
         ({"edit_retries": 0}, "edit_retries"),
+        ({"edit_retries": 2.5}, "edit_retries"),
+        ({"edit_timeout": 0}, "edit_timeout"),
+        ({"edit_timeout": -1}, "edit_timeout"),
+        ({"edit_timeout": float("nan")}, "edit_timeout"),
+        ({"edit_timeout": "5"}, "edit_timeout"),
+        ({"edit_timeout": True}, "edit_timeout"),
+        ({"edit_timeout": timedelta(0)}, "edit_timeout"),
+        ({"edit_timeout": 7200}, "edit_timeout"),
         ({"secret_keys": "single-string"}, "secret_keys"),
         ({"secret_keys": []}, "secret_keys"),
         ({"secret_keys": [""]}, "secret_keys"),
@@ -367,6 +375,7 @@ def test_good_settings_are_accepted(redis_url: str) -> None:
         adopt_unknown_ids=True,
         refresh_cookie=False,
         edit_retries=1,
+        edit_timeout=timedelta(milliseconds=1),
     )
     store.close()
 

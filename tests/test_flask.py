@@ -925,3 +925,73 @@ def test_200_concurrent_increments_all_land(app: Flask) -> None:
         run_at_once(200, work)
         assert statuses == [200] * 200
         assert fetch(base, "/get/n", cookie)[2] == b"200"
+
+
+# ------------------------------------------------------------------ value edits
+
+
+def add_edit_routes(app: Flask) -> None:
+    @app.get("/append/<value>")
+    def append(value: str) -> str:
+        return str(current_session().append("cart", (value, 1)))  # a tuple: tagged JSON
+
+    @app.get("/discard/<value>")
+    def discard(value: str) -> str:
+        return str(current_session().discard("cart", (value, 1)))
+
+    @app.get("/set_in/<sub>/<value>")
+    def set_in(sub: str, value: str) -> str:
+        current_session().set_in("prefs", sub, value)
+        return "ok"
+
+    @app.get("/edit/<value>")
+    def edit(value: str) -> str:
+        with current_session().edit("log", []) as log:
+            log.append(value)
+        return "ok"
+
+
+def test_list_edits_with_flasks_codec_are_one_round_trip(
+    make_app: AppFactory, make_store: Callable[..., SessionStore], counted: Any
+) -> None:
+    preload_scripts(counted.client)
+    store = make_store(redis=counted.client, secret_keys=[SECRET], codec=TaggedJSONCodec())
+    app = make_app(HASHSESSION_STORE=store)
+    add_edit_routes(app)
+    client = app.test_client()
+    with counted.expect(1):  # creates the session with the list
+        assert client.get("/append/a").data == b"1"
+    with counted.expect(1):
+        assert client.get("/append/b").data == b"2"
+    assert counted.commands == ["EVALSHA"]
+    with counted.expect(1):
+        assert client.get("/discard/a").data == b"True"
+    # Flask's tagged JSON may wrap a dict, so dict edits are an optimistic read and write
+    with counted.expect(2):
+        assert client.get("/set_in/theme/dark").data == b"ok"
+    value = cookie_value(client.get("/set/x/1"))
+    assert value is None  # the session exists already: no new cookie
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    data = store.open(f"session={cookie.value}").to_dict()
+    assert data == {"cart": [("b", 1)], "prefs": {"theme": "dark"}, "x": "1"}
+
+
+def test_sixteen_concurrent_requests_editing_one_list_all_succeed(app: Flask) -> None:
+    """Issue 13: concurrent edit() requests used to end in 500s (ConflictError)."""
+    add_edit_routes(app)
+    with serving(app) as base:
+        cookie = first_cookie(base, "/set/a/1")
+        statuses: list[int] = []
+
+        def work(i: int) -> None:
+            for j in range(10):
+                statuses.append(fetch(base, f"/edit/{i}-{j}", cookie)[0])
+                statuses.append(fetch(base, f"/append/{i}-{j}", cookie)[0])
+
+        run_at_once(16, work)
+    assert statuses == [200] * 320
+    data = store_of(app).open(cookie).to_dict()
+    expected = sorted(f"{i}-{j}" for i in range(16) for j in range(10))
+    assert sorted(data["log"]) == expected
+    assert sorted(item for item, _ in data["cart"]) == expected

@@ -10,6 +10,7 @@ operation added to one flavour and not the other fails here.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -244,3 +245,57 @@ def test_async_open_returns_async_sessions(redis_url: str) -> None:
         assert isinstance(sync_store.open(None), Session)
     finally:
         sync_store.close()
+
+
+# --------------------------------------------------------------------------- value edits
+
+#: The in-place edits of a list or dict value, and a sequence of calls exercising them.
+VALUE_EDITS = ("append", "extend", "add", "discard", "set_in", "delete_in")
+VALUE_EDIT_CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+    ("append", ("l", 1), {}),
+    ("append", ("l", [2, "é"]), {}),
+    ("extend", ("l", [3, 4, 5]), {"max_len": 4}),
+    ("append", ("l", 6), {"max_len": 3}),
+    ("add", ("l", 6), {}),
+    ("add", ("l", 7), {}),
+    ("discard", ("l", 5), {}),
+    ("discard", ("l", 5), {}),
+    ("set_in", ("d", "a", {"x": 2**53}), {}),
+    ("set_in", ("d", "b", 0.1), {}),
+    ("delete_in", ("d", "a"), {}),
+    ("delete_in", ("d", "a"), {}),
+    ("discard", ("nothing", 1), {}),
+]
+
+
+def test_value_edits_are_in_both_flavours_with_the_same_arguments() -> None:
+    for name in VALUE_EDITS:
+        sync_op, async_op = getattr(Session, name), getattr(AsyncSession, name)
+        assert _params(sync_op) == _params(async_op), name
+        assert inspect.iscoroutinefunction(async_op), name
+        assert not inspect.iscoroutinefunction(sync_op), name
+
+
+@pytest.mark.parametrize("codec", ["json", "pickle"])
+def test_value_edits_give_the_same_results_in_both_flavours(redis_url: str, codec: str) -> None:
+    sync_store = SessionStore(redis=redis_url, codec=codec)
+    try:
+        s = sync_store.open(None)
+        sync_results = [getattr(s, name)(*args, **kw) for name, args, kw in VALUE_EDIT_CALLS]
+        sync_data = s.to_dict()
+    finally:
+        sync_store.close()
+
+    async def run() -> tuple[list[Any], dict[str, Any]]:
+        store = AsyncSessionStore(redis=redis_url, codec=codec)
+        try:
+            a = store.open(None)
+            results = [await getattr(a, name)(*args, **kw) for name, args, kw in VALUE_EDIT_CALLS]
+            return results, await a.to_dict()
+        finally:
+            await store.aclose()
+
+    async_results, async_data = asyncio.run(run())
+    assert sync_results == async_results
+    assert sync_results == [1, 2, 4, 3, False, True, True, False, None, None, True, False, False]
+    assert sync_data == async_data == {"l": [4, 6, 7], "d": {"b": 0.1}}

@@ -635,6 +635,8 @@ def test_include_coerces_string_settings(
         "hashsession.ttl": "300",
         "hashsession.codec": "pickle",
         "hashsession.max_keys": "5",
+        "hashsession.edit_retries": "7",
+        "hashsession.edit_timeout": "2.5",
         "hashsession.refresh_cookie": "false",
         "hashsession.cookie_name": "sid",
         "hashsession.cookie_path": "/",
@@ -661,6 +663,8 @@ def test_include_coerces_string_settings(
     factory = app.app.registry.queryUtility(ISessionFactory)
     assert factory.cookie_on_exception is False
     assert factory.store.config.max_keys == 5
+    assert factory.store.config.edit_retries == 7
+    assert factory.store.config.edit_timeout == 2.5
     assert factory.store.config.refresh_cookie is False
 
 
@@ -711,6 +715,8 @@ def _resolve(name: str) -> Any:
         ("hashsession.colour", "blue", "hashsession.colour"),
         ("hashsession.cookie_on_exception", "maybe", "hashsession.cookie_on_exception"),
         ("hashsession.ttl", "-5", "hashsession.ttl"),
+        ("hashsession.edit_timeout", "soon", "hashsession.edit_timeout"),
+        ("hashsession.edit_timeout", "0", "hashsession.edit_timeout"),
         ("hashsession.cookie_path", "app", "hashsession.cookie_path"),
         ("hashsession.key_layout", "flat", "hashsession.key_layout"),
         ("hashsession.id_factory", "no_such_module.make_id", "hashsession.id_factory"),

@@ -8,6 +8,7 @@ count.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,8 @@ import pytest
 import redis
 
 from hashsession import MISSING, ConflictError, Session, SessionStore
+from hashsession.config import SessionConfig
+from hashsession.protocol import Retries
 from hashsession.scripts import CREATE, CREATED_FIELD, LIVE, OPEN
 
 pytestmark = pytest.mark.all_topologies
@@ -445,6 +448,66 @@ def test_edit_gives_up_with_conflict_error(make_store: StoreFactory) -> None:
     assert info.value.key == "c"
     assert attempts == 3
     assert store.open(cookie)["c"] == [-3]
+
+
+@pytest.mark.parametrize("how", ["edit", "apply"])
+def test_a_losing_edit_retries_until_edit_timeout(
+    make_store: StoreFactory, redis_client: redis.Redis, how: str
+) -> None:
+    """With no edit_retries cap, only the time budget ends the retries."""
+    store = make_store(edit_timeout=0.3)
+    s = store.open(None)
+    s["c"] = [0]
+    cookie = cookie_of(store, s)
+    key = s.core.key
+    assert key is not None
+    tries = 0
+
+    def meddle(value: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        redis_client.hset(key, "c", f"[{-tries}]")  # a racing writer, every time
+        return [*value, 1]
+
+    class Meddler:
+        def __iter__(self) -> Iterator[int]:
+            meddle([])
+            yield 1
+
+    start = time.monotonic()
+    with pytest.raises(ConflictError) as info:
+        if how == "apply":
+            store.open(cookie).apply("c", meddle, [])
+        else:
+            with store.open(cookie).edit("c", []) as c:
+                c.extend(Meddler())
+    took = time.monotonic() - start
+    assert info.value.key == "c"
+    assert "edit_timeout=0.3 s" in str(info.value)
+    assert 0.3 <= took < 3
+    assert tries > 5  # many tries in the budget, not a fixed few
+    assert store.open(cookie)["c"] == [-tries]  # the losing edit wrote nothing
+
+
+def test_retry_waits_are_jittered_growing_and_bounded() -> None:
+    retries = Retries(SessionConfig.build(edit_timeout=60))
+    waits = [retries.wait("k") for _ in range(200)]
+    assert retries.tries == 201
+    assert all(0 <= w <= Retries.LONGEST for w in waits)
+    assert len(set(waits)) == 200  # random: racing editors do not retry in step
+    for n, w in enumerate(waits[:4]):
+        assert w <= Retries.FIRST * 2**n  # the bound doubles ...
+    assert max(waits[:2]) <= 2 * Retries.FIRST < max(waits[50:])  # ... up to LONGEST
+    capped = Retries(SessionConfig.build(edit_retries=3))
+    capped.wait("k")
+    capped.wait("k")
+    with pytest.raises(ConflictError, match=r"after 3 conflicting writes .*edit_retries=3"):
+        capped.wait("k")
+    short = Retries(SessionConfig.build(edit_timeout=0.02))
+    assert short.wait("k") <= 0.02  # never past the budget
+    time.sleep(0.03)
+    with pytest.raises(ConflictError, match=r"edit_timeout=0\.02 s"):
+        short.wait("k")
 
 
 def test_apply(store: SessionStore, existing: str) -> None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from hashsession.errors import ConfigurationError, ConflictError
+from hashsession.errors import ConfigurationError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
@@ -32,6 +32,7 @@ from hashsession.protocol import (
     SessionCore,
     SessionView,
     Step,
+    ValueEdit,
     dump_meta,
     load_meta,
     pairs_of,
@@ -308,6 +309,53 @@ class AsyncSession(SessionView):
             await self._run(core.plan_cas, None, core.raw_items(expected), core.raw_items(changes))
         )
 
+    # ---------------------------------------------------------- value edits
+
+    async def append(self, key: str, item: Any, *, max_len: int | None = None) -> int:
+        """Append ``item`` to the list under ``key``, atomically; as :meth:`Session.append`."""
+        return int(await self._edit_value(self._core.edit_append(key, (item,), max_len)))
+
+    async def extend(self, key: str, items: Iterable[Any], *, max_len: int | None = None) -> int:
+        """Append every item of ``items`` at once; as :meth:`Session.extend`."""
+        return int(await self._edit_value(self._core.edit_append(key, items, max_len)))
+
+    async def add(self, key: str, item: Any) -> bool:
+        """Append ``item`` unless it is in the list; as :meth:`Session.add`."""
+        return bool(await self._edit_value(self._core.edit_add(key, item)))
+
+    async def discard(self, key: str, item: Any) -> bool:
+        """Remove ``item`` from the list; as :meth:`Session.discard`."""
+        return bool(await self._edit_value(self._core.edit_discard(key, item)))
+
+    async def set_in(self, key: str, sub: str, value: Any) -> None:
+        """Set ``sub`` in the dict under ``key``; as :meth:`Session.set_in`."""
+        await self._edit_value(self._core.edit_set_in(key, sub, value))
+
+    async def delete_in(self, key: str, sub: str) -> bool:
+        """Remove ``sub`` from the dict under ``key``; as :meth:`Session.delete_in`."""
+        return bool(await self._edit_value(self._core.edit_delete_in(key, sub)))
+
+    async def _edit_value(self, edit: ValueEdit) -> Any:
+        if edit.plan is not None:
+            return await self._run(edit.plan, edit.field)
+        assert edit.change is not None
+        return await self._optimistic(edit.field, edit.change)
+
+    async def _optimistic(self, field: str, change: Callable[[bytes | None], Any]) -> Any:
+        """As :meth:`Session._optimistic`, waiting with ``asyncio.sleep``."""
+        core = self._core
+        retries = core.retries()
+        while True:
+            raw = await self._run(core.plan_get, field, field)
+            new_raw, result = change(raw)
+            if new_raw is None or await self._run(
+                core.plan_cas, field, [(field, raw)], [(field, new_raw)]
+            ):
+                return result
+            await asyncio.sleep(retries.wait(field))
+
+    # ----------------------------------------------------- optimistic edits
+
     @asynccontextmanager
     async def edit(self, key: str, default: Any = None) -> AsyncIterator[Any]:
         """``async with session.edit("cart", []) as cart:``, as :meth:`Session.edit`."""
@@ -316,29 +364,25 @@ class AsyncSession(SessionView):
         raw = await self._run(core.plan_get, field, field)
         recorder = Recorder(core.initial_value(field, raw, default))
         yield recorder
-        for attempt in range(core.config.edit_retries):
+        retries = core.retries()
+        while True:
             new_raw = core.encode(field, recorder.target)
             if await self._run(core.plan_cas, field, [(field, raw)], [(field, new_raw)]):
                 return
-            await asyncio.sleep(core.backoff(attempt))
+            await asyncio.sleep(retries.wait(key))
             raw = await self._run(core.plan_get, field, field)
             recorder = recorder.replay_on(core.initial_value(field, raw, default))
-        raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
 
     async def apply(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
         """Set ``key`` to ``fn(current value)`` atomically, rerunning ``fn`` on conflict."""
         core = self._core
         field = core.field(key)
-        for attempt in range(core.config.edit_retries):
-            if attempt:
-                await asyncio.sleep(core.backoff(attempt))
-            raw = await self._run(core.plan_get, field, field)
+
+        def change(raw: bytes | None) -> tuple[bytes, Any]:
             new = fn(core.initial_value(field, raw, default))
-            if await self._run(
-                core.plan_cas, field, [(field, raw)], [(field, core.encode(field, new))]
-            ):
-                return new
-        raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
+            return core.encode(field, new), new
+
+        return await self._optimistic(field, change)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -4,6 +4,14 @@ A codec is anything with ``dumps(value) -> str | bytes`` and ``loads(bytes) ->
 value``. JSON is the default; pickle only when asked for by name, because
 unpickling data an attacker could write runs code. Both store ``int`` and
 ``float`` as decimal text, so ``HINCRBY`` and ``HINCRBYFLOAT`` work on them.
+
+A codec may also say, in ``in_place``, which kinds of value the session's
+value edits (``append``, ``add``, ``set_in``...) may change on the server
+without decoding them: ``"list"`` when it encodes a list as the compact JSON
+array of its own encodings of the items (``[item,item]``), ``"dict"`` when it
+encodes a dict as the compact JSON object of its encodings of the keys and
+values (``{"key":value}``). Edits of other kinds, or with a codec that does
+not say, are optimistic compare-and-set writes instead.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ class JSONCodec:
     """
 
     name = "json"
+    #: Lists and dicts are plain compact JSON: value edits change them on the server.
+    in_place: frozenset[str] = frozenset({"list", "dict"})
 
     def __init__(self) -> None:
         encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)

@@ -62,8 +62,11 @@ class SessionConfig:
     adopt_unknown_ids: bool
     id_factory: Callable[[], str] | None
     refresh_cookie: bool
-    edit_retries: int
+    #: A cap on the tries of an optimistic ``edit()``/``apply()``; ``None``: only the time budget.
+    edit_retries: int | None
     max_sessions_per_user: int | None = None
+    #: Seconds an optimistic ``edit()``/``apply()`` keeps retrying before ``ConflictError``.
+    edit_timeout: float = 5.0
     #: Replicas that must confirm a critical write (``WAIT``), and how long to wait, in ms.
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
@@ -89,7 +92,8 @@ class SessionConfig:
         adopt_unknown_ids: bool = False,
         id_factory: Callable[[], str] | None = None,
         refresh_cookie: bool = True,
-        edit_retries: int = 10,
+        edit_retries: int | None = None,
+        edit_timeout: float | timedelta = 5.0,
         max_sessions_per_user: int | None = None,
         wait_for_replicas: int = 0,
         wait_timeout: float | timedelta = 1.0,
@@ -113,7 +117,7 @@ class SessionConfig:
             ("max_key_length", max_key_length, 1),
             ("max_value_size", max_value_size, 1),
             ("max_keys", max_keys, 1),
-            ("edit_retries", edit_retries, 1),
+            ("edit_retries", 1 if edit_retries is None else edit_retries, 1),
             ("wait_for_replicas", wait_for_replicas, 0),
             (
                 "max_sessions_per_user",
@@ -139,6 +143,12 @@ class SessionConfig:
             )
         if not 0 <= connection_wait_timeout <= 3600:
             raise ConfigurationError("connection_wait_timeout", "must be from 0 to 3600 seconds")
+        if isinstance(edit_timeout, timedelta):
+            edit_timeout = edit_timeout.total_seconds()
+        if isinstance(edit_timeout, bool) or not isinstance(edit_timeout, (int, float)):
+            raise ConfigurationError("edit_timeout", f"must be seconds, not {edit_timeout!r}")
+        if not 0 < edit_timeout <= 3600:
+            raise ConfigurationError("edit_timeout", "must be more than 0 and at most 3600 seconds")
         if max_keys > 3000:
             raise ConfigurationError("max_keys", "must be at most 3000 (one Lua call's arguments)")
         if key_layout not in ("digest", "raw"):
@@ -162,11 +172,19 @@ class SessionConfig:
             id_factory=id_factory,
             refresh_cookie=bool(refresh_cookie),
             edit_retries=edit_retries,
+            edit_timeout=float(edit_timeout),
             max_sessions_per_user=max_sessions_per_user,
             wait_replicas=wait_for_replicas,
             wait_timeout_ms=round(wait_timeout * 1000),
             connection_wait=float(connection_wait_timeout),
         )
+
+    def in_place(self, kind: str) -> bool:
+        """Whether the codec lets the value edits change a ``kind`` value on the server.
+
+        See :mod:`hashsession.codecs`: ``"list"`` or ``"dict"`` in the codec's ``in_place``.
+        """
+        return kind in getattr(self.codec, "in_place", ())
 
     # ids, keys and cookies -------------------------------------------------
 

@@ -14,7 +14,7 @@
      ├── ValueTypeError (TypeError)        an increment met a value that is not a number
      ├── LimitExceededError (ValueError)   a value, key or key count is over its limit, or a
      │                                     number outside what Redis can count with
-     └── ConflictError                     an optimistic edit kept losing races
+     └── ConflictError                     an optimistic edit kept losing races until edit_timeout
 
 Errors about one session key carry it as ``.key``; ``ConfigurationError`` has ``.setting``.
 Errors about an adapter's metadata (``meta_get`` and friends) carry its name as ``.key``
@@ -122,4 +122,5 @@ class LimitExceededError(_KeyedError, ValueError):
 
 
 class ConflictError(_KeyedError):
-    """An optimistic edit of ``key`` lost the race more times than allowed."""
+    """An optimistic edit of ``key`` kept losing its race until ``edit_timeout`` (or the
+    ``edit_retries`` cap) ran out; it wrote nothing."""

@@ -111,6 +111,10 @@ class TaggedJSONCodec:
     """
 
     name = "flask"
+    #: A list is the JSON array of its tagged items, so list edits (``append``, ``add``...)
+    #: run on the server; a dict may be wrapped (a one-key dict whose key is a tag), so dict
+    #: edits (``set_in``, ``delete_in``) are optimistic writes.
+    in_place: frozenset[str] = frozenset({"list"})
 
     def __init__(self) -> None:
         self._serializer = TaggedJSONSerializer()

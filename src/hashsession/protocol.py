@@ -44,13 +44,14 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from hashsession.config import SessionConfig
 from hashsession.errors import (
     BackendError,
+    ConflictError,
     DecodeError,
     EncodeError,
     HashSessionError,
@@ -64,6 +65,7 @@ from hashsession.scripts import (
     CREATED_FIELD,
     INDEX,
     INDEXED_FIELD,
+    JSON_ERROR,
     LIMIT_ERROR,
     LIVE,
     LOGIN,
@@ -72,7 +74,9 @@ from hashsession.scripts import (
     OPEN,
     OWNER_FIELD,
     SEEN_FIELD,
+    SIZE_ERROR,
     TTL_FIELD,
+    TYPE_ERROR,
 )
 
 log = logging.getLogger("hashsession")
@@ -87,9 +91,11 @@ __all__ = [
     "SET_SHA",
     "After",
     "Command",
+    "Retries",
     "SessionCore",
     "SessionView",
     "Step",
+    "ValueEdit",
     "dump_meta",
     "index_command",
     "index_put",
@@ -427,14 +433,9 @@ class SessionCore:
             )
         return out
 
-    @staticmethod
-    def backoff(attempt: int) -> float:
-        """Seconds to wait before retry ``attempt`` of a lost optimistic write.
-
-        Random and growing (up to 50 ms), so racing writers spread out instead of
-        colliding again in lockstep.
-        """
-        return random.uniform(0, min(0.05, 0.002 * 2**attempt))
+    def retries(self) -> Retries:
+        """The budget of one optimistic write starting now (``edit()``, ``apply()``)."""
+        return Retries(self.config)
 
     def initial_value(self, field: str, raw: bytes | None, default: Any) -> Any:
         """The value an edit starts from: the stored one, or a private copy of ``default``."""
@@ -459,6 +460,17 @@ class SessionCore:
                 return LimitExceededError(
                     over, f"the session would hold more than {self.config.max_keys} keys"
                 )
+            if message.startswith(TYPE_ERROR):
+                found, _, wanted = message[len(TYPE_ERROR) + 1 :].partition(" ")
+                return ValueTypeError(key, f"holds a {found}, not a {wanted}")
+            if message.startswith(SIZE_ERROR):
+                size = message[len(SIZE_ERROR) + 1 :]
+                return LimitExceededError(
+                    key,
+                    f"value of {size} bytes would be over the {self.config.max_value_bytes} limit",
+                )
+            if message.startswith(JSON_ERROR):
+                return DecodeError(key, "the stored value is not JSON")
             if "would overflow" in message:  # HINCRBY past signed 64 bits
                 return LimitExceededError(
                     key, "the increment would overflow Redis' signed 64-bit integers"
@@ -696,6 +708,162 @@ class SessionCore:
             return self._plan_create([(field, item)], 1)
         args = (field, item, "1" if unique else "0")
         return self._write(("EVALSHA", _PUSH, 1, self._key, *args), "push", args, _same)
+
+    # ------------------------------------------------------------ value edits
+    # Each edits one stored list or dict in place. When the codec allows it for that kind
+    # (see hashsession.codecs: the built-in JSON codec does for both) that is one Lua script
+    # (see scripts.VALUE_OPS), atomic and one round trip; otherwise an optimistic read and
+    # compare-and-set, like apply(). Items are compared by their encoding, dict keys by
+    # their text.
+
+    def edit_append(self, key: object, items: Iterable[Any], max_len: int | None) -> ValueEdit:
+        """Append ``items`` to the list under ``key`` (created if missing), keeping the newest
+        ``max_len``; the result is the list's new length."""
+        field = self.field(key)
+        cap = _max_len(max_len)
+        if not self.config.in_place("list"):
+            values = list(items)
+
+            def edit(current: Any) -> tuple[Any, Any]:
+                out = [] if current is MISSING else list(current)
+                out += values
+                if cap and len(out) > cap:
+                    out = out[-cap:]
+                return out, len(out)
+
+            return self._local(field, list, edit)
+        raws = [self.encode(field, item) for item in items]
+        kept = raws[-cap:] if cap else raws
+        created = b"[" + b",".join(kept) + b"]"
+
+        def plan() -> Step:
+            return self._value_step("append", field, (cap, *raws), created, len(kept), int)
+
+        return ValueEdit(field, plan, None)
+
+    def edit_add(self, key: object, item: Any) -> ValueEdit:
+        """Append ``item`` to the list under ``key`` (created if missing) unless an item with
+        the same encoding is in it; the result is whether it was added."""
+        field = self.field(key)
+        raw = self.encode(field, item)
+        if not self.config.in_place("list"):
+
+            def edit(current: Any) -> tuple[Any, Any]:
+                if current is MISSING:
+                    return [item], True
+                if any(self.encode(field, x) == raw for x in current):
+                    return MISSING, False
+                return [*current, item], True
+
+            return self._local(field, list, edit)
+
+        def plan() -> Step:
+            return self._value_step("add", field, (raw,), b"[" + raw + b"]", True, _truth)
+
+        return ValueEdit(field, plan, None)
+
+    def edit_discard(self, key: object, item: Any) -> ValueEdit:
+        """Remove every item with the encoding of ``item`` from the list under ``key``; the
+        result is whether any was there."""
+        field = self.field(key)
+        raw = self.encode(field, item)
+        if not self.config.in_place("list"):
+
+            def edit(current: Any) -> tuple[Any, Any]:
+                if current is MISSING:
+                    return MISSING, False
+                kept = [x for x in current if self.encode(field, x) != raw]
+                return (MISSING, False) if len(kept) == len(current) else (kept, True)
+
+            return self._local(field, list, edit)
+
+        def plan() -> Step:
+            return self._value_step("discard", field, (raw,), None, False, _truth)
+
+        return ValueEdit(field, plan, None)
+
+    def edit_set_in(self, key: object, sub: str, value: Any) -> ValueEdit:
+        """Set ``sub`` to ``value`` in the dict under ``key`` (created if missing)."""
+        field = self.field(key)
+        _check_sub(sub)
+        raw = self.encode(field, value)
+        if not self.config.in_place("dict"):
+
+            def edit(current: Any) -> tuple[Any, Any]:
+                out = {} if current is MISSING else dict(current)
+                out[sub] = value
+                return out, None
+
+            return self._local(field, dict, edit)
+        name = self.encode(field, sub)
+        created = b"{" + name + b":" + raw + b"}"
+
+        def plan() -> Step:
+            return self._value_step("set_in", field, (name, raw), created, None, _none)
+
+        return ValueEdit(field, plan, None)
+
+    def edit_delete_in(self, key: object, sub: str) -> ValueEdit:
+        """Remove ``sub`` from the dict under ``key``; the result is whether it was there."""
+        field = self.field(key)
+        _check_sub(sub)
+        if not self.config.in_place("dict"):
+
+            def edit(current: Any) -> tuple[Any, Any]:
+                if current is MISSING or sub not in current:
+                    return MISSING, False
+                out = dict(current)
+                del out[sub]
+                return out, True
+
+            return self._local(field, dict, edit)
+        name = self.encode(field, sub)
+
+        def plan() -> Step:
+            return self._value_step("delete_in", field, (name,), None, False, _truth)
+
+        return ValueEdit(field, plan, None)
+
+    def _value_step(
+        self,
+        op: str,
+        field: str,
+        args: tuple[Any, ...],
+        created: bytes | None,
+        result: Any,
+        finish: Callable[[Any], Any],
+    ) -> Step:
+        """The script ``op`` on ``field``. ``created`` is the value a new session starts
+        with (``None``: the edit cannot create one, and needs no round trip) and ``result``
+        what that first write returns."""
+        self.accessed = self.modified = True
+        c = self.config
+        if self._state is State.NEW:
+            if created is None:
+                return None, None, result
+            if len(created) > c.max_value_bytes:
+                raise LimitExceededError(
+                    field, f"value of {len(created)} bytes is over the {c.max_value_bytes} limit"
+                )
+            return self._plan_create([(field, created)], result)
+        if created is not None:  # a write that may add the field checks both limits
+            args = (c.max_keys, c.max_value_bytes, field, *args)
+        else:
+            args = (field, *args)
+        return self._write(("EVALSHA", LIVE[op].sha, 1, self._key, *args), op, args, finish)
+
+    def _local(self, field: str, kind: type, edit: Callable[[Any], tuple[Any, Any]]) -> ValueEdit:
+        """A value edit for a codec Lua cannot read: ``edit(current value or MISSING)``
+        gives the new value (``MISSING``: no write) and the result."""
+
+        def change(raw: bytes | None) -> tuple[bytes | None, Any]:
+            current = MISSING if raw is None else self.decode(field, raw)
+            if current is not MISSING and not isinstance(current, kind):
+                raise ValueTypeError(field, f"holds a {_kind(current)}, not a {kind.__name__}")
+            new, result = edit(current)
+            return (None if new is MISSING else self.encode(field, new)), result
+
+        return ValueEdit(field, None, change)
 
     def plan_pop(self, field: str) -> Step:
         """Read and delete ``field`` atomically; its raw value or ``None``."""
@@ -1006,6 +1174,88 @@ class SessionCore:
         if self.accessed:
             headers.append(("Vary", "Cookie"))
         return headers
+
+
+class ValueEdit(NamedTuple):
+    """One in-place edit of a stored value, as a session runs it.
+
+    When the codec lets it (the built-in JSON codec does), ``plan`` is its atomic step
+    (one Lua script, one round trip) and ``change`` is ``None``. Otherwise ``plan`` is
+    ``None`` and the session runs ``change`` in an optimistic loop: ``change(stored bytes
+    or None)`` is the new bytes (``None``: nothing to write) and the edit's result.
+    """
+
+    field: str
+    plan: Callable[[], Step] | None
+    change: Callable[[bytes | None], tuple[bytes | None, Any]] | None
+
+
+class Retries:
+    """The budget of one optimistic write (``edit()``, ``apply()``): when to try again.
+
+    A write that lost its race is tried again after a random wait that grows with each
+    loss (full jitter, its bound doubling from 5 ms up to 100 ms), so racing writers
+    spread out instead of colliding again in step. :meth:`wait` raises
+    :class:`ConflictError` once ``edit_timeout`` seconds have passed since the first
+    try, or once ``edit_retries`` tries were made when that cap is set.
+    """
+
+    __slots__ = ("_cap", "_start", "_timeout", "tries")
+
+    #: The longest first wait, in seconds; it doubles with each loss up to :attr:`LONGEST`.
+    FIRST: Final = 0.005
+    LONGEST: Final = 0.1
+
+    def __init__(self, config: SessionConfig) -> None:
+        self._timeout = config.edit_timeout
+        self._cap = config.edit_retries
+        self._start = time.monotonic()
+        #: Tries made so far (the first one included).
+        self.tries = 1
+
+    def wait(self, key: str) -> float:
+        """Seconds to wait before the next try, now that the last one lost its race."""
+        elapsed = time.monotonic() - self._start
+        left = self._timeout - elapsed
+        capped = self._cap is not None and self.tries >= self._cap
+        if capped or left <= 0:
+            why = f"edit_retries={self._cap}" if capped else f"edit_timeout={self._timeout:g} s"
+            raise ConflictError(
+                key, f"gave up after {self.tries} conflicting writes in {elapsed:.3f} s ({why})"
+            )
+        longest = min(self.LONGEST, self.FIRST * 2 ** min(self.tries - 1, 16))
+        self.tries += 1
+        return min(random.uniform(0, longest), left)
+
+
+def _max_len(max_len: int | None) -> int:
+    """``max_len`` checked: a positive int, or 0 for ``None`` (no bound)."""
+    if max_len is None:
+        return 0
+    if isinstance(max_len, bool) or not isinstance(max_len, int):
+        raise TypeError(f"max_len must be an int or None, not {type(max_len).__name__}")
+    if max_len < 1:
+        raise ValueError(f"max_len must be at least 1, not {max_len}")
+    return max_len
+
+
+def _check_sub(sub: object) -> None:
+    if not isinstance(sub, str):
+        raise TypeError(f"a sub-key must be a str (JSON object keys are), not {type(sub).__name__}")
+
+
+def _kind(value: Any) -> str:
+    """The word the scripts use for the kind of a decoded value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    for kind, word in ((list, "list"), (dict, "dict"), (str, "str")):
+        if isinstance(value, kind):
+            return word
+    return type(value).__name__
 
 
 def _none(reply: Any) -> None:

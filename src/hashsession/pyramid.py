@@ -326,6 +326,18 @@ def as_int(setting: str, value: Any) -> int:
     raise ConfigurationError(setting, f"must be a whole number, not {value!r}")
 
 
+def as_seconds(setting: str, value: Any) -> float:
+    """Seconds from a number or its decimal text (``2.5``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise ConfigurationError(setting, f"must be a number of seconds, not {value!r}")
+
+
 def blank(value: Any) -> bool:
     """Whether a setting is unset: ``None``, empty text, or the text ``None``."""
     return value is None or (isinstance(value, str) and value.strip() in ("", "None"))
@@ -346,7 +358,7 @@ _COOKIE_BOOLS = ("secure", "httponly", "host_prefix")
 _COOKIE_TEXTS = ("name", "path", "domain", "samesite")
 _OTHER = ("redis", "secret", "secret_keys", "codec", "id_factory", "prefix", "key_layout")
 _KNOWN = frozenset(
-    (*_STORE_INTS, *_STORE_BOOLS, *_OTHER, "edit_retries", "cookie_on_exception")
+    (*_STORE_INTS, *_STORE_BOOLS, *_OTHER, "edit_retries", "edit_timeout", "cookie_on_exception")
 ) | frozenset(f"cookie_{name}" for name in (*_COOKIE_INTS, *_COOKIE_BOOLS, *_COOKIE_TEXTS))
 
 
@@ -361,7 +373,8 @@ def store_from_settings(
     ``<prefix>redis`` (URL), ``secret`` (one key) or ``secret_keys`` (several,
     whitespace-separated, newest first), ``prefix``, ``ttl``, ``absolute_ttl``,
     ``codec`` (``json``, ``pickle`` or a dotted name), ``max_key_length``,
-    ``max_value_size``, ``max_keys``, ``edit_retries``, ``key_layout``,
+    ``max_value_size``, ``max_keys``, ``edit_retries``, ``edit_timeout`` (seconds),
+    ``key_layout``,
     ``adopt_unknown_ids``, ``refresh_cookie``, ``id_factory`` (dotted name) and
     ``cookie_<field>`` for each :class:`~hashsession.CookiePolicy` field. Text is
     coerced; an empty value, or ``None``, means the default (except
@@ -385,6 +398,8 @@ def store_from_settings(
         field = name[len("cookie_") :]
         if name in _STORE_INTS or name == "edit_retries":
             out[name] = as_int(setting, value)
+        elif name == "edit_timeout":
+            out[name] = as_seconds(setting, value)
         elif name in _STORE_BOOLS:
             out[name] = as_bool(setting, value)
         elif name == "secret":

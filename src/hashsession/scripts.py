@@ -26,6 +26,7 @@ __all__ = [
     "CREATE",
     "EVERY",
     "INDEX",
+    "JSON_ERROR",
     "LIMIT_ERROR",
     "LIVE",
     "LOGIN",
@@ -33,11 +34,20 @@ __all__ = [
     "LOGIN_NEW",
     "OPEN",
     "REVOKE",
+    "SIZE_ERROR",
+    "TYPE_ERROR",
+    "VALUE_OPS",
     "Script",
     "with_source",
 ]
 
 LIMIT_ERROR = "HASHSESSION_LIMIT"
+#: ``HASHSESSION_TYPE <found> <wanted>``: a value edit met a value of another kind.
+TYPE_ERROR = "HASHSESSION_TYPE"
+#: ``HASHSESSION_SIZE <bytes>``: a value edit would make the value too large; nothing written.
+SIZE_ERROR = "HASHSESSION_SIZE"
+#: The stored value a value edit met is not JSON.
+JSON_ERROR = "HASHSESSION_JSON"
 CREATED_FIELD = "\x00c"
 TTL_FIELD = "\x00t"
 #: The owner's user id, as text (set by ``login``).
@@ -160,6 +170,160 @@ local function expire(k, now)
 end
 """
 
+# Value edits (append, add, discard, set_in, delete_in) change one JSON value in place.
+# They work on its text and never decode it: cjson in Redis 6.2 prints numbers with 14
+# significant digits and turns [] into {}, so a decode/encode round trip would change what
+# the Python codec wrote (and building Lua tables is slow). An array's or object's text is
+# its "body" between the brackets; members (items, or "key":value pairs) are kept byte for
+# byte, new ones come encoded by the Python codec, and the result is joined in its compact
+# form. The common cases cost no Lua loop over the members: append counts them with C-level
+# gsub passes, and the others only split the body when the item's text occurs in it.
+_JSON = r"""
+local function trimmed(s, i, j)
+  i = string.find(s, '[^ \t\r\n]', i)
+  if not i or i > j then return '' end
+  local b = string.byte(s, j)
+  while b == 32 or b == 9 or b == 10 or b == 13 do
+    j = j - 1
+    b = string.byte(s, j)
+  end
+  return string.sub(s, i, j)
+end
+local kinds = {['['] = 'list', ['{'] = 'dict', ['"'] = 'str', t = 'bool', f = 'bool', n = 'null'}
+-- The body of field f if it holds an array (open '[') or an object (open '{'); nil if the
+-- field is absent; false and the error reply for any other value.
+local function body_of(k, f, open, close, wanted)
+  local s = redis.call('HGET', k, f)
+  if not s then return nil end
+  local i = string.find(s, '[^ \t\r\n]')
+  local first = i and string.sub(s, i, i)
+  if first ~= open then
+    if not first then return false, {err = 'HASHSESSION_JSON'} end
+    return false, {err = 'HASHSESSION_TYPE ' .. (kinds[first] or 'number') .. ' ' .. wanted}
+  end
+  local j = #s
+  while string.find(string.sub(s, j, j), '[ \t\r\n]') do j = j - 1 end
+  if string.sub(s, j, j) ~= close then return false, {err = 'HASHSESSION_JSON'} end
+  return trimmed(s, i + 1, j - 1)
+end
+-- Whether nested arrays and objects in body can be skipped by %b (no string in it holds a
+-- bracket or a brace).
+local function nestable(body)
+  if string.find(body, '\\', 1, true) then body = string.gsub(body, '\\.', '') end
+  local _, all = string.gsub(body, '[%[%]{}]', '')
+  if all == 0 then return true end
+  local _, outside = string.gsub(string.gsub(body, '"[^"]*"', ''), '[%[%]{}]', '')
+  return all == outside
+end
+-- The position of the first comma between members of body at or after j, or nil.
+local function comma(body, j, skip)
+  local depth = 0
+  while true do
+    local p = string.find(body, '[%[%]{},"]', j)
+    if not p then return nil end
+    local c = string.byte(body, p)
+    j = p + 1
+    if c == 34 then  -- a string: skip to its closing quote
+      repeat
+        local e = string.find(body, '["\\]', j)
+        if not e then return nil end
+        local quote = string.byte(body, e) == 34
+        j = e + (quote and 1 or 2)
+      until quote
+    elseif (c == 91 or c == 123) and skip and depth == 0 then
+      local _, e = string.find(body, c == 91 and '%b[]' or '%b{}', p)
+      if not e then return nil end
+      j = e + 1
+    elseif c == 91 or c == 123 then
+      depth = depth + 1
+    elseif c == 93 or c == 125 then
+      depth = depth - 1
+    elseif depth == 0 then
+      return p
+    end
+  end
+end
+-- The members of body.
+local function split(body)
+  local out, start, skip = {}, 1, nestable(body)
+  if body == '' then return out end
+  while true do
+    local p = comma(body, start, skip)
+    if not p then
+      out[#out + 1] = trimmed(body, start, #body)
+      return out
+    end
+    out[#out + 1] = trimmed(body, start, p - 1)
+    start = p + 1
+  end
+end
+-- body without its first d members.
+local function after(body, d)
+  local start = 1
+  for _ = 1, d do
+    local p = comma(body, start, false)
+    if not p then return '' end
+    start = p + 1
+  end
+  return trimmed(body, start, #body)
+end
+-- Whether plain searches tell body's members apart: no nested arrays or objects, no
+-- escapes, no whitespace around commas (a compact list of numbers, strings, true, false,
+-- null). Then f = ',' .. body .. ',' frames every member with commas.
+local function flat(body)
+  return not (string.find(body, '[%[{\\]') or string.find(body, '%s,') or string.find(body, ',%s'))
+end
+-- Where members equal to item start in f, a framed flat body (the first only, if once).
+local function hits(f, item, once)
+  local out, j, n, quotes, seen = {}, 1, #item, 0, 1
+  while true do
+    local p = string.find(f, item, j, true)
+    if not p then return out end
+    if string.byte(f, p - 1) == 44 and string.byte(f, p + n) == 44 then
+      local _, q = string.gsub(string.sub(f, seen, p - 1), '"', '')
+      quotes, seen = quotes + q, p
+      if quotes % 2 == 0 then  -- not inside a string
+        out[#out + 1] = p
+        if once then return out end
+      end
+    end
+    j = p + 1
+  end
+end
+-- How many members body has, from C-level passes: drop escapes, then strings, then
+-- nested arrays and objects, and count the commas left.
+local function count(body)
+  if body == '' then return 0 end
+  if string.find(body, '\\', 1, true) then body = string.gsub(body, '\\.', '') end
+  body = string.gsub(body, '"[^"]*"', '0')
+  body = string.gsub(body, '%b[]', '0')
+  body = string.gsub(body, '%b{}', '0')
+  local _, commas = string.gsub(body, ',', ',')
+  return commas + 1
+end
+-- Store open .. body .. close in field f, unless that is over size bytes; then reply r.
+local function put(k, f, open, body, close, size, r)
+  local text = open .. body .. close
+  if #text > size then return {err = 'HASHSESSION_SIZE ' .. #text} end
+  redis.call('HSET', k, f, text)
+  return r
+end
+local function joined(a, b)
+  if a == '' then return b end
+  if b == '' then return a end
+  return a .. ',' .. b
+end
+-- The index of the member of an object's members whose key is the JSON text sub, or nil.
+local function find_key(members, sub)
+  for i, m in ipairs(members) do
+    if string.sub(m, 1, #sub) == sub and string.find(m, '^[ \t\r\n]*:', #sub + 1) then
+      return i
+    end
+  end
+  return nil
+end
+"""
+
 # Each operation is a Lua function of the key and the ARGV index its arguments
 # start at. Writes answer false when the session key is gone.
 _OPS: dict[str, str] = {
@@ -220,6 +384,111 @@ end""",
   end
   redis.call('HSET', k, f, cur .. '\n' .. item)
   return 1
+end""",
+    # limit, size, field, max_len (0: none), items... -> the list's new length
+    "append": r"""function(k, a)
+  local n = redis.call('HLEN', k)
+  if n == 0 then return false end
+  local f, cap, first = ARGV[a + 2], tonumber(ARGV[a + 3]), a + 4
+  local body, bad = body_of(k, f, '[', ']', 'list')
+  if bad then return bad end
+  if not body then
+    local full = over(k, n, tonumber(ARGV[a]), {f})
+    if full then return full end
+    body = ''
+  end
+  local had, added = count(body), #ARGV - first + 1
+  local total = had + added
+  if cap > 0 and total > cap then  -- keep the newest cap items
+    if total - cap >= had then
+      body, first = '', #ARGV - cap + 1
+    else
+      body = after(body, total - cap)
+    end
+    total = cap
+  end
+  body = joined(body, table.concat(ARGV, ',', first, #ARGV))
+  return put(k, f, '[', body, ']', tonumber(ARGV[a + 1]), total)
+end""",
+    # limit, size, field, item -> 1 if appended, 0 if an item of the same text is there
+    "add": r"""function(k, a)
+  local n = redis.call('HLEN', k)
+  if n == 0 then return false end
+  local f, item = ARGV[a + 2], ARGV[a + 3]
+  local body, bad = body_of(k, f, '[', ']', 'list')
+  if bad then return bad end
+  if not body then
+    local full = over(k, n, tonumber(ARGV[a]), {f})
+    if full then return full end
+    body = ''
+  elseif string.find(body, item, 1, true) then
+    if flat(body) then
+      if #hits(',' .. body .. ',', item, true) > 0 then return 0 end
+    else
+      for _, m in ipairs(split(body)) do
+        if m == item then return 0 end
+      end
+    end
+  end
+  return put(k, f, '[', joined(body, item), ']', tonumber(ARGV[a + 1]), 1)
+end""",
+    # field, item -> 1 if items of that text were removed (all of them), else 0
+    "discard": r"""function(k, a)
+  local f, item = ARGV[a], ARGV[a + 1]
+  local body, bad = body_of(k, f, '[', ']', 'list')
+  if bad then return bad end
+  if not body or not string.find(body, item, 1, true) then return 0 end
+  local kept = {}
+  if flat(body) then
+    local framed, from = ',' .. body .. ',', 1
+    for _, p in ipairs(hits(framed, item)) do
+      kept[#kept + 1] = string.sub(framed, from, p - 1)
+      from = p + #item + 1
+    end
+    if from == 1 then return 0 end
+    kept[#kept + 1] = string.sub(framed, from)
+    return put(k, f, '[', string.sub(table.concat(kept), 2, -2), ']', math.huge, 1)
+  end
+  local list = split(body)
+  for _, m in ipairs(list) do
+    if m ~= item then kept[#kept + 1] = m end
+  end
+  if #kept == #list then return 0 end
+  return put(k, f, '[', table.concat(kept, ','), ']', math.huge, 1)
+end""",
+    # limit, size, field, sub-key (as JSON text), value -> 1
+    "set_in": r"""function(k, a)
+  local n = redis.call('HLEN', k)
+  if n == 0 then return false end
+  local f, sub = ARGV[a + 2], ARGV[a + 3]
+  local pair = sub .. ':' .. ARGV[a + 4]
+  local body, bad = body_of(k, f, '{', '}', 'dict')
+  if bad then return bad end
+  if not body then
+    local full = over(k, n, tonumber(ARGV[a]), {f})
+    if full then return full end
+    body = ''
+  elseif string.find(body, sub, 1, true) then
+    local members = split(body)
+    local at = find_key(members, sub)
+    if at then
+      members[at] = pair
+      return put(k, f, '{', table.concat(members, ','), '}', tonumber(ARGV[a + 1]), 1)
+    end
+  end
+  return put(k, f, '{', joined(body, pair), '}', tonumber(ARGV[a + 1]), 1)
+end""",
+    # field, sub-key (as JSON text) -> 1 if it was there and is removed, else 0
+    "delete_in": r"""function(k, a)
+  local f, sub = ARGV[a], ARGV[a + 1]
+  local body, bad = body_of(k, f, '{', '}', 'dict')
+  if bad then return bad end
+  if not body or not string.find(body, sub, 1, true) then return 0 end
+  local members = split(body)
+  local at = find_key(members, sub)
+  if not at then return 0 end
+  table.remove(members, at)
+  return put(k, f, '{', table.concat(members, ','), '}', math.huge, 1)
 end""",
     # field -> the value it had, or false
     "pop": r"""function(k, a)
@@ -348,8 +617,13 @@ def _script(name: str, source: str) -> Script:
     return Script(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
+#: The operations that edit one JSON value in place (they need the ``_JSON`` helpers).
+VALUE_OPS = ("append", "add", "discard", "set_in", "delete_in")
+
+
 def _live(name: str) -> Script:
-    return _script(name, f"{_HELPERS}\nlocal op = {_OPS[name]}\nreturn op(KEYS[1], 1)\n")
+    helpers = _HELPERS + _JSON if name in VALUE_OPS else _HELPERS
+    return _script(name, f"{helpers}\nlocal op = {_OPS[name]}\nreturn op(KEYS[1], 1)\n")
 
 
 def _live_reporting(name: str) -> Script:
@@ -371,6 +645,7 @@ LIVE: dict[str, Script] = {
         "len",
         "clear",
         "cas",
+        *VALUE_OPS,
     )
 }
 LIVE["touch"] = _live_reporting("touch")
@@ -382,6 +657,7 @@ LIVE["rename"] = _live_reporting("rename")
 OPEN = _script(
     "open",
     _HELPERS
+    + _JSON
     + "local ops = {\n"
     + ",\n".join(f"  [{name!r}] = {body}" for name, body in _OPS.items())
     + "\n}\n"

@@ -3,19 +3,20 @@
 Every operation is one Redis command, sent when it is called. There is no
 ``save()``: ``session["cart"] = [1, 2]`` has reached Redis when the line returns,
 or it has raised. Mutating a value read from the session (``session["cart"]
-.append(3)``) changes only your copy; use :meth:`Session.edit` for that.
+.append(3)``) changes only your copy; use :meth:`Session.append` and the other
+value edits (atomic on the server), or :meth:`Session.edit` for any other change.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from hashsession.config import MAX_SECONDS
-from hashsession.errors import ConfigurationError, ConflictError
+from hashsession.errors import ConfigurationError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
@@ -29,6 +30,7 @@ from hashsession.protocol import (
     SessionCore,
     SessionView,
     Step,
+    ValueEdit,
     dump_meta,
     load_meta,
     pairs_of,
@@ -66,8 +68,10 @@ class Session(SessionView, MutableMapping[str, Any]):
     """One request's session: a dict whose every change is written to Redis at once.
 
     Reads and writes each cost one round trip; a session never touched costs
-    none. ``incr``, ``setdefault``, ``pop`` and ``session[k] += n`` are atomic
-    on the server, so concurrent requests never lose each other's updates.
+    none. ``incr``, ``setdefault``, ``pop``, ``session[k] += n`` and the value
+    edits (``append``, ``extend``, ``add``, ``discard``, ``set_in``,
+    ``delete_in``) are atomic on the server, so concurrent requests never lose
+    each other's updates.
     """
 
     __slots__ = ("_client", "_core", "_execute", "_snapshot")
@@ -359,6 +363,77 @@ class Session(SessionView, MutableMapping[str, Any]):
         ]
         return bool(self._run(core.plan_cas, None, exp, chg))
 
+    # ---------------------------------------------------------- value edits
+    # One list or dict value changed in place, atomically on the server: one Lua script,
+    # one round trip, never a conflict. They need the built-in JSON codec (the default);
+    # with another codec each is an optimistic read and compare-and-set, like apply().
+
+    def append(self, key: str, item: Any, *, max_len: int | None = None) -> int:
+        """Append ``item`` to the list under ``key`` (created if missing); its new length.
+
+        With ``max_len``, only the newest ``max_len`` items are kept (a bounded
+        history). A value that is not a list raises :class:`ValueTypeError` and
+        a list that would outgrow ``max_value_size`` :class:`LimitExceededError`;
+        both name the key, and nothing is written.
+        """
+        return int(self._edit_value(self._core.edit_append(key, (item,), max_len)))
+
+    def extend(self, key: str, items: Iterable[Any], *, max_len: int | None = None) -> int:
+        """Append every item of ``items`` to the list under ``key`` at once; its new length.
+
+        As :meth:`append`: the list is created if missing, ``max_len`` keeps the newest.
+        """
+        return int(self._edit_value(self._core.edit_append(key, items, max_len)))
+
+    def add(self, key: str, item: Any) -> bool:
+        """Append ``item`` to the list under ``key`` unless it is in it; whether it was added.
+
+        A list used as a set (JSON has no sets). Items are the same when their
+        encodings are (so ``1`` and ``1.0`` differ, and so do dicts with their keys in
+        another order). The list is created if missing.
+        """
+        return bool(self._edit_value(self._core.edit_add(key, item)))
+
+    def discard(self, key: str, item: Any) -> bool:
+        """Remove ``item`` (every copy) from the list under ``key``; whether it was there.
+
+        Items are compared as by :meth:`add`. A missing key is left missing.
+        """
+        return bool(self._edit_value(self._core.edit_discard(key, item)))
+
+    def set_in(self, key: str, sub: str, value: Any) -> None:
+        """Set ``session[key][sub] = value`` in the dict under ``key`` (created if missing).
+
+        Other keys of the dict, and their order, are kept; a concurrent ``set_in``
+        of another sub-key is never lost.
+        """
+        self._edit_value(self._core.edit_set_in(key, sub, value))
+
+    def delete_in(self, key: str, sub: str) -> bool:
+        """Remove ``sub`` from the dict under ``key``; whether it was there."""
+        return bool(self._edit_value(self._core.edit_delete_in(key, sub)))
+
+    def _edit_value(self, edit: ValueEdit) -> Any:
+        if edit.plan is not None:
+            return self._run(edit.plan, edit.field)
+        assert edit.change is not None
+        return self._optimistic(edit.field, edit.change)
+
+    def _optimistic(self, field: str, change: Callable[[bytes | None], Any]) -> Any:
+        """Read ``field``, ``change`` it, compare-and-set; again while the write loses."""
+        core = self._core
+        retries = core.retries()
+        while True:
+            raw = self._run(core.plan_get, field, field)
+            new_raw, result = change(raw)
+            if new_raw is None or self._run(
+                core.plan_cas, field, [(field, raw)], [(field, new_raw)]
+            ):
+                return result
+            time.sleep(retries.wait(field))
+
+    # ----------------------------------------------------- optimistic edits
+
     @contextmanager
     def edit(self, key: str, default: Any = None) -> Iterator[Any]:
         """Read-modify-write one value without losing concurrent changes.
@@ -366,35 +441,41 @@ class Session(SessionView, MutableMapping[str, Any]):
         ``with session.edit("cart", []) as cart: cart.append(3)`` reads the value,
         lets the block change it, then writes it only if nobody changed it
         meanwhile; otherwise it re-reads, replays the block's calls on the newer
-        value and tries again, raising :class:`ConflictError` after
-        ``edit_retries`` tries. An exception in the block writes nothing.
+        value and tries again after a random wait that grows with each lost race.
+        It gives up with :class:`ConflictError` only once ``edit_timeout`` seconds
+        (5 by default) have passed since the first write (or after ``edit_retries``
+        tries, if that cap is set). An exception in the block writes nothing.
+
+        For a list or a dict, :meth:`append`, :meth:`add`, :meth:`discard`,
+        :meth:`set_in` and the like are atomic on the server and never conflict.
         """
         core = self._core
         field = core.field(key)
         raw = self._run(core.plan_get, field, field)
         recorder = Recorder(core.initial_value(field, raw, default))
         yield recorder
-        for attempt in range(core.config.edit_retries):
+        retries = core.retries()
+        while True:
             new_raw = core.encode(field, recorder.target)
             if self._run(core.plan_cas, field, [(field, raw)], [(field, new_raw)]):
                 return
-            time.sleep(core.backoff(attempt))
+            time.sleep(retries.wait(key))
             raw = self._run(core.plan_get, field, field)
             recorder = recorder.replay_on(core.initial_value(field, raw, default))
-        raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
 
     def apply(self, key: str, fn: Callable[[Any], Any], default: Any = None) -> Any:
-        """Set ``key`` to ``fn(current value)`` atomically, rerunning ``fn`` on conflict."""
+        """Set ``key`` to ``fn(current value)`` atomically, rerunning ``fn`` on conflict.
+
+        Retries and gives up as :meth:`edit` does. Returns the value written.
+        """
         core = self._core
         field = core.field(key)
-        for attempt in range(core.config.edit_retries):
-            if attempt:
-                time.sleep(core.backoff(attempt))
-            raw = self._run(core.plan_get, field, field)
+
+        def change(raw: bytes | None) -> tuple[bytes, Any]:
             new = fn(core.initial_value(field, raw, default))
-            if self._run(core.plan_cas, field, [(field, raw)], [(field, core.encode(field, new))]):
-                return new
-        raise ConflictError(key, f"gave up after {core.config.edit_retries} conflicting writes")
+            return core.encode(field, new), new
+
+        return self._optimistic(field, change)
 
     # ------------------------------------------------------------- metadata
     # Reserved fields for adapters (flash queues, CSRF token, owner): same hash, same TTL,
