@@ -20,11 +20,21 @@ owner's index (see :mod:`hashsession.users`) that the session sends right
 after the step, in order. Only ``login``, ``regenerate`` of an owned session
 and, about once per half idle timeout, the first command of an owned session's
 request leave any.
+
+Once the response headers are out, an adapter sets :attr:`SessionCore.headers_sent`.
+From then on a step that would need a new cookie raises
+:class:`~hashsession.HeadersSentError` before planning any command: the first write
+of a session not stored yet (its new id would have no cookie: an orphan key),
+``regenerate()`` and ``login()`` (the browser would keep the old, dead id). Writes
+to a session the browser already names keep working, and ``invalidate()`` still
+deletes the session (the logout holds server-side; the browser keeps a dead cookie
+until a later response expires it) with a warning logged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,6 +49,7 @@ from hashsession.errors import (
     DecodeError,
     EncodeError,
     HashSessionError,
+    HeadersSentError,
     InvalidKeyError,
     LimitExceededError,
     ValueTypeError,
@@ -74,6 +85,8 @@ __all__ = [
     "load_meta",
     "load_queue",
 ]
+
+log = logging.getLogger("hashsession")
 
 Command = tuple[Any, ...]
 #: What redis-py raises when Redis fails: its error tree, plus the cluster client's own
@@ -161,6 +174,7 @@ class SessionCore:
         "after",
         "config",
         "had_cookie",
+        "headers_sent",
         "invalidated",
         "live_key",
         "lost",
@@ -188,6 +202,9 @@ class SessionCore:
         self.lost = False
         #: Index upkeep to send after the step just finished (``None`` or empty: nothing).
         self.after: list[After] | None = None
+        #: Set by the adapter once the response headers (and so any ``Set-Cookie``) are
+        #: committed; steps that would need a new cookie then raise ``HeadersSentError``.
+        self.headers_sent = False
 
     # ------------------------------------------------------------------ views
 
@@ -292,6 +309,15 @@ class SessionCore:
         where = f"session {self.key!r}" if self.key else "a new session"
         return BackendError(f"Redis failed on {where}: {message}")
 
+    def require_cookie(self, operation: str, needs: str = "it needs") -> None:
+        """Raise :class:`HeadersSentError` for ``operation`` if the headers are out.
+
+        For steps that need the response to carry a cookie; adapters call it for their
+        own (a changed cookie lifetime), the core for a new id.
+        """
+        if self.headers_sent:
+            raise HeadersSentError(operation, needs)
+
     # ---------------------------------------------------------- state changes
 
     def _enter(self, state: State) -> None:
@@ -342,6 +368,13 @@ class SessionCore:
         now: int | None = None,
     ) -> Step:
         c = self.config
+        if self._id is None and self.headers_sent:
+            first = pairs[0][0] if pairs else ""
+            what = f"metadata {first[1:]!r}" if first[:1] == "\x00" else repr(first)
+            raise HeadersSentError(
+                f"writing {what}",
+                "the session is not stored yet, and creating it under a new id needs",
+            )
         if len(pairs) > c.max_keys:
             raise LimitExceededError(
                 pairs[c.max_keys][0], f"the session would hold more than {c.max_keys} keys"
@@ -565,7 +598,10 @@ class SessionCore:
         """Move the data to a new id in one atomic ``RENAMENX`` (same slot by construction).
 
         An owned session's index entry moves too: one more command, on the index key.
+        Once the headers are out it raises :class:`HeadersSentError` (the new id could
+        not reach the browser), whether or not the session is stored.
         """
+        self.require_cookie("regenerate()", "the new id needs")
         self.accessed = self.modified = True
         if self._state is State.NEW:
             if self._id is not None:  # an adopted id that holds nothing: stop adopting it
@@ -604,8 +640,9 @@ class SessionCore:
         owner's metadata. Either way the step leaves in :attr:`after` the ``INDEX``
         command adding the session to ``user``'s index (and, under a cap, a ``DEL`` per
         session evicted), and when another user owned the session, its removal from
-        that user's index.
+        that user's index. Once the headers are out it raises :class:`HeadersSentError`.
         """
+        self.require_cookie("login()", "the new id needs")
         self.accessed = self.modified = True
         c = self.config
         now = _now_ms()
@@ -659,7 +696,11 @@ class SessionCore:
             self._queue(("DEL", key))
 
     def plan_invalidate(self) -> Step:
-        """Delete the session; the response expires the cookie; later writes start a new one."""
+        """Delete the session; the response expires the cookie; later writes start a new one.
+
+        After the headers went out the session is still deleted (the logout holds), but
+        the browser keeps its cookie until a later response expires it; a warning says so.
+        """
         self.accessed = self.modified = True
         key = self._key if self._state is not State.NEW else None
         self.invalidated = True
@@ -668,7 +709,7 @@ class SessionCore:
         self._ttl_override = None
         if key is None:
             return None, None, None
-        return ("DEL", key), _none, None
+        return ("DEL", key), _late_delete if self.headers_sent else _none, None
 
     # ---------------------------------------------------------------- cookies
 
@@ -700,6 +741,14 @@ class SessionCore:
 
 def _none(reply: Any) -> None:
     return None
+
+
+def _late_delete(reply: Any) -> None:
+    log.warning(
+        "session invalidated after the response headers were sent: it is deleted in"
+        " Redis (logged out), but the browser keeps its dead cookie until a later"
+        " response expires it"
+    )
 
 
 def _same(reply: Any) -> Any:
