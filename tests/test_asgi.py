@@ -31,6 +31,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from counting import AsyncCounter
+from hashsession import HeadersSentError
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.asgi import SessionMiddleware, session_of
 from hashsession.scripts import CREATE, LIVE, OPEN
@@ -328,6 +329,38 @@ def test_websocket_without_a_cookie(client: TestClient) -> None:
     assert data == {"is_async_session": True, "name": None, "all": {}}
 
 
+async def ws_writer(websocket: WebSocket) -> None:
+    await websocket.accept()
+    session: AsyncSession = websocket.scope["session"]
+    try:
+        await session.set("from_ws", True)
+    except HeadersSentError as exc:
+        await websocket.send_json({"error": exc.operation})
+    else:
+        await websocket.send_json({"ok": True})
+    await websocket.close()
+
+
+def test_websocket_writes_only_to_an_existing_session(
+    store: AsyncSessionStore, redis_client: redis.Redis
+) -> None:
+    """No cookie goes out on a websocket, so a new session there would be an orphan key."""
+    app = Starlette(
+        routes=[Route("/set", set_value), WebSocketRoute("/ws-write", ws_writer)],
+        middleware=[Middleware(SessionMiddleware, store=store)],
+    )
+    with running(app, store) as client:
+        with client.websocket_connect("/ws-write") as ws:
+            assert ws.receive_json() == {"error": "writing 'from_ws'"}
+        assert redis_client.dbsize() == 0
+        client.get("/set", params={"name": "ann"})
+        with client.websocket_connect("/ws-write") as ws:
+            assert ws.receive_json() == {"ok": True}
+        key = session_key(store, client.cookies["session"])
+    assert redis_client.hget(key, "from_ws") == b"true"
+    assert redis_client.dbsize() == 1
+
+
 def test_invalidate_expires_the_cookie(
     client: TestClient, store: AsyncSessionStore, redis_client: redis.Redis
 ) -> None:
@@ -586,3 +619,99 @@ async def test_concurrent_requests_on_a_real_server(
     assert stored[b"started"] == b"true"
     assert redis_client.pttl(key) > 0
     assert redis_client.dbsize() == 1
+
+
+# --------------------------------------------------------------------------- streamed bodies
+
+
+async def stream_then(request: Any) -> Response:
+    """Streams a body that uses the session after ``http.response.start`` went out.
+
+    ``write`` writes to it, ``regenerate`` gives it a new id; ``seed`` writes before the
+    response starts (to get a cookie).
+    """
+    session: AsyncSession = request.session
+    what = request.path_params["what"]
+    request.app.state.loop = asyncio.get_running_loop()
+    if what == "seed":
+        await session.set("cart", ["apple"])
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first "
+        if what == "write":
+            await session.set("late", True)
+        elif what == "regenerate":
+            await session.regenerate()
+        yield b"second"
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
+def streaming_app(store: AsyncSessionStore) -> Starlette:
+    return Starlette(
+        routes=[Route("/stream-then/{what}", stream_then)],
+        middleware=[Middleware(SessionMiddleware, store=store)],
+    )
+
+
+def session_keys(client: redis.Redis, store: AsyncSessionStore) -> list[bytes]:
+    return sorted(client.keys(store.config.prefix + "*"))
+
+
+def test_streamed_body_writes_to_an_existing_session(
+    store: AsyncSessionStore, redis_client: redis.Redis
+) -> None:
+    with running(streaming_app(store), store) as client:
+        assert client.get("/stream-then/seed").text == "first second"
+        cookie = client.cookies["session"]
+        r = client.get("/stream-then/write")
+        assert r.text == "first second"
+        assert session_cookie_headers(r) == []
+    assert redis_client.hget(session_key(store, cookie), "late") == b"true"
+    assert len(session_keys(redis_client, store)) == 1
+
+
+def test_streamed_body_creating_a_session_raises_and_leaves_no_key(
+    store: AsyncSessionStore, redis_client: redis.Redis
+) -> None:
+    late = "writing 'late' after the response headers"
+    with (
+        running(streaming_app(store), store) as client,
+        pytest.raises(HeadersSentError, match=late),
+    ):
+        client.get("/stream-then/write")
+    assert session_keys(redis_client, store) == []
+
+
+def test_streamed_body_regenerating_raises_and_keeps_the_session(
+    store: AsyncSessionStore, redis_client: redis.Redis
+) -> None:
+    with running(streaming_app(store), store) as client:
+        client.get("/stream-then/seed")
+        cookie = client.cookies["session"]
+        before = session_keys(redis_client, store)
+        with pytest.raises(HeadersSentError, match=r"regenerate\(\)"):
+            client.get("/stream-then/regenerate")
+    assert session_keys(redis_client, store) == before
+    assert redis_client.hget(session_key(store, cookie), "cart") == b'["apple"]'
+
+
+async def test_streamed_body_on_a_real_server_is_cut_short(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Under uvicorn the error ends the stream: the client sees an incomplete body."""
+    store = AsyncSessionStore(redis=redis_url, ttl=100)
+    app = streaming_app(store)
+    async with (
+        serve(app) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+        http.stream("GET", "/stream-then/write") as r,
+    ):
+        assert r.status_code == 200
+        assert session_cookie_headers(r) == []
+        with pytest.raises(httpx.RemoteProtocolError):
+            await r.aread()
+        # the store's connections live on the server's loop: close them there
+        closing = asyncio.run_coroutine_threadsafe(store.aclose(), app.state.loop)
+        await asyncio.wrap_future(closing)
+    assert session_keys(redis_client, store) == []

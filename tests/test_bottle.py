@@ -16,7 +16,7 @@ import redis
 import webtest
 
 from conftest import Counted, StoreFactory
-from hashsession import ConfigurationError, Session, SessionStore
+from hashsession import ConfigurationError, HeadersSentError, Session, SessionStore
 from hashsession.bottle import KeywordConflictError, SessionPlugin
 from hashsession.scripts import CREATE, LIVE, OPEN
 
@@ -534,3 +534,80 @@ def test_200_concurrent_requests_to_one_session_all_survive(
 
     stored = store.open(cookie).to_dict()
     assert stored == {"started": "yes", **{f"k{n}": n for n in range(count)}}
+
+
+# ----------------------------------------------------------------------- streamed bodies
+
+
+def make_streaming_app(store: SessionStore) -> bottle.Bottle:
+    """/stream/<what>: a generator body that uses the session after the route returned.
+
+    ``write`` writes, ``regenerate`` gives a new id, ``early`` writes before the first
+    chunk (Bottle runs that part too after the route returned); ``seed`` writes first.
+    """
+    app = bottle.Bottle()
+    app.install(SessionPlugin(store=store))
+
+    @app.route("/stream/<what>")
+    def stream(what: str, session: Session) -> Iterator[str]:
+        if what == "seed":
+            session["cart"] = ["apple"]
+
+        def body() -> Iterator[str]:
+            if what == "early":
+                session["early"] = True
+            yield "first "
+            if what == "write":
+                session["late"] = True
+            elif what == "regenerate":
+                session.regenerate()
+            yield "second"
+
+        return body()
+
+    @app.route("/get/<key>")
+    def get_value(key: str, session: Session) -> str:
+        return repr(session.get(key))
+
+    return app
+
+
+def session_keys(client: redis.Redis, store: SessionStore) -> list[bytes]:
+    return sorted(client.keys(store.config.prefix + "*"))
+
+
+def test_streamed_body_writes_to_an_existing_session(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    browser = webtest.TestApp(make_streaming_app(store))
+    cookie = cookie_of(browser.get("/stream/seed"))
+    assert cookie is not None
+    response = browser.get("/stream/write")
+    assert response.text == "first second"
+    assert cookie_of(response) is None
+    assert store.open(cookie)["late"] is True
+    assert len(session_keys(redis_client, store)) == 1
+
+
+def test_streamed_body_creating_a_session_raises_and_leaves_no_key(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    browser = webtest.TestApp(make_streaming_app(store))
+    with pytest.raises(HeadersSentError, match="writing 'late' after the response headers"):
+        browser.get("/stream/write")
+    # Before the first chunk Bottle still catches it, and answers its own 500.
+    early = browser.get("/stream/early", status=500)
+    assert cookie_of(early) is None
+    assert session_keys(redis_client, store) == []
+
+
+def test_streamed_body_regenerating_raises_and_keeps_the_session(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    browser = webtest.TestApp(make_streaming_app(store))
+    browser.get("/stream/seed")
+    before = session_keys(redis_client, store)
+    with pytest.raises(HeadersSentError, match=r"regenerate\(\)"):
+        browser.get("/stream/regenerate")
+    assert session_keys(redis_client, store) == before
+    assert browser.get("/get/cart").text == "['apple']"  # the old cookie still reaches it

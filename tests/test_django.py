@@ -5,6 +5,8 @@ database for ``django.contrib.auth``, this module as the URLconf, and
 ``SESSION_ENGINE = "hashsession.django"``. Each test points ``HASHSESSION`` at the
 test's emptied Redis with ``override_settings``. Besides logging in and out through
 the test client, the tests check the behaviours Django's own session tests check.
+``MIDDLEWARE`` has hashsession's ``SessionMiddleware`` (Django's, plus the signal that
+the headers are final, which streamed bodies need) in place of Django's.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ from django.conf import settings
 from django.contrib import auth
 from django.contrib.sessions.backends.base import CreateError
 from django.core.management import call_command
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
 from django.utils import timezone
 
 from conftest import Counted
-from hashsession import ConfigurationError, DecodeError, Session
+from hashsession import ConfigurationError, DecodeError, HeadersSentError, Session
 from hashsession import SessionStore as HashStore
 from hashsession.django import EXPIRY_META, SessionStore, get_store
 
@@ -42,7 +44,7 @@ if not settings.configured:
             "django.contrib.sessions",
         ],
         MIDDLEWARE=[
-            "django.contrib.sessions.middleware.SessionMiddleware",
+            "hashsession.django.SessionMiddleware",
             "django.contrib.auth.middleware.AuthenticationMiddleware",
         ],
         ROOT_URLCONF=__name__,
@@ -113,7 +115,34 @@ async def async_set_view(request: HttpRequest, key: str, value: str) -> HttpResp
     return HttpResponse(json.dumps(await session.aget(key)))
 
 
+def stream_then_view(request: HttpRequest, what: str) -> StreamingHttpResponse:
+    """A streamed body that uses the session after the middleware wrote the cookie.
+
+    ``write`` writes, ``cycle`` cycles the key, ``login`` logs alice in, ``expiry`` sets
+    an expiry; ``seed`` writes before the response.
+    """
+    if what == "seed":
+        request.session["cart"] = ["apple"]
+
+    def body() -> Iterator[bytes]:
+        yield b"first "
+        if what == "write":
+            request.session["late"] = True
+        elif what == "cycle":
+            request.session.cycle_key()
+        elif what == "login":
+            from django.contrib.auth.models import User
+
+            auth.login(request, User.objects.get(username="alice"))
+        elif what == "expiry":
+            request.session.set_expiry(60)
+        yield b"second"
+
+    return StreamingHttpResponse(body())
+
+
 urlpatterns = [
+    path("stream-then/<str:what>", stream_then_view),
     path("set/<str:key>/<str:value>", set_view),
     path("get/<str:key>", get_view),
     path("nothing", nothing_view),
@@ -829,3 +858,62 @@ def test_a_junk_expiry_is_a_decode_error_naming_it(
     t = SessionStore(s.session_key)
     t.set_expiry(None)  # a write repairs it
     assert SessionStore(s.session_key).get_expiry_age() == DEFAULT_AGE
+
+
+# --------------------------------------------------------------------------- streamed bodies
+
+
+def session_keys(client: redis.Redis, store: HashStore) -> list[bytes]:
+    return sorted(client.keys(store.config.prefix + "*"))
+
+
+def test_streamed_body_writes_to_an_existing_session(
+    hs: HashStore, redis_client: redis.Redis
+) -> None:
+    client = Client()
+    cookie = client.get("/stream-then/seed").cookies[COOKIE].value
+    response = client.get("/stream-then/write")
+    assert COOKIE not in response.cookies
+    assert b"".join(response.streaming_content) == b"first second"
+    assert user_fields(redis_client, key_of(hs, cookie)) == {"cart": ["apple"], "late": True}
+    assert session_keys(redis_client, hs) == [key_of(hs, cookie).encode()]
+
+
+def test_streamed_body_creating_a_session_raises_and_leaves_no_key(
+    hs: HashStore, redis_client: redis.Redis
+) -> None:
+    response = Client().get("/stream-then/write")
+    assert COOKIE not in response.cookies
+    with pytest.raises(HeadersSentError, match="writing 'late' after the response headers"):
+        b"".join(response.streaming_content)
+    assert session_keys(redis_client, hs) == []
+
+
+@pytest.mark.parametrize("what", ["cycle", "login", "expiry"])
+def test_streamed_body_needing_a_new_cookie_raises_and_keeps_the_session(
+    hs: HashStore, redis_client: redis.Redis, what: str
+) -> None:
+    client = Client()
+    cookie = client.get("/stream-then/seed").cookies[COOKIE].value
+    key = key_of(hs, cookie)
+    before = redis_client.hgetall(key)
+    response = client.get(f"/stream-then/{what}")
+    with pytest.raises(HeadersSentError, match="after the response headers were sent"):
+        b"".join(response.streaming_content)
+    assert session_keys(redis_client, hs) == [key.encode()]
+    assert redis_client.hgetall(key) == before  # no user, no expiry
+    assert client.get("/get/cart").content == b'["apple"]'  # the old cookie still reaches it
+    assert client.get("/whoami").content == b"anonymous"
+
+
+def test_create_after_the_headers_raises_and_keeps_the_session(
+    hs: HashStore, redis_client: redis.Redis
+) -> None:
+    session = SessionStore()
+    session["a"] = 1
+    old = session.session_key
+    session.headers_sent()
+    with pytest.raises(HeadersSentError, match=r"create\(\)"):
+        session.create()
+    assert session.session_key == old
+    assert redis_client.dbsize() == 1

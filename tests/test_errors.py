@@ -19,6 +19,7 @@ from hashsession import (
     DecodeError,
     EncodeError,
     HashSessionError,
+    HeadersSentError,
     InvalidKeyError,
     LimitExceededError,
     Session,
@@ -61,6 +62,7 @@ def existing(store: SessionStore) -> str:
         (ValueTypeError, (HashSessionError, TypeError)),
         (LimitExceededError, (HashSessionError, ValueError)),
         (ConflictError, (HashSessionError,)),
+        (HeadersSentError, (HashSessionError, RuntimeError)),
     ],
 )
 def test_every_error_derives_from_the_root(cls: type, bases: tuple[type, ...]) -> None:

@@ -24,7 +24,7 @@ from markupsafe import Markup
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.test import TestResponse
 
-from hashsession import ConfigurationError, SessionStore
+from hashsession import ConfigurationError, HeadersSentError, SessionStore
 from hashsession.cookies import Signer
 from hashsession.flask import (
     FlaskOptions,
@@ -995,3 +995,80 @@ def test_sixteen_concurrent_requests_editing_one_list_all_succeed(app: Flask) ->
     expected = sorted(f"{i}-{j}" for i in range(16) for j in range(10))
     assert sorted(data["log"]) == expected
     assert sorted(item for item, _ in data["cart"]) == expected
+
+
+# ------------------------------------------------------------------ streamed bodies
+
+
+def add_streaming(app: Flask) -> None:
+    """/stream-then/<what>: a ``stream_with_context`` body that uses the session mid-stream.
+
+    ``write`` writes, ``regenerate`` gives a new id, ``login`` logs in with Flask-Login,
+    ``permanent`` makes the session permanent; ``seed`` writes before the response.
+    """
+
+    @app.get("/stream-then/<what>")
+    def stream_then(what: str) -> flask.Response:
+        if what == "seed":
+            session["cart"] = ["apple"]
+
+        @flask.stream_with_context
+        def body() -> Iterator[str]:
+            yield "first "
+            if what == "write":
+                session["late"] = True
+            elif what == "regenerate":
+                regenerate()
+            elif what == "login":
+                login_user(User("ann"))
+            elif what == "permanent":
+                session.permanent = True
+            yield "second"
+
+        return app.response_class(body())
+
+
+def session_keys(client: redis.Redis, app: Flask) -> list[bytes]:
+    return sorted(client.keys(store_of(app).config.prefix + "*"))
+
+
+def test_streamed_body_writes_to_an_existing_session(app: Flask, redis_client: redis.Redis) -> None:
+    add_streaming(app)
+    client = app.test_client()
+    cookie = cookie_value(client.get("/stream-then/seed"))
+    assert cookie is not None
+    response = client.get("/stream-then/write", buffered=False)
+    assert set_cookies(response) == []
+    assert response.get_data() == b"first second"
+    assert redis_client.hget(key_of(app, cookie), "late") == b"true"
+    assert session_keys(redis_client, app) == [key_of(app, cookie).encode()]
+
+
+def test_streamed_body_creating_a_session_raises_and_leaves_no_key(
+    app: Flask, redis_client: redis.Redis
+) -> None:
+    add_streaming(app)
+    response = app.test_client().get("/stream-then/write", buffered=False)
+    assert set_cookies(response) == []
+    with pytest.raises(HeadersSentError, match="writing 'late' after the response headers"):
+        response.get_data()
+    assert session_keys(redis_client, app) == []
+
+
+@pytest.mark.parametrize("what", ["regenerate", "login", "permanent"])
+def test_streamed_body_needing_a_new_cookie_raises_and_keeps_the_session(
+    app: Flask, redis_client: redis.Redis, what: str
+) -> None:
+    add_streaming(app)
+    add_login(app)
+    client = app.test_client()
+    cookie = cookie_value(client.get("/stream-then/seed"))
+    assert cookie is not None
+    before = redis_client.hgetall(key_of(app, cookie))
+    response = client.get(f"/stream-then/{what}", buffered=False)
+    with pytest.raises(HeadersSentError, match="after the response headers were sent"):
+        response.get_data()
+    assert session_keys(redis_client, app) == [key_of(app, cookie).encode()]
+    assert redis_client.hgetall(key_of(app, cookie)) == before  # no user, no permanent flag
+    assert client.get("/get/cart").data == b"['apple']"  # the old cookie still reaches it
+    assert client.get("/me").data == b"anonymous"

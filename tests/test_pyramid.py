@@ -13,9 +13,10 @@ import webtest
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound
 from pyramid.interfaces import ISession, ISessionFactory
+from pyramid.response import Response
 from zope.interface.verify import verifyObject
 
-from hashsession import ConfigurationError, Session, SessionStore
+from hashsession import ConfigurationError, HeadersSentError, Session, SessionStore
 from hashsession.aio import AsyncSession
 from hashsession.cookies import Signer
 from hashsession.ids import new_id
@@ -732,3 +733,88 @@ def test_bad_settings_name_the_setting(redis_url: str, name: str, value: str, se
 def test_factory_refuses_what_is_not_a_sync_store() -> None:
     with pytest.raises(ConfigurationError):
         SessionFactory(object())  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------- streamed bodies
+
+
+def stream_views() -> dict[str, View]:
+    """/seed writes; /stream?what=... streams an ``app_iter`` that uses the session mid-body.
+
+    ``what`` is ``write``, ``flash`` or ``regenerate``; with ``look=1`` the view reads the
+    session before returning, so it is opened before the response callbacks run.
+    """
+
+    def seed(request: Any) -> Any:
+        request.session["cart"] = ["apple"]
+        return "ok"
+
+    def stream(request: Any) -> Any:
+        what = request.params["what"]
+        if request.params.get("look"):
+            request.session.get("cart")
+
+        def body() -> Iterator[bytes]:
+            yield b"first "
+            if what == "write":
+                request.session["late"] = True
+            elif what == "flash":
+                request.session.flash("hi")
+            elif what == "regenerate":
+                request.session.regenerate()
+            yield b"second"
+
+        return Response(app_iter=body())
+
+    return {"/seed": seed, "/stream": stream}
+
+
+def session_keys(client: redis.Redis) -> list[bytes]:
+    return sorted(client.keys("hs:*"))
+
+
+@pytest.mark.parametrize("look", ["", "1"])
+def test_streamed_body_writes_to_an_existing_session(
+    make_app: MakeApp, redis_client: redis.Redis, look: str
+) -> None:
+    app = make_app(stream_views())
+    app.get("/seed")
+    response = app.get("/stream", {"what": "write", "look": look})
+    assert response.body == b"first second"
+    assert set_cookies(response) == []
+    assert redis_client.hget(only_key(redis_client), "late") == b"true"
+
+
+@pytest.mark.parametrize(("what", "look"), [("write", ""), ("write", "1"), ("flash", "")])
+def test_streamed_body_creating_a_session_raises_and_leaves_no_key(
+    make_app: MakeApp, redis_client: redis.Redis, what: str, look: str
+) -> None:
+    """Whether the session was opened before the response (``look``) or first in the body."""
+    app = make_app(stream_views())
+    with pytest.raises(HeadersSentError, match="after the response headers were sent"):
+        app.get("/stream", {"what": what, "look": look})
+    assert session_keys(redis_client) == []
+
+
+def test_streamed_body_creating_a_session_with_a_hand_set_factory(
+    make_app: MakeApp, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Without ``includeme``'s subscriber, a session opened before the response still knows."""
+    factory = SessionFactory(SessionStore(redis=redis_url, ttl=100))
+    app = make_app(stream_views(), factory=factory)
+    with pytest.raises(HeadersSentError, match="writing 'late'"):
+        app.get("/stream", {"what": "write", "look": "1"})
+    assert session_keys(redis_client) == []
+
+
+@pytest.mark.parametrize("look", ["", "1"])
+def test_streamed_body_regenerating_raises_and_keeps_the_session(
+    make_app: MakeApp, redis_client: redis.Redis, look: str
+) -> None:
+    app = make_app({**stream_views(), "/cart": lambda request: request.session.get("cart")})
+    app.get("/seed")
+    before = session_keys(redis_client)
+    with pytest.raises(HeadersSentError, match=r"regenerate\(\)"):
+        app.get("/stream", {"what": "regenerate", "look": look})
+    assert session_keys(redis_client) == before
+    assert app.get("/cart").json == ["apple"]  # the old cookie still reaches it

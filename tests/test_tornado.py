@@ -25,7 +25,7 @@ from tornado.testing import AsyncHTTPTestCase
 from tornado.web import Application, HTTPError, RequestHandler
 
 from counting import AsyncCounter
-from hashsession import ConfigurationError, SessionStore
+from hashsession import ConfigurationError, HeadersSentError, SessionStore
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.scripts import CREATE, LIVE, OPEN
 from hashsession.tornado import SessionMixin, store_for
@@ -210,6 +210,19 @@ class Late(Handler):
         self.write("tail")
 
 
+class LateRegenerate(Handler):
+    """Reads the session, flushes the headers, then regenerates (or, with ?login, logs in)."""
+
+    async def get(self) -> None:
+        self.write(f"{await self.session.get('name')} ")
+        await self.flush()
+        if self.get_query_argument("login", None):
+            await self.session.login("ann")
+        else:
+            await self.session.regenerate()
+        self.write("tail")
+
+
 class Boom(Handler):
     async def get(self) -> None:
         await self.session.set("before", "the error")
@@ -259,6 +272,7 @@ def make_app(**settings: Any) -> Application:
             (r"/cart/(\w+)", Cart),
             (r"/stream", Stream),
             (r"/late", Late),
+            (r"/late-regenerate", LateRegenerate),
             (r"/boom", Boom),
             (r"/forbidden", Forbidden),
             (r"/boom-untouched", BoomUntouched),
@@ -443,20 +457,44 @@ async def test_streaming_handler_sends_the_cookie_with_the_first_chunk(
         assert await b.json("/get/streamed") == {"streamed": True}
 
 
-async def test_session_touched_after_the_headers_warns(
+async def test_new_session_touched_after_the_headers_raises_and_leaves_no_key(
     browser: Browser,
     store: AsyncSessionStore,
     redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="hashsession"):
+    with caplog.at_level(logging.ERROR):
         r = await browser.fetch("/late")
-    assert r.body == b"head tail"
+    assert r.body == b"head "  # Tornado ends the response where the error struck
     assert r.headers.get_list("Set-Cookie") == []
-    assert any("after the response headers were sent" in m for m in caplog.messages)
-    # the write still reached Redis (an orphan the browser cannot name)
-    [key] = redis_client.keys()
-    assert redis_client.hget(key, "late") == b"true"
+    errors = [rec.exc_info[1] for rec in caplog.records if rec.exc_info]
+    assert [type(e) for e in errors] == [HeadersSentError]
+    assert str(errors[0]).startswith("writing 'late' after the response headers were sent")
+    assert redis_client.keys(store.config.prefix + "*") == []  # no orphan
+
+
+@pytest.mark.parametrize("query", ["", "?login=1"])
+async def test_regenerate_after_the_headers_raises_and_keeps_the_session(
+    browser: Browser,
+    store: AsyncSessionStore,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    query: str,
+) -> None:
+    await browser.fetch("/set?name=ann")
+    cookie = browser.cookie
+    assert cookie
+    before = redis_client.keys(store.config.prefix + "*")
+    with caplog.at_level(logging.ERROR):
+        r = await browser.fetch(f"/late-regenerate{query}")
+    assert r.body == b"ann "
+    assert cookie_headers(r) == []
+    assert any(
+        rec.exc_info and isinstance(rec.exc_info[1], HeadersSentError) for rec in caplog.records
+    )
+    assert redis_client.keys(store.config.prefix + "*") == before
+    assert browser.cookie == cookie
+    assert await browser.json("/get/name") == {"name": "ann"}  # the old cookie still works
 
 
 async def test_existing_session_touched_after_the_headers_is_fine(
@@ -467,7 +505,7 @@ async def test_existing_session_touched_after_the_headers_is_fine(
 ) -> None:
     await browser.fetch("/set?name=ann")
     assert browser.cookie
-    with caplog.at_level(logging.WARNING, logger="hashsession"):
+    with caplog.at_level(logging.WARNING):
         r = await browser.fetch("/late")
     assert r.body == b"head tail"
     assert cookie_headers(r) == []

@@ -12,7 +12,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import pytest
 import redis
 
-from hashsession import Session, SessionStore
+from hashsession import HeadersSentError, Session, SessionStore
 from hashsession.scripts import CREATE, LIVE, OPEN
 from hashsession.wsgi import SessionMiddleware
 
@@ -270,8 +270,8 @@ def test_app_raising_after_only_reading_propagates(store: SessionStore) -> None:
 
 def test_app_raising_after_start_response_propagates(store: SessionStore) -> None:
     def app(environ: Environ, start_response: Callable[..., Any]) -> list[bytes]:
-        start_response("200 OK", [])
         environ["hashsession"]["a"] = 1
+        start_response("200 OK", [])
         raise RuntimeError("late")
 
     with pytest.raises(RuntimeError, match="late"):
@@ -376,3 +376,91 @@ def test_real_http_round_trip(http_server: str, redis_client: redis.Redis) -> No
         assert "Max-Age=0" in r.headers["Set-Cookie"]
     assert list(jar) == []
     assert redis_client.dbsize() == 0
+
+
+# --------------------------------------------------------------------------- streamed bodies
+
+
+def streaming_app(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
+    """Starts the response, then uses the session while the body streams.
+
+    /write writes to the session, /regenerate gives it a new id; /seed writes before
+    the headers (to get a cookie).
+    """
+    session: Session = environ["hashsession"]
+    path = environ["PATH_INFO"]
+    if path == "/seed":
+        session["cart"] = ["apple"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"first "
+    if path == "/write":
+        session["late"] = True
+    elif path == "/regenerate":
+        session.regenerate()
+    yield b"second"
+
+
+def session_keys(client: redis.Redis, store: SessionStore) -> list[bytes]:
+    return sorted(client.keys(store.config.prefix + "*"))
+
+
+def test_streamed_body_writes_to_an_existing_session(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    app = SessionMiddleware(streaming_app, store=store)
+    cookie = call(app, "/seed").cookie
+    assert cookie is not None
+    response = call(app, "/write", cookie=cookie)
+    assert response.body == b"first second"
+    assert response.cookie is None
+    assert store.open(cookie)["late"] is True
+    assert len(session_keys(redis_client, store)) == 1
+
+
+def test_streamed_body_creating_a_session_raises_and_leaves_no_key(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    app = SessionMiddleware(streaming_app, store=store)
+    before = session_keys(redis_client, store)
+    with pytest.raises(HeadersSentError, match="writing 'late' after the response headers"):
+        call(app, "/write")
+    assert session_keys(redis_client, store) == before == []
+
+
+def test_streamed_body_regenerating_raises_and_keeps_the_session(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    app = SessionMiddleware(streaming_app, store=store)
+    cookie = call(app, "/seed").cookie
+    assert cookie is not None
+    before = session_keys(redis_client, store)
+    with pytest.raises(HeadersSentError, match=r"regenerate\(\)"):
+        call(app, "/regenerate", cookie=cookie)
+    assert session_keys(redis_client, store) == before
+    assert store.open(cookie)["cart"] == ["apple"]  # the old cookie still reaches it
+
+
+def test_streamed_body_on_a_real_server_is_cut_short(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    """Under a real server the error ends the stream: the browser gets a truncated body."""
+    server = make_server(
+        "127.0.0.1",
+        0,
+        SessionMiddleware(streaming_app, store=store),
+        server_class=WSGIServer,
+        handler_class=QuietHandler,
+    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/write") as r:
+            assert r.status == 200
+            assert r.headers["Set-Cookie"] is None
+            assert r.read() == b"first "
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert session_keys(redis_client, store) == []

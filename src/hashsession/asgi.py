@@ -4,7 +4,11 @@ Works under any ASGI framework (Starlette's ``request.session`` and FastAPI
 dependencies read the same scope key). The session is lazy: no Redis command
 until the app uses it. ``Set-Cookie`` and ``Vary`` are added to
 ``http.response.start``, so streaming responses work; lifespan events pass
-straight through; websocket scopes get a readable session too.
+straight through. Once that message is sent, a step that needs a new cookie (the
+first write of a session not stored yet, ``regenerate()``, ``login()``) raises
+:class:`~hashsession.HeadersSentError` without writing anything; writes to a
+session the cookie already names keep working. Websocket scopes get the session
+too, under the same rule from the start (the middleware sends them no cookie).
 """
 
 from __future__ import annotations
@@ -41,13 +45,15 @@ class SessionMiddleware:
         cookie = b"; ".join(v for k, v in scope.get("headers", ()) if k == b"cookie")
         session = self.store.open(cookie.decode("latin-1") if cookie else None)
         scope[self.scope_key] = session
-        if kind == "websocket":
+        if kind == "websocket":  # no Set-Cookie can be sent: writes need an existing session
+            session.core.headers_sent = True
             await self.app(scope, receive, send)
             return
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
                 extra = session.core.response_headers()
+                session.core.headers_sent = True  # no Set-Cookie can follow these headers
                 if extra:
                     headers = list(message.get("headers", ()))
                     headers += [

@@ -10,6 +10,11 @@ helpers and templates can reach it without passing it along.
 :class:`bottle.HTTPResponse` (``redirect()`` after a login, ``abort()``), and when it raises
 anything else after changing the session: Bottle's 500 answer then carries the cookie, so a
 session created or replaced before the error is not lost.
+
+The headers are final once the route returns, so in a generator body a step that needs a
+new cookie raises :class:`~hashsession.HeadersSentError` without writing anything: the
+first write of a session not stored yet, ``regenerate()``, ``login()``. Writes to a
+session the request's cookie already names keep working.
 """
 
 from __future__ import annotations
@@ -142,6 +147,7 @@ def _takes(route: Any, keyword: str) -> bool:
 def _add_headers(target: Any, session: Session) -> None:
     for name, value in SessionStore.response_headers(session):
         target.add_header(name, value)
+    session.core.headers_sent = True  # the route is done: a generator body runs after this
 
 
 def _internal_error(environ: dict[str, Any], exc: Exception, session: Session) -> Any:

@@ -10,10 +10,19 @@ The cookie carries the hashsession cookie value (the id, HMAC-signed with
 ``SECRET_KEY`` by default), so a forged or malformed key is refused without a Redis
 command. Settings come from ``settings.HASHSESSION`` (see :func:`get_store`); the
 cookie itself from Django's own ``SESSION_COOKIE_*`` settings.
+
+:class:`SessionMiddleware` is Django's, plus one thing: once it has written the
+cookie, the session knows the headers are final, so in a ``StreamingHttpResponse``
+body a step that needs a new cookie (the first write of a session not stored yet,
+``cycle_key()``/``login()``, ``create()``, ``set_expiry()``) raises
+:class:`~hashsession.HeadersSentError` without writing anything. Django's own
+middleware cannot tell the engine, so with it such a write leaves a Redis key no
+cookie names.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Awaitable, Callable
@@ -29,6 +38,9 @@ try:
         CreateError,
         SessionBase,
     )
+    from django.contrib.sessions.middleware import (  # type: ignore[import-untyped]
+        SessionMiddleware as DjangoSessionMiddleware,
+    )
     from django.core.signals import setting_changed  # type: ignore[import-untyped]
     from django.utils import timezone  # type: ignore[import-untyped]
     from django.utils.module_loading import import_string  # type: ignore[import-untyped]
@@ -42,7 +54,7 @@ from hashsession.session import Session
 from hashsession.store import SessionStore as HashStore
 from hashsession.transport import send
 
-__all__ = ["SessionStore", "get_store"]
+__all__ = ["SessionMiddleware", "SessionStore", "get_store"]
 
 #: Reserved field holding Django's custom expiry: seconds (0: browser session) or an
 #: ISO 8601 deadline. Absent or null: the default expiry.
@@ -159,6 +171,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         self._store = get_store()
         self._live: Session = self._store.open_id(session_key or None)
         self._expiry: Any = _UNKNOWN
+        self._headers_sent = False
 
     # ------------------------------------------------------------ the session
 
@@ -205,6 +218,14 @@ class SessionStore(SessionBase):  # type: ignore[misc]
     def serializer(self) -> Any:
         """``SESSION_SERIALIZER``, for Django's ``encode``/``decode`` (values use the codec)."""
         return import_string(settings.SESSION_SERIALIZER)
+
+    def headers_sent(self) -> None:
+        """The response's headers (and its cookie) are final: see :class:`SessionMiddleware`.
+
+        From now on a step that needs a new cookie raises :class:`~hashsession.HeadersSentError`.
+        """
+        self._headers_sent = True
+        self._live.core.headers_sent = True
 
     def _validate_session_key(self, key: str | None) -> bool:
         """Whether ``key`` is a well-formed (and, with keys, correctly signed) cookie value."""
@@ -309,7 +330,12 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         """
         live = self._live
         stored: int | str | None
+        # Anything but ending the session changes the cookie's lifetime.
+        needs_cookie = functools.partial(
+            live.core.require_cookie, "set_expiry()", "the cookie's new lifetime needs"
+        )
         if value is None:
+            needs_cookie()
             live.touch(self.get_session_cookie_age())
             live.meta_pop(EXPIRY_META)
             self._expiry = None
@@ -321,12 +347,14 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             if left <= 0:
                 self.flush()
                 return
+            needs_cookie()
             live.touch(math.ceil(left))
             stored = value.isoformat()
         elif isinstance(value, int) and not isinstance(value, bool):
             if value < 0:
                 self.flush()
                 return
+            needs_cookie()
             live.touch(value or self.get_session_cookie_age())
             stored = value
         else:
@@ -367,6 +395,8 @@ class SessionStore(SessionBase):  # type: ignore[misc]
 
     def create(self) -> None:
         """Switch to a brand-new, empty session, stored at once; the old one is left alone."""
+        if self._headers_sent:
+            self._live.core.require_cookie("create()", "the new session needs")
         self._live = self._store.open_id(None)
         self._expiry = None
         self._live.meta_set(EXPIRY_META, None)
@@ -443,3 +473,22 @@ class SessionStore(SessionBase):  # type: ignore[misc]
     _aget_or_create_session_key = _in_thread(
         "_get_or_create_session_key", "_aget_or_create_session_key"
     )
+
+
+class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]
+    """Django's ``SessionMiddleware``, telling the session when its cookie is final.
+
+    Use ``"hashsession.django.SessionMiddleware"`` in ``MIDDLEWARE`` in place of
+    Django's. Once Django's ``process_response`` has written (or not) the cookie,
+    the session knows that no other can follow: in a ``StreamingHttpResponse`` body,
+    or in an outer middleware, a step that needs a new cookie raises
+    :class:`~hashsession.HeadersSentError` instead of leaving a Redis key no cookie
+    names. Writes to a session the request's cookie names keep working.
+    """
+
+    def process_response(self, request: Any, response: Any) -> Any:
+        response = super().process_response(request, response)
+        session = getattr(request, "session", None)
+        if isinstance(session, SessionStore):
+            session.headers_sent()
+        return response

@@ -14,9 +14,11 @@
      ├── ValueTypeError (TypeError)        an increment met a value that is not a number
      ├── LimitExceededError (ValueError)   a value, key or key count is over its limit, or a
      │                                     number outside what Redis can count with
-     └── ConflictError                     an optimistic edit kept losing races until edit_timeout
+     ├── ConflictError                     an optimistic edit kept losing races until edit_timeout
+     └── HeadersSentError (RuntimeError)   a step needs a cookie, but the headers are out
 
-Errors about one session key carry it as ``.key``; ``ConfigurationError`` has ``.setting``.
+Errors about one session key carry it as ``.key``; ``ConfigurationError`` has ``.setting``;
+``HeadersSentError`` has ``.operation``.
 Errors about an adapter's metadata (``meta_get`` and friends) carry its name as ``.key``
 and say "session metadata" instead of "session key".
 
@@ -33,6 +35,7 @@ __all__ = [
     "DecodeError",
     "EncodeError",
     "HashSessionError",
+    "HeadersSentError",
     "InvalidKeyError",
     "LimitExceededError",
     "NotReplicatedError",
@@ -124,3 +127,24 @@ class LimitExceededError(_KeyedError, ValueError):
 class ConflictError(_KeyedError):
     """An optimistic edit of ``key`` kept losing its race until ``edit_timeout`` (or the
     ``edit_retries`` cap) ran out; it wrote nothing."""
+
+
+class HeadersSentError(HashSessionError, RuntimeError):
+    """A session step needs a ``Set-Cookie`` the response can no longer carry.
+
+    Raised once the response headers have gone out (a streamed body, a Tornado
+    ``flush()``) by a step that would give the browser a new id: the first write
+    of a session that does not exist yet, ``regenerate()``, ``login()``, or an
+    adapter's own cookie change (Flask's ``permanent``, Django's ``set_expiry()``).
+    It is raised before anything is sent to Redis, so the session is as it was.
+    ``operation`` names the step.
+    """
+
+    def __init__(self, operation: str, needs: str = "it needs") -> None:
+        super().__init__(
+            f"{operation} after the response headers were sent: {needs} a Set-Cookie"
+            " header that can no longer be sent; nothing was written. Do it before the"
+            " response starts (before start_response, the first flush, or the first"
+            " chunk of a streamed body)"
+        )
+        self.operation = operation

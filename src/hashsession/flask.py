@@ -9,6 +9,12 @@ session costs no Redis command and gets no ``Set-Cookie``.
 When Flask-Login stores a user in a session that existed before the request,
 the session first gets a new id (fixation defence); :func:`regenerate` does the
 same for apps that log users in some other way.
+
+``save_session`` adds the cookie to the response headers, which are final from
+then on: in a body streamed with ``stream_with_context``, a step that needs a new
+cookie (the first write of a session not stored yet, ``regenerate()``, a login,
+setting ``permanent``) raises :class:`~hashsession.HeadersSentError` without
+writing anything. Writes to a session the request's cookie already names work.
 """
 
 from __future__ import annotations
@@ -210,6 +216,10 @@ class FlaskSession(Session, SessionMixin):
                 )
             return
         if value or self._core.id is not None:  # False on a session never stored: the default
+            if self._core.headers_sent and self.permanent != value:
+                self._core.require_cookie(
+                    f"session.permanent = {value}", "the cookie's new lifetime needs"
+                )
             self.meta_set(PERMANENT_FIELD, value)
             self._cookie_due = True
         self._permanent = value
@@ -295,6 +305,8 @@ class HashSessionInterface(SessionInterface):
                 response.vary.add(value)
             else:
                 response.headers.add(name, value)
+        # The headers are final: a streamed body (stream_with_context) runs after this.
+        session.core.headers_sent = True
 
     def response_headers(self, session: FlaskSession) -> list[tuple[str, str]]:
         """``Set-Cookie`` and ``Vary`` headers due, with ``Max-Age`` for permanent sessions."""

@@ -32,6 +32,15 @@ half idle timeout, the first command of an owned session's request leave any.
 After a critical step (``invalidate``, ``regenerate``, ``login``) the session calls
 :meth:`SessionCore.settle`, which raises the ``NotReplicatedError`` the step's
 ``WAIT`` called for, if any.
+
+Once the response headers are out, an adapter sets :attr:`SessionCore.headers_sent`.
+From then on a step that would need a new cookie raises
+:class:`~hashsession.HeadersSentError` before planning any command: the first write
+of a session not stored yet (its new id would have no cookie: an orphan key),
+``regenerate()`` and ``login()`` (the browser would keep the old, dead id). Writes
+to a session the browser already names keep working, and ``invalidate()`` still
+deletes the session (the logout holds server-side; the browser keeps a dead cookie
+until a later response expires it) with a warning logged.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ from hashsession.errors import (
     DecodeError,
     EncodeError,
     HashSessionError,
+    HeadersSentError,
     InvalidKeyError,
     LimitExceededError,
     NotReplicatedError,
@@ -103,6 +113,8 @@ __all__ = [
     "load_queue",
     "session_reference",
 ]
+
+log = logging.getLogger("hashsession")
 
 Command = tuple[Any, ...]
 #: What redis-py raises when Redis fails: its error tree, plus the cluster client's own
@@ -229,6 +241,7 @@ class SessionCore:
         "before",
         "config",
         "had_cookie",
+        "headers_sent",
         "invalidated",
         "live_key",
         "lost",
@@ -263,6 +276,9 @@ class SessionCore:
         self.short: NotReplicatedError | None = None
         #: A login's index entry, put before a step that found the session gone.
         self._indexed: _Indexed | None = None
+        #: Set by the adapter once the response headers (and so any ``Set-Cookie``) are
+        #: committed; steps that would need a new cookie then raise ``HeadersSentError``.
+        self.headers_sent = False
 
     # ------------------------------------------------------------------ views
 
@@ -487,6 +503,15 @@ class SessionCore:
         where = f"session {session_reference(self.key)}" if self.key else "a new session"
         return BackendError(f"Redis failed on {where}: {message}")
 
+    def require_cookie(self, operation: str, needs: str = "it needs") -> None:
+        """Raise :class:`HeadersSentError` for ``operation`` if the headers are out.
+
+        For steps that need the response to carry a cookie; adapters call it for their
+        own (a changed cookie lifetime), the core for a new id.
+        """
+        if self.headers_sent:
+            raise HeadersSentError(operation, needs)
+
     # ---------------------------------------------------------- state changes
 
     def _enter(self, state: State) -> None:
@@ -542,6 +567,13 @@ class SessionCore:
         The session takes the id only when Redis has created it.
         """
         c = self.config
+        if self._id is None and self.headers_sent:
+            first = pairs[0][0] if pairs else ""
+            what = f"metadata {first[1:]!r}" if first[:1] == "\x00" else repr(first)
+            raise HeadersSentError(
+                f"writing {what}",
+                "the session is not stored yet, and creating it under a new id needs",
+            )
         if len(pairs) > c.max_keys:
             raise LimitExceededError(
                 pairs[c.max_keys][0], f"the session would hold more than {c.max_keys} keys"
@@ -931,7 +963,10 @@ class SessionCore:
 
         An owned session's index entry moves too: one more command, on the index key.
         The session takes the new id once Redis has renamed it.
+        Once the headers are out it raises :class:`HeadersSentError` (the new id could
+        not reach the browser), whether or not the session is stored.
         """
+        self.require_cookie("regenerate()", "the new id needs")
         self.accessed = self.modified = True
         if self._state is State.NEW:
             if self._id is not None:  # an adopted id that holds nothing: stop adopting it
@@ -977,8 +1012,10 @@ class SessionCore:
         that does not exist, which costs nothing. Then the evicted sessions are deleted
         before they are unindexed (with the old key's entry, when ``user`` owned the
         session already). When another user owned it, the old key leaves that user's
-        index last (:attr:`after`).
+        index last (:attr:`after`). Once the headers are out it raises
+        :class:`HeadersSentError`.
         """
+        self.require_cookie("login()", "the new id needs")
         self.accessed = self.modified = True
         c = self.config
         now = _now_ms()
@@ -1102,6 +1139,9 @@ class SessionCore:
         enough replicas confirmed): until then it is as it was, so calling this again
         sends the ``DEL`` (and the ``WAIT``) again, and the response does not drop a
         cookie that still names a live session.
+
+        After the headers went out the session is still deleted (the logout holds), but
+        the browser keeps its cookie until a later response expires it; a warning says so.
         """
         self.accessed = self.modified = True
         key = self._key if self._state is not State.NEW else None
@@ -1115,6 +1155,13 @@ class SessionCore:
         if key is None:
             ended()
             return self._critical((None, None, None))
+        if self.headers_sent:
+
+            def ended_late(reply: Any = None) -> None:
+                _late_delete(reply)
+                ended(reply)
+
+            return self._critical((("DEL", key), ended_late, None), hold=True)
         return self._critical((("DEL", key), ended, None), hold=True)
 
     def _critical(self, step: Step, *, hold: bool = False) -> Step:
@@ -1260,6 +1307,14 @@ def _kind(value: Any) -> str:
 
 def _none(reply: Any) -> None:
     return None
+
+
+def _late_delete(reply: Any) -> None:
+    log.warning(
+        "session invalidated after the response headers were sent: it is deleted in"
+        " Redis (logged out), but the browser keeps its dead cookie until a later"
+        " response expires it"
+    )
 
 
 def _same(reply: Any) -> Any:

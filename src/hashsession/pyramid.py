@@ -17,6 +17,13 @@ runs those for normal responses and for responses made by an exception view (the
 ``cookie_on_exception=False`` withholds a new cookie), but not when an exception
 propagates out of the app unhandled: there is no response then, and a session
 created during such a request stays unknown to the browser until it expires.
+
+After the callback the headers are final, so in a streamed body (``app_iter``) a
+step that needs a new cookie raises :class:`~hashsession.HeadersSentError` without
+writing anything: the first write of a session not stored yet, ``regenerate()``,
+``login()``. Writes to a session the request's cookie already names keep working.
+A session first opened in the body is caught too when :func:`response_started` is
+subscribed to ``NewResponse`` (``includeme`` does it).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from hashsession._extras import missing_extra
 
 try:
+    from pyramid.events import NewResponse  # type: ignore[import-untyped]
     from pyramid.interfaces import ICSRFStoragePolicy, ISession  # type: ignore[import-untyped]
     from pyramid.path import DottedNameResolver  # type: ignore[import-untyped]
     from zope.interface.declarations import (  # type: ignore[import-untyped]
@@ -54,6 +62,7 @@ __all__ = [
     "PyramidSession",
     "SessionFactory",
     "includeme",
+    "response_started",
     "session_factory_from_settings",
     "store_from_settings",
 ]
@@ -61,6 +70,8 @@ __all__ = [
 #: The settings prefix ``includeme`` reads.
 SETTINGS_PREFIX = "hashsession."
 
+#: The ``environ`` key :func:`response_started` sets once the response headers are final.
+HEADERS_SENT = "hashsession.headers_sent"
 FLASH = "flash:"  # + queue name: a reserved field holding that flash queue
 CSRF = "csrf"  # the reserved field holding the CSRF token
 _CREATED = "c"  # the core's reserved creation time (ms)
@@ -282,7 +293,10 @@ class SessionFactory:
     def __call__(self, request: Any) -> PyramidSession:
         core = self.store.core_for(request.environ.get("HTTP_COOKIE"))
         session = self.session_class(core, self.client_for(request))
-        request.add_response_callback(functools.partial(self._send_cookie, session))
+        if request.environ.get(HEADERS_SENT):  # opened in a streamed body: too late
+            core.headers_sent = True
+        else:
+            request.add_response_callback(functools.partial(self._send_cookie, session))
         return session
 
     def _send_cookie(self, session: PyramidSession, request: Any, response: Any) -> None:
@@ -294,6 +308,20 @@ class SessionFactory:
                     response.vary = (*vary, "Cookie")
             elif not withhold or value == self.store.cookie.delete_cookie():
                 response.headerlist.append((name, value))
+        session.core.headers_sent = True  # the headers are final; no cookie can follow
+
+
+def response_started(event: Any) -> None:
+    """A ``NewResponse`` subscriber: sessions opened from now on know the headers are final.
+
+    Pyramid runs response callbacks only for those registered before the response was
+    made, so a session first opened in a streamed body (``app_iter``) would never send
+    its cookie; with this subscriber its first write raises
+    :class:`~hashsession.HeadersSentError` instead of leaving a key no cookie names.
+    ``includeme`` subscribes it; add it yourself (``config.add_subscriber(
+    response_started, NewResponse)``) when you set the session factory by hand.
+    """
+    event.request.environ[HEADERS_SENT] = True
 
 
 # ------------------------------------------------------------------ settings
@@ -457,3 +485,4 @@ def includeme(config: Any) -> None:
     factory = session_factory_from_settings(config.registry.settings, resolve=config.maybe_dotted)
     config.set_session_factory(factory)
     config.set_csrf_storage_policy(CSRFStoragePolicy())
+    config.add_subscriber(response_started, NewResponse)

@@ -23,19 +23,19 @@ With neither (or both), the first use of ``self.session`` raises
 added when the headers are first flushed: by ``finish()``, by an explicit
 ``self.flush()`` in a streaming handler, and by Tornado's error page
 (``send_error``), so a session created or changed before an exception still
-reaches the browser. Once the headers are out no cookie can follow: a session
-created, regenerated or invalidated after that is still written to Redis, but
-the browser does not learn its new id (a new session is orphaned until its idle
-timeout); the mixin logs a warning when the response finishes. The same holds
-for a session used in ``on_finish``, which runs after the response was sent.
+reaches the browser. Once the headers are out no cookie can follow, so a step
+that needs one raises :class:`~hashsession.HeadersSentError` without writing
+anything: the first write of a session not stored yet, ``regenerate()``,
+``login()``. Writes to a session the request's cookie already names keep working,
+and ``invalidate()`` still deletes the session (with a warning: the browser keeps
+its dead cookie). The same holds in ``on_finish``, which runs after the response
+was sent.
 """
 
 from __future__ import annotations
 
-import logging
 from asyncio import Future
 from collections.abc import Mapping
-from typing import Any
 
 from hashsession._extras import missing_extra
 
@@ -49,12 +49,9 @@ from hashsession.errors import ConfigurationError
 
 __all__ = ["SessionMixin", "store_for"]
 
-log = logging.getLogger("hashsession")
-
 STORE_SETTING = "hashsession_store"
 CONFIG_SETTING = "hashsession"
 _BUILT = "_hashsession_store"  # where a store built from the settings dict is kept
-_UNSENT = object()  # no headers went out yet
 
 
 def store_for(application: Application) -> AsyncSessionStore:
@@ -98,8 +95,6 @@ class SessionMixin(RequestHandler):
     """
 
     _hashsession: AsyncSession | None = None
-    #: The session id the browser holds once the headers are out (``_UNSENT`` before).
-    _hashsession_sent: object = _UNSENT
 
     @property
     def session(self) -> AsyncSession:
@@ -109,7 +104,7 @@ class SessionMixin(RequestHandler):
             cookie = "; ".join(self.request.headers.get_list("Cookie"))
             session = self._hashsession = store_for(self.application).open(cookie or None)
             if self._headers_written:  # too late for a cookie: the browser keeps its own
-                self._hashsession_sent = session.id
+                session.core.headers_sent = True
         return session
 
     def flush(self, include_footers: bool = False) -> Future[None]:
@@ -118,32 +113,13 @@ class SessionMixin(RequestHandler):
             self._add_session_headers(self._hashsession)
         return super().flush(include_footers)
 
-    def finish(self, chunk: str | bytes | dict[Any, Any] | None = None) -> Future[None]:
-        """Finish as usual, then warn if the session needs a cookie the response could not carry."""
-        result = super().finish(chunk)
-        session = self._hashsession
-        if (
-            session is not None
-            and self._hashsession_sent is not _UNSENT
-            and session.id != self._hashsession_sent
-            and session.core.set_cookie_header() is not None
-        ):
-            log.warning(
-                "%s %s: the session got a new id or ended after the response headers were "
-                "sent, so its cookie could not be updated (Redis has the change; the "
-                "browser does not know it)",
-                self.request.method,
-                self.request.path,
-            )
-        return result
-
     def _add_session_headers(self, session: AsyncSession) -> None:
-        self._hashsession_sent = session.id
         for name, value in session.core.response_headers():
             if name.lower() == "vary":
                 self._merge_vary(value)
             else:
                 self.add_header(name, value)
+        session.core.headers_sent = True  # this flush sends them; no cookie can follow
 
     def _merge_vary(self, token: str) -> None:
         current = self._headers.get("Vary")

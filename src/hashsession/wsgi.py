@@ -6,6 +6,12 @@ and ``Vary`` headers are added when the app calls ``start_response``. If the
 app raises before starting a response, the middleware answers 500 itself when
 the session must still send its cookie (so a session created or replaced
 before the error is not orphaned), and otherwise lets the exception propagate.
+
+The headers are final once ``start_response`` is called, so from then on (in a
+streamed body, say) a step that needs a new cookie raises
+:class:`~hashsession.HeadersSentError` without writing anything: the first write
+of a session not stored yet, ``regenerate()``, ``login()``. Writes to a session the
+request's cookie already names keep working.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class SessionMiddleware:
             started = True
             headers = list(headers)
             headers.extend(session.core.response_headers())
+            session.core.headers_sent = True  # no Set-Cookie can follow these headers
             if exc_info is None:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)

@@ -20,7 +20,7 @@ import redis
 import webtest
 
 from conftest import Counted
-from hashsession import BackendError, ConfigurationError, EncodeError
+from hashsession import BackendError, ConfigurationError, EncodeError, HeadersSentError
 from hashsession import bottle as native
 from hashsession.compat import bottle_session
 from hashsession.embedded import EmbeddedRedis, free_port
@@ -673,3 +673,27 @@ def test_routes_can_skip_the_plugin_by_its_old_name(make_app: Callable[..., bott
         return str(session)
 
     assert webtest.TestApp(app).get("/skipped").text == "not injected"
+
+
+def test_generator_body_follows_the_native_plugin(
+    make_app: Callable[..., bottle.Bottle], redis_client: redis.Redis
+) -> None:
+    """After the route returned, only a session the browser already names can be written."""
+    app = make_app()
+
+    @app.route("/stream")
+    def stream(session: bottle_session.Session) -> Iterator[str]:
+        def body() -> Iterator[str]:
+            yield "first "
+            session["late"] = "yes"
+            yield "second"
+
+        return body()
+
+    browser = webtest.TestApp(app)
+    with pytest.raises(HeadersSentError, match="writing 'late'"):
+        browser.get("/stream")
+    assert redis_client.keys("*") == []
+    browser.get("/set/name/ann")
+    assert browser.get("/stream").text == "first second"
+    assert browser.get("/get/late").text == "'yes'"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from hashsession import BackendError, ConfigurationError
+from hashsession import BackendError, ConfigurationError, HeadersSentError
 from hashsession.compat import drsession
 from hashsession.embedded import EmbeddedRedis, free_port
 
@@ -734,3 +734,31 @@ def test_store_hands_out_compat_sessions(
     assert isinstance(by_header, drsession.Session) and by_header["k"] == "v"
     by_value.destroy()
     assert redis_client.exists("drsession:abc") == 0
+
+
+# ------------------------------------------------------------------ streamed bodies
+
+
+def test_streamed_body_follows_the_wsgi_middleware(
+    middleware: Callable[..., drsession.SessionMiddleware], redis_client: redis.Redis
+) -> None:
+    """After start_response a brand-new visitor's session cannot be created (no cookie)."""
+
+    def app(environ: Environ, start_response: Callable[..., Any]) -> Iterator[bytes]:
+        session = environ["drsession"]
+        if environ["PATH_INFO"] == "/seed":
+            session["cart"] = "apple"
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first "
+        if environ["PATH_INFO"] == "/write":
+            session["late"] = "yes"
+        yield b"second"
+
+    browser = Browser(middleware(app))
+    with pytest.raises(HeadersSentError, match="writing 'late'"):
+        browser.get("/write")
+    assert redis_client.keys("drsession:*") == []
+    browser.get("/seed")
+    assert browser.get("/write").text == "first second"
+    [key] = redis_client.keys("drsession:*")
+    assert redis_client.hget(key, "late") == b'"yes"'

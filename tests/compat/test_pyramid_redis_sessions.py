@@ -19,9 +19,10 @@ import webtest
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError as PyramidConfigurationError
 from pyramid.interfaces import ISession, ISessionFactory
+from pyramid.response import Response
 from zope.interface.verify import verifyObject
 
-from hashsession import BackendError
+from hashsession import BackendError, HeadersSentError
 from hashsession import ConfigurationError as HashSessionConfigurationError
 from hashsession.compat import pyramid_redis_sessions as prs
 from hashsession.cookies import Signer
@@ -90,7 +91,22 @@ def views() -> dict[str, Callable[[Any], Any]]:
         request.session.invalidate()
         return "bye"
 
-    return {"/write": write, "/read": read, "/fail": fail, "/adjust": adjust, "/logout": logout}
+    def stream(request: Any) -> Any:
+        def body() -> Iterator[bytes]:
+            yield b"first "
+            request.session["late"] = True  # the session is first opened here
+            yield b"second"
+
+        return Response(app_iter=body())
+
+    return {
+        "/write": write,
+        "/read": read,
+        "/fail": fail,
+        "/adjust": adjust,
+        "/logout": logout,
+        "/stream": stream,
+    }
 
 
 def error_view(exc: Exception, request: Any) -> Any:
@@ -726,3 +742,16 @@ def test_sessions_carry_over_to_the_native_module(
     finally:
         config.registry.queryUtility(ISessionFactory).close()
         native.registry.queryUtility(ISessionFactory).close()
+
+
+def test_streamed_body_writes_only_to_an_existing_session(
+    make_app: MakeApp, settings: dict[str, Any], redis_client: redis.Redis
+) -> None:
+    """The include subscribes ``response_started``: a session first opened mid-body knows."""
+    app = make_app(settings)
+    with pytest.raises(HeadersSentError, match="writing 'late'"):
+        app.get("/stream")
+    assert redis_client.keys("*") == []
+    app.get("/write")
+    assert app.get("/stream").body == b"first second"
+    assert redis_client.hget(only_key(redis_client), "late") == b"true"

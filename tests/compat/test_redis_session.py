@@ -7,6 +7,7 @@ client, Tornado on a real HTTPServer on a loopback port.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from tornado.netutil import bind_sockets
 from tornado.options import options
 from tornado.web import Application, create_signed_value
 
-from hashsession import ConfigurationError
+from hashsession import ConfigurationError, HeadersSentError
 from hashsession.compat.redis_session import (
     RedisSession,
     TextCodec,
@@ -447,3 +448,34 @@ class Counter(tornado_session.SessionHandler):
         count = self.session.count.int
         self.session.count = count + 1
         self.write(str(count))
+
+
+class StreamThenWrite(tornado_session.SessionHandler):
+    """Flushes the headers, then writes to the session."""
+
+    async def get(self) -> None:
+        self.write("first ")
+        await self.flush()
+        self.session.late = "yes"
+        self.write("second")
+
+
+async def test_tornado_write_after_the_headers_needs_an_existing_session(
+    tornado_options: None, redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    options.session_cookie_secure = False
+    app = Application([(r"/", Counter), (r"/late", StreamThenWrite)])
+    async with serving(app) as base:
+        with caplog.at_level(logging.ERROR):
+            orphan = await fetch(base + "/late")
+        assert orphan.body == b"first "  # the handler stopped at the write
+        assert orphan.headers.get_list("Set-Cookie") == []
+        assert any(
+            rec.exc_info and isinstance(rec.exc_info[1], HeadersSentError) for rec in caplog.records
+        )
+        assert redis_client.keys("redis:sessions:*") == []
+
+        name, value, _ = cookie_of((await fetch(base + "/")).headers["Set-Cookie"])
+        late = await fetch(base + "/late", f"{name}={value}")
+        assert late.body == b"first second"
+    assert redis_client.hget(f"redis:sessions:{value}", "late") == b"yes"

@@ -23,6 +23,7 @@ import redis
 from hashsession._extras import missing_extra
 
 try:
+    from pyramid.events import NewResponse  # type: ignore[import-untyped]
     from pyramid.exceptions import (  # type: ignore[import-untyped]
         ConfigurationError as _PyramidConfigurationError,
     )
@@ -42,6 +43,7 @@ from hashsession.pyramid import (
     blank,
     declare_provides,
     resolved,
+    response_started,
 )
 from hashsession.store import StoreBase, checked_client
 from hashsession.topology import SyncClient
@@ -217,11 +219,13 @@ def includeme(config: Any) -> None:
     """``config.include("hashsession.compat.pyramid_redis_sessions")``.
 
     Sets the session factory from the settings and hashsession's CSRF policy
-    (which checks a token without storing one).
+    (which checks a token without storing one), and subscribes
+    :func:`hashsession.pyramid.response_started` (see there).
     """
     options = _options(config.registry.settings, _resolver(config.maybe_dotted))
     config.set_session_factory(RedisSessionFactory(**options))
     config.set_csrf_storage_policy(CSRFStoragePolicy())
+    config.add_subscriber(response_started, NewResponse)
 
 
 def _one_of(name: str, alias: str, old: Any, new: Any) -> Any:

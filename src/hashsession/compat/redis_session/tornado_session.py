@@ -92,7 +92,8 @@ class SessionHandler(RequestHandler):
     """A ``RequestHandler`` with redis-session's lazy, live ``self.session``.
 
     Opening the session costs no Redis command; its ``Set-Cookie`` (and
-    ``Vary: Cookie``) go out with the first flush of the headers.
+    ``Vary: Cookie``) go out with the first flush of the headers. After that, a step
+    that needs a new cookie raises :class:`~hashsession.HeadersSentError`.
     """
 
     _redis_session: RedisSession | None = None
@@ -108,6 +109,8 @@ class SessionHandler(RequestHandler):
                 legacy = self._legacy_id(store)
                 if legacy is not None:
                     native = store.open_id(store.config.cookie_value(legacy))
+            if self._headers_written:  # too late for a cookie: the browser keeps its own
+                native.core.headers_sent = True
             self._redis_session = RedisSession(native)
         return self._redis_session
 
@@ -134,10 +137,12 @@ class SessionHandler(RequestHandler):
     def flush(self, include_footers: bool = False) -> Future[None]:
         """Add the session's headers before the first chunk, then flush as usual."""
         if not self._headers_written and self._redis_session is not None:
-            for name, value in self._redis_session.native.core.response_headers():
+            core = self._redis_session.native.core
+            for name, value in core.response_headers():
                 if name.lower() == "vary":
                     current = self._headers.get("Vary")
                     self.set_header("Vary", f"{current}, {value}" if current else value)
                 else:
                     self.add_header(name, value)
+            core.headers_sent = True  # this flush sends them; no cookie can follow
         return super().flush(include_footers)
