@@ -109,7 +109,7 @@ def test_the_wait_rides_in_the_same_round_trip(topology_url: str) -> None:
         session["n"] = 1
         with counted.expect(1), pytest.raises(NotReplicatedError):
             session.invalidate()
-        assert counted.commands == ["DEL", "WAIT"]  # one pipeline: one round trip
+        assert counted.commands == ["DEL", "PUBLISH", "WAIT"]  # one pipeline: one round trip
     finally:
         counted.close()
 

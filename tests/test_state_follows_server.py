@@ -19,6 +19,8 @@ master whose replica is detached (``REPLICAOF NO ONE``), so ``WAIT`` answers 0.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -290,6 +292,45 @@ async def test_async_an_unconfirmed_logout_is_sent_again_until_replicas_confirm(
         assert session.invalidated and replica.exists(key) == 0
     finally:
         await store.aclose()
+
+
+def test_a_retried_logout_on_a_fresh_connection_still_waits_for_the_replica(
+    detached: tuple[EmbeddedRedis, redis.Redis, Callable[[], None]],
+) -> None:
+    # The replica stays connected but stops answering (SIGSTOP), so WAIT can only count it
+    # by its last acknowledged offset. The retry's DEL changes nothing (the master deleted
+    # the key the first time) and goes out on a new connection: Redis 7 and Valkey give
+    # that connection no replication offset for a no-op, so a bare WAIT would confirm at
+    # once; the PUBLISH fence in front of it makes the WAIT count from now.
+    master, replica, attach = detached
+    store = SessionStore(redis=master.url, ttl=100, wait_for_replicas=1, wait_timeout=0.05)
+    stopped = False
+    try:
+        session = store.open()
+        session["n"] = 1
+        key = session.core.key
+        assert key is not None
+        attach()
+        assert replica.exists(key) == 1
+        pid = int(replica.info("server")["process_id"])
+        os.kill(pid, signal.SIGSTOP)
+        stopped = True
+        with pytest.raises(NotReplicatedError):
+            session.invalidate()
+        store.client.connection_pool.disconnect()  # the retry gets a new connection
+        with pytest.raises(NotReplicatedError) as again:
+            session.invalidate()
+        assert again.value.replicas == 0
+        assert not session.invalidated
+        os.kill(pid, signal.SIGCONT)
+        stopped = False
+        session.invalidate()  # the replica catches up and confirms
+        assert session.invalidated
+        assert replica.exists(key) == 0
+    finally:
+        if stopped:
+            os.kill(pid, signal.SIGCONT)
+        store.close()
 
 
 # --------------------------------------------------------------------------- regenerate, create

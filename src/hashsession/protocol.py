@@ -226,6 +226,21 @@ class _Indexed:
         self.evicted: list[bytes] = []
 
 
+
+#: Sent between a critical write and its ``WAIT``. ``PUBLISH`` always reaches the replicas,
+#: so the ``WAIT`` counts from it even when the write changed nothing (a ``DEL`` sent again
+#: after :class:`~hashsession.NotReplicatedError`): Redis 7 and Valkey move a connection's
+#: replication offset only for commands that propagate, and without it a no-op write on a
+#: fresh connection would let ``WAIT`` confirm at once while a replica still holds the
+#: session. Nobody subscribes to the channel.
+WAIT_FENCE: Command = ("PUBLISH", "__hashsession__:wait", "")
+
+
+def wait_commands(config: SessionConfig) -> list[Command]:
+    """What follows a critical write under ``wait_for_replicas``: the fence, then ``WAIT``."""
+    return [WAIT_FENCE, ("WAIT", config.wait_replicas, config.wait_timeout_ms)]
+
+
 class SessionCore:
     """One request's session, as state plus plans; no I/O."""
 
@@ -1180,14 +1195,14 @@ class SessionCore:
         assert not isinstance(cmd, list)
 
         def waited(replies: Any) -> Any:
-            reply, confirmed = replies
+            reply, confirmed = replies[0], replies[-1]
             if confirmed < c.wait_replicas:
                 self.short = NotReplicatedError(c.wait_replicas, confirmed)
                 if hold:
                     return None
             return reply if finish is None else finish(reply)
 
-        return [cmd, ("WAIT", c.wait_replicas, c.wait_timeout_ms)], waited, value
+        return [cmd, *wait_commands(c)], waited, value
 
     def settle(self) -> None:
         """Raise the :class:`NotReplicatedError` of the last critical step, if it fell short."""

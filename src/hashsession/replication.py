@@ -14,14 +14,15 @@ from __future__ import annotations
 
 from hashsession.config import SessionConfig
 from hashsession.errors import NotReplicatedError
-from hashsession.protocol import Command
+from hashsession.protocol import Command, wait_commands
 
 __all__ = ["check", "waited"]
 
 
 def waited(config: SessionConfig, commands: list[Command]) -> list[Command]:
-    """``commands`` followed by the ``WAIT`` the settings ask for."""
-    return [*commands, ("WAIT", config.wait_replicas, config.wait_timeout_ms)]
+    """``commands`` followed by the fence and the ``WAIT`` the settings ask for
+    (:data:`~hashsession.protocol.WAIT_FENCE`)."""
+    return [*commands, *wait_commands(config)]
 
 
 def check(config: SessionConfig, replicas: int) -> None:

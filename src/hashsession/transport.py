@@ -76,7 +76,7 @@ _FIRST_PAUSE = 0.0002
 # ...up to this.
 _LONGEST_PAUSE = 0.005
 # Commands that name no key (only ever sent to one server, never in a cluster pipeline).
-_KEYLESS = frozenset({"WAIT", "PING"})
+_KEYLESS = frozenset({"WAIT", "PING", "PUBLISH"})
 
 
 # --------------------------------------------------------------------------- turns

@@ -247,7 +247,7 @@ def _critical(config: SessionConfig, commands: list[Command]) -> Flow[list[Any]]
             return [(yield commands[0])]
         replies: list[Any] = yield commands
         return replies
-    *replies, replicas = yield waited(config, commands)
+    *replies, _fence, replicas = yield waited(config, commands)
     check(config, replicas)
     return replies
 
