@@ -235,7 +235,10 @@ class SessionCore:
         """The stored bytes of ``value``; errors name ``key``."""
         config = self.config
         try:
-            raw = config.codec.dumps(value)
+            if config.bound_codec is not None:  # sealed for this field of this session
+                raw: str | bytes = config.bound_codec.dumps_at(value, key, self._bound_key())
+            else:
+                raw = config.codec.dumps(value)
         except Exception as exc:
             raise EncodeError(key, f"cannot encode {type(value).__name__}: {exc}") from exc
         if type(raw) is str:
@@ -250,10 +253,36 @@ class SessionCore:
 
     def decode(self, key: str, raw: bytes) -> Any:
         """The value stored as ``raw`` under ``key``; a :class:`DecodeError` names the key."""
+        config = self.config
         try:
-            return self.config.codec.loads(raw)
+            if config.bound_codec is not None:
+                return config.bound_codec.loads_at(raw, key, self._bound_key())
+            return config.codec.loads(raw)
         except Exception as exc:
             raise DecodeError(key, f"stored value cannot be decoded: {exc}") from exc
+
+    def _bound_key(self) -> str:
+        """The Redis key values are bound to; a session not stored yet draws its id now."""
+        if self._key is None:
+            self._id = self.config.new_id()
+            self._key = self.config.key_of(self._id)
+        return self._key
+
+    def rebound(
+        self, stored: Mapping[str, bytes], old_key: str
+    ) -> tuple[list[tuple[str, bytes | None]], list[tuple[str, bytes | None]]]:
+        """After the session moved from ``old_key``: the compare-and-set that binds its
+        values to the new key (expected, changes), for a codec that binds them."""
+        bound = self.config.bound_codec
+        assert bound is not None and self._key is not None
+        expected: list[tuple[str, bytes | None]] = []
+        changes: list[tuple[str, bytes | None]] = []
+        for field, raw in stored.items():
+            moved = bound.rebind(raw, field, self._key, old_key)
+            if moved is not raw:
+                expected.append((field, raw))
+                changes.append((field, moved))
+        return expected, changes
 
     @staticmethod
     def backoff(attempt: int) -> float:
@@ -349,6 +378,9 @@ class SessionCore:
         if self._id is None:
             self._id = c.new_id()
             self._key = c.key_of(self._id)
+        if c.bound_codec is not None and self._key is not None:  # bound to a key now gone?
+            rebind, key = c.bound_codec.rebind, self._key
+            pairs = [(f, rebind(v, f, key)) for f, v in pairs]
         now = now or _now_ms()
         ttl = self._ttl_override or c.idle_ms
         if c.absolute_ms:
