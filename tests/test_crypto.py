@@ -379,6 +379,7 @@ def test_plain_counter_is_exact_under_concurrency(sealed: SessionStore) -> None:
 # --------------------------------------------------------------------------- new keys
 
 
+@pytest.mark.all_topologies
 @pytest.mark.parametrize("move", ["regenerate", "login"])
 def test_values_follow_the_session_to_its_new_id(
     sealed: SessionStore, stored: tuple[str, str], redis_client: redis.Redis, move: str
@@ -476,6 +477,7 @@ async def async_sealed(redis_url: str) -> Iterator[AsyncSessionStore]:
     await store.aclose()
 
 
+@pytest.mark.all_topologies
 async def test_async_flavour(async_sealed: AsyncSessionStore, redis_client: redis.Redis) -> None:
     store = async_sealed
     s = store.open(None)
