@@ -19,6 +19,7 @@ ADAPTERS = [
     ("pyramid", "pyramid", "pyramid"),
     ("pyramid", "zope", "pyramid"),
     ("bottle", "bottle", "bottle"),
+    ("crypto", "cryptography", "crypto"),
     ("compat.redis_session.flask_session", "flask", "flask"),
     ("compat.redis_session.tornado_session", "tornado", "tornado"),
     ("compat.pyramid_redis_sessions", "pyramid", "pyramid"),

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from hashsession.errors import ConfigurationError
+from hashsession.errors import ConfigurationError, ValueTypeError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
@@ -42,7 +42,7 @@ from hashsession.store import StoreBase, checked_client
 from hashsession.topology import AsyncClient, is_cluster
 from hashsession.transport import apipeline, aresend
 from hashsession.users import SessionInfo, UserId, arun, revoke, revoke_user, sessions_of, user_text
-from hashsession.values import Recorder
+from hashsession.values import Recorder, adder
 
 __all__ = ["AsyncSession", "AsyncSessionStore"]
 
@@ -262,22 +262,36 @@ class AsyncSession(SessionView):
         field = core.field(key)
         if type(amount) is not int or not I64_MIN <= amount <= I64_MAX:
             core.int_amount(field, amount)  # raises, naming the key
-        live = core.live_key
-        if live is not None:
-            core.modified = True
-            cmd = ("EVALSHA", INCR_SHA, 1, live, core.config.max_keys, field, amount)
-            reply = await self._send(cmd, field)
-            if reply is not None:
-                return int(reply)
-            core.vanished()
-        return int(await self._run(core.plan_incr, field, field, amount))
+        return int(await self._incr(field, amount))
 
     async def incr_float(self, key: str, amount: float = 1.0) -> float:
         """Add ``amount`` to the number under ``key`` with ``HINCRBYFLOAT``."""
         core = self._core
         field = core.field(key)
-        amount = core.float_amount(field, amount)
-        return float(await self._run(core.plan_incr, field, field, amount))
+        return float(await self._incr(field, core.float_amount(field, amount)))
+
+    async def _incr(self, field: str, amount: int | float) -> Any:
+        bound = self._core.config.bound_codec
+        if bound is None:
+            return await self._hincr(field, amount)
+        if bound.counter_field(field):
+            try:
+                return await self._hincr(field, amount)
+            except ValueTypeError:  # a sealed number, which the server cannot add to
+                pass
+        return await self.apply(field, adder(field, amount), 0)
+
+    async def _hincr(self, field: str, amount: int | float) -> Any:
+        core = self._core
+        live = core.live_key
+        if live is not None and type(amount) is int:
+            core.modified = True
+            cmd = ("EVALSHA", INCR_SHA, 1, live, core.config.max_keys, field, amount)
+            reply = await self._send(cmd, field)
+            if reply is not None:
+                return reply
+            core.vanished()
+        return await self._run(core.plan_incr, field, field, amount)
 
     async def setdefault(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, storing ``default`` first if missing; one atomic step."""
@@ -427,7 +441,9 @@ class AsyncSession(SessionView):
 
     async def regenerate(self) -> None:
         """Give the session a new id, keeping its data and expiry; the old id stops working."""
+        moved_from = self._core.key
         await self._run_critical(self._core.plan_regenerate)
+        await self._rebind(moved_from)
 
     async def invalidate(self) -> None:
         """Delete the session now; the response expires its cookie."""
@@ -439,7 +455,22 @@ class AsyncSession(SessionView):
         Two round trips: the rename, then the owner's index (one more per session
         evicted by ``max_sessions_per_user``, and one when another user owned it).
         """
+        moved_from = self._core.key
         await self._run_critical(self._core.plan_login, user_text(user_id))
+        await self._rebind(moved_from)
+
+    async def _rebind(self, old_key: str | None) -> None:
+        """After a move from ``old_key``, bind the values to the new key, as
+        :meth:`Session._rebind`."""
+        core = self._core
+        if core.config.bound_codec is None or old_key is None or core.key in (None, old_key):
+            return
+        retries = core.retries()
+        while True:
+            expected, changes = core.rebound(await self._run(core.plan_all, None), old_key)
+            if not changes or await self._run(core.plan_cas, None, expected, changes):
+                return
+            await asyncio.sleep(retries.wait("(the values sealed for the old id)"))
 
     async def save(self) -> None:
         """Nothing to do: every change was written when it was made."""

@@ -12,6 +12,10 @@ array of its own encodings of the items (``[item,item]``), ``"dict"`` when it
 encodes a dict as the compact JSON object of its encodings of the keys and
 values (``{"key":value}``). Edits of other kinds, or with a codec that does
 not say, are optimistic compare-and-set writes instead.
+
+A :class:`BoundCodec` (``binds_location = True``) is also told where a value
+lives, the field and the session's Redis key, so that its stored form can be
+bound to that place (:class:`hashsession.crypto.SealedCodec`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ from typing import Any, Protocol, runtime_checkable
 
 from hashsession.errors import ConfigurationError
 
-__all__ = ["Codec", "FunctionCodec", "JSONCodec", "PickleCodec", "resolve_codec"]
+__all__ = [
+    "BoundCodec",
+    "Codec",
+    "FunctionCodec",
+    "JSONCodec",
+    "PickleCodec",
+    "bound_codec",
+    "resolve_codec",
+]
 
 
 @runtime_checkable
@@ -33,6 +45,36 @@ class Codec(Protocol):
     def dumps(self, value: Any, /) -> str | bytes: ...
 
     def loads(self, data: bytes, /) -> Any: ...
+
+
+@runtime_checkable
+class BoundCodec(Protocol):
+    """A codec whose stored form depends on where the value is stored.
+
+    The session calls these instead of ``dumps``/``loads`` when the codec says
+    ``binds_location = True``; ``field`` is the hash field (the session key) and
+    ``key`` the session's Redis key.
+    """
+
+    binds_location: bool
+
+    def dumps_at(self, value: Any, field: str, key: str, /) -> bytes: ...
+
+    def loads_at(self, data: bytes, field: str, key: str, /) -> Any: ...
+
+    def rebind(self, data: bytes, field: str, key: str, old_key: str | None = None, /) -> bytes:
+        """``data`` stored again for ``key``: bytes from ``dumps_at`` (which know their place),
+        or stored bytes read from ``old_key``; anything else is returned unchanged."""
+        ...
+
+    def counter_field(self, field: str, /) -> bool:
+        """Whether ``field`` may hold a plain number that ``HINCRBY`` can work on."""
+        ...
+
+
+def bound_codec(codec: Codec) -> BoundCodec | None:
+    """``codec`` if it binds values to their location, else ``None``."""
+    return codec if getattr(codec, "binds_location", False) is True else None  # type: ignore[return-value]
 
 
 class JSONCodec:

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from hashsession import ids
-from hashsession.codecs import Codec, resolve_codec
+from hashsession.codecs import BoundCodec, Codec, bound_codec, resolve_codec
 from hashsession.cookies import CookiePolicy, Signer
 from hashsession.errors import ConfigurationError
 
@@ -74,6 +74,8 @@ class SessionConfig:
     connection_wait: float = 10.0
     #: Set by the store on a Redis Cluster: a regenerated raw id keeps its key's slot.
     same_slot_ids: bool = False
+    #: ``codec`` again when it binds values to their field and session (sealing), else None.
+    bound_codec: BoundCodec | None = None
 
     @classmethod
     def build(
@@ -157,11 +159,13 @@ class SessionConfig:
             raise ConfigurationError("id_factory", "must be a callable returning a new id")
         if id_factory is not None and key_layout != "raw":
             raise ConfigurationError("id_factory", "custom ids need key_layout='raw'")
+        resolved = resolve_codec(codec)
         return cls(
             prefix=prefix,
             idle_ms=idle * 1000,  # type: ignore[operator]
             absolute_ms=(absolute or 0) * 1000,
-            codec=resolve_codec(codec),
+            codec=resolved,
+            bound_codec=bound_codec(resolved),
             signer=signer,
             cookie=CookiePolicy.coerce(cookie),
             max_key_bytes=max_key_length,

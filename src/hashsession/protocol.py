@@ -226,7 +226,6 @@ class _Indexed:
         self.evicted: list[bytes] = []
 
 
-
 #: Sent between a critical write and its ``WAIT``. ``PUBLISH`` always reaches the replicas,
 #: so the ``WAIT`` counts from it even when the write changed nothing (a ``DEL`` sent again
 #: after :class:`~hashsession.NotReplicatedError`): Redis 7 and Valkey move a connection's
@@ -249,6 +248,7 @@ class SessionCore:
         "_incoming_id",
         "_indexed",
         "_key",
+        "_provisional",
         "_state",
         "_ttl_override",
         "accessed",
@@ -294,6 +294,8 @@ class SessionCore:
         #: Set by the adapter once the response headers (and so any ``Set-Cookie``) are
         #: committed; steps that would need a new cookie then raise ``HeadersSentError``.
         self.headers_sent = False
+        #: The id (and key) a new session's sealed values were bound to, if any.
+        self._provisional: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -416,7 +418,10 @@ class SessionCore:
         """The stored bytes of ``value``; errors name ``key``."""
         config = self.config
         try:
-            raw = config.codec.dumps(value)
+            if config.bound_codec is not None:  # sealed for this field of this session
+                raw: str | bytes = config.bound_codec.dumps_at(value, key, self._bound_key())
+            else:
+                raw = config.codec.dumps(value)
             if type(raw) is str:
                 raw = raw.encode("utf-8")  # a lone surrogate fails here
             elif type(raw) is not bytes:
@@ -433,10 +438,39 @@ class SessionCore:
 
     def decode(self, key: str, raw: bytes) -> Any:
         """The value stored as ``raw`` under ``key``; a :class:`DecodeError` names the key."""
+        config = self.config
         try:
-            return self.config.codec.loads(raw)
+            if config.bound_codec is not None:
+                return config.bound_codec.loads_at(raw, key, self._bound_key())
+            return config.codec.loads(raw)
         except Exception as exc:
             raise DecodeError(key, f"stored value cannot be decoded: {exc}") from exc
+
+    def _bound_key(self) -> str:
+        """The Redis key values are bound to. A session not stored yet draws the id it
+        will be created under; the session takes it only once Redis created it."""
+        if self._key is not None:
+            return self._key
+        if self._provisional is None:
+            new_id = self.config.new_id()
+            self._provisional = (new_id, self.config.key_of(new_id))
+        return self._provisional[1]
+
+    def rebound(
+        self, stored: Mapping[str, bytes], old_key: str
+    ) -> tuple[list[tuple[str, bytes | None]], list[tuple[str, bytes | None]]]:
+        """After the session moved from ``old_key``: the compare-and-set that binds its
+        values to the new key (expected, changes), for a codec that binds them."""
+        bound = self.config.bound_codec
+        assert bound is not None and self._key is not None
+        expected: list[tuple[str, bytes | None]] = []
+        changes: list[tuple[str, bytes | None]] = []
+        for field, raw in stored.items():
+            moved = bound.rebind(raw, field, self._key, old_key)
+            if moved is not raw:
+                expected.append((field, raw))
+                changes.append((field, moved))
+        return expected, changes
 
     @staticmethod
     def int_amount(key: object, amount: object) -> int:
@@ -594,8 +628,16 @@ class SessionCore:
                 pairs[c.max_keys][0], f"the session would hold more than {c.max_keys} keys"
             )
         if session_id is None:
-            session_id = self._id if self._id is not None else c.new_id()
+            if self._id is not None:
+                session_id = self._id
+            elif self._provisional is not None:  # values were sealed for it already
+                session_id = self._provisional[0]
+            else:
+                session_id = c.new_id()
         key = c.key_of(session_id)
+        if c.bound_codec is not None:  # sealed values bind to the key they are stored under
+            rebind = c.bound_codec.rebind
+            pairs = [(f, rebind(v, f, key)) for f, v in pairs]
         now = now or _now_ms()
         ttl = self._ttl_override or c.idle_ms
         if c.absolute_ms:

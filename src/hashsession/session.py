@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from hashsession.config import MAX_SECONDS
-from hashsession.errors import ConfigurationError
+from hashsession.errors import ConfigurationError, ValueTypeError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
@@ -37,7 +37,7 @@ from hashsession.protocol import (
 )
 from hashsession.transport import pipeline, resend
 from hashsession.users import UserId, user_text
-from hashsession.values import Counter, FloatCounter, Recorder, counted, increment_of
+from hashsession.values import Counter, FloatCounter, Recorder, adder, counted, increment_of
 
 if TYPE_CHECKING:
     from hashsession.topology import SyncClient
@@ -275,6 +275,17 @@ class Session(SessionView, MutableMapping[str, Any]):
         self._run(core.plan_set, field, [(field, raw)])
 
     def _incr(self, field: str, amount: int | float) -> Any:
+        bound = self._core.config.bound_codec
+        if bound is None:
+            return self._hincr(field, amount)
+        if bound.counter_field(field):
+            try:
+                return self._hincr(field, amount)
+            except ValueTypeError:  # a sealed number, which the server cannot add to
+                pass
+        return self.apply(field, adder(field, amount), 0)
+
+    def _hincr(self, field: str, amount: int | float) -> Any:
         core = self._core
         live = core.live_key
         if live is not None and type(amount) is int:
@@ -325,7 +336,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         """Add ``amount`` to the number under ``key`` with ``HINCRBYFLOAT``."""
         core = self._core
         field = core.field(key)
-        return float(self._run(core.plan_incr, field, field, core.float_amount(field, amount)))
+        return float(self._incr(field, core.float_amount(field, amount)))
 
     def setdefault(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, storing ``default`` first if missing; one atomic step."""
@@ -518,7 +529,9 @@ class Session(SessionView, MutableMapping[str, Any]):
 
     def regenerate(self) -> None:
         """Give the session a new id, keeping its data and expiry; the old id stops working."""
+        moved_from = self._core.key
         self._run_critical(self._core.plan_regenerate)
+        self._rebind(moved_from)
 
     def invalidate(self) -> None:
         """Delete the session now; the response expires its cookie."""
@@ -530,7 +543,24 @@ class Session(SessionView, MutableMapping[str, Any]):
         Two round trips: the rename, then the owner's index (one more per session
         evicted by ``max_sessions_per_user``, and one when another user owned it).
         """
+        moved_from = self._core.key
         self._run_critical(self._core.plan_login, user_text(user_id))
+        self._rebind(moved_from)
+
+    def _rebind(self, old_key: str | None) -> None:
+        """After a move from ``old_key``, bind the values to the new key (sealed stores only).
+
+        Two more round trips: ``HGETALL``, then one compare-and-set of every sealed value.
+        """
+        core = self._core
+        if core.config.bound_codec is None or old_key is None or core.key in (None, old_key):
+            return
+        retries = core.retries()
+        while True:
+            expected, changes = core.rebound(self._run(core.plan_all, None), old_key)
+            if not changes or self._run(core.plan_cas, None, expected, changes):
+                return
+            time.sleep(retries.wait("(the values sealed for the old id)"))
 
     def save(self) -> None:
         """Nothing to do: every change was written when it was made."""

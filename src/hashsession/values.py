@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Counter", "FloatCounter", "Recorder", "counted"]
+from hashsession.errors import ValueTypeError
+
+__all__ = ["Counter", "FloatCounter", "Recorder", "adder", "counted"]
 
 
 class Counter(int):
@@ -78,6 +80,22 @@ def increment_of(value: object, owner: object, key: str) -> int | float | None:
         value._delta = 0
         return delta
     return None
+
+
+def adder(key: str, amount: int | float) -> Any:
+    """``current + amount``, with ``HINCRBY``'s rules (``HINCRBYFLOAT``'s for a float amount).
+
+    For increments the server cannot do itself (a sealed value, see
+    :mod:`hashsession.crypto`), applied by compare-and-set.
+    """
+
+    def add(current: Any) -> Any:
+        kind = type(current)
+        if kind is not int and (kind is not float or type(amount) is int):
+            raise ValueTypeError(key, "the stored value is not a number to increment")
+        return current + amount
+
+    return add
 
 
 _INPLACE = frozenset({"__iadd__", "__isub__", "__ior__", "__iand__"})
