@@ -93,11 +93,15 @@ def django(code: str) -> None:
     urls = types.ModuleType("readme_urls")
     urls.urlpatterns = [path("add/<str:item>", views["add"])]  # type: ignore[attr-defined]
     sys.modules["readme_urls"] = urls
+    # The block's MIDDLEWARE ends in "..." (the project's others); none are needed here.
+    middleware = block_settings.pop(
+        "MIDDLEWARE", ["django.contrib.sessions.middleware.SessionMiddleware"]
+    )
     settings.configure(
         SECRET_KEY="readme test",
         ALLOWED_HOSTS=["*"],
         ROOT_URLCONF="readme_urls",
-        MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware"],
+        MIDDLEWARE=[m for m in middleware if m is not Ellipsis],
         INSTALLED_APPS=["django.contrib.sessions"],
         **block_settings,
     )

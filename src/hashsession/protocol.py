@@ -419,13 +419,14 @@ class SessionCore:
         config = self.config
         try:
             if config.bound_codec is not None:  # sealed for this field of this session
+                # (bytes that remember their binding: kept as they are, see rebind)
                 raw: str | bytes = config.bound_codec.dumps_at(value, key, self._bound_key())
             else:
                 raw = config.codec.dumps(value)
-            if type(raw) is str:
-                raw = raw.encode("utf-8")  # a lone surrogate fails here
-            elif type(raw) is not bytes:
-                raw = _bytes_of(raw)
+                if type(raw) is str:
+                    raw = raw.encode("utf-8")  # a lone surrogate fails here
+                elif type(raw) is not bytes:
+                    raw = _bytes_of(raw)
         except UnicodeEncodeError as exc:
             raise EncodeError(key, f"cannot store {type(value).__name__}: {_NO_UTF8}") from exc
         except Exception as exc:
