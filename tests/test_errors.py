@@ -305,6 +305,7 @@ def test_backend_error_on_a_wrong_type_key(
         ({"absolute_ttl": "1d"}, "absolute_ttl"),
         ({"prefix": None}, "prefix"),
         ({"prefix": 5}, "prefix"),
+        ({"prefix": "hs\x00"}, "prefix"),
         ({"codec": "nope"}, "codec"),
         ({"codec": object()}, "codec"),
         ({"key_layout": "x"}, "key_layout"),

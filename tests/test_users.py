@@ -14,6 +14,7 @@ import hashlib
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,6 +31,7 @@ from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.asgi import SessionMiddleware as ASGISessionMiddleware
 from hashsession.asgi import session_of
 from hashsession.config import user_digest
+from hashsession.protocol import AGAIN
 from hashsession.scripts import (
     CREATED_FIELD,
     EVERY,
@@ -64,7 +66,20 @@ def index_of(store: SessionStore | AsyncSessionStore, user: str | int) -> str:
 
 
 def members(client: Any, store: SessionStore | AsyncSessionStore, user: str) -> set[bytes]:
-    return set(client.zrange(index_of(store, user), 0, -1))
+    """The session keys in ``user``'s index (not the markers of logins on a Cluster)."""
+    return {m for m in client.zrange(index_of(store, user), 0, -1) if not m.startswith(b"\x00")}
+
+
+def markers(client: Any, store: SessionStore | AsyncSessionStore, user: str) -> set[bytes]:
+    """The login markers in ``user``'s index (on a Cluster, for a while after each login)."""
+    return {m for m in client.zrange(index_of(store, user), 0, -1) if m.startswith(b"\x00")}
+
+
+def grace_over(client: Any, store: SessionStore | AsyncSessionStore, user: str) -> None:
+    """As if the logins' grace time had passed: their markers are gone from the index."""
+    gone = markers(client, store, user)
+    if gone:
+        client.zrem(index_of(store, user), *gone)
 
 
 def key(session: Session | AsyncSession) -> str:
@@ -137,7 +152,13 @@ def test_login_sets_the_owner_under_a_new_id(
     stale = cstore.open_id(cstore.config.cookie_value(old_id or ""))
     assert stale.get("a") is None and stale.new
     index = index_of(cstore, "ann")
-    assert redis_client.zrange(index, 0, -1, withscores=True) == [(key(later).encode(), good)]
+    entries = redis_client.zrange(index, 0, -1, withscores=True)
+    if apart(cstore):  # and the login's marker, new key and old key, for the grace time
+        marker = b"\x00p" + key(later).encode() + b"\x00" + old_key.encode()
+        assert entries[0][0] == marker
+        assert 0 < entries[0][1] - now_ms() <= 30_000 + 2 * 10_000
+        entries = entries[1:]
+    assert entries == [(key(later).encode(), good)]
     # expires with its entry (client and server clocks and rounding differ by a few ms)
     assert abs(good - now_ms() - redis_client.pttl(index)) < 1000
 
@@ -307,6 +328,12 @@ def test_sessions_of_prunes_vanished_sessions(
     invalidated.invalidate()
     redis_client.delete(key(expired))  # as if its TTL had run out
     assert len(members(redis_client, cstore, "ann")) == 3  # invalidated entries stay...
+    if apart(cstore):
+        # On a Cluster a login's entry stays for its grace time even if the session is
+        # missing (it may be a login still making it), but it is never listed.
+        assert len(cstore.sessions_of("ann")) == 1
+        assert len(members(redis_client, cstore, "ann")) == 3
+        grace_over(redis_client, cstore, "ann")
     # The index, the pipeline (one per node on a cluster), the removal of two dead entries.
     pipeline = counted.pipeline_cost([key(alive), old_key, key(expired)])
     with counted.expect(1 + pipeline + 1):
@@ -448,8 +475,14 @@ def test_revoke_user_without_keep_logs_out_everywhere(
     for _ in range(3):
         logged_in(store, "ann")
     invalidated, _ = logged_in(store, "ann")
+    dead_key = key(invalidated)
     invalidated.invalidate()  # its entry is still indexed, but it is not live
     assert store.revoke_user("ann") == 3
+    if apart(store):  # a missing session's entry stays for its login's grace time
+        assert members(redis_client, store, "ann") == {dead_key.encode()}
+        assert store.sessions_of("ann") == []
+        grace_over(redis_client, store, "ann")
+        assert store.revoke_user("ann") == 0
     assert redis_client.dbsize() == 0
 
 
@@ -528,6 +561,194 @@ def test_concurrent_logins_of_one_user_are_all_indexed(
     assert len(set(ids)) == 8
     assert members(redis_client, store, "ann") == {store.config.key_of(i).encode() for i in ids}
     assert len(store.sessions_of("ann")) == 8
+
+
+# ------------------------------------------------------------------ a login's two steps, raced
+#
+# On a Cluster a login puts the new key's entry (and its marker) in the index first, then
+# renames or creates the session in another slot. These tests run the two steps by hand,
+# as the session does, with another request in between. Off a Cluster the store is made
+# to log in that way too (on_the_cluster_path), so every topology runs them.
+
+
+def on_the_cluster_path(store: SessionStore | AsyncSessionStore) -> None:
+    store.config = replace(store.config, same_slot_ids=True)
+
+
+def login_around(
+    session: Session, user: str, meanwhile: Callable[[], Any], *, renamed: bool = False
+) -> None:
+    """``session.login(user)``, with ``meanwhile()`` run between its index entry and its
+    session (or, ``renamed``, between the session and the upkeep after it); the rest of
+    the login, a retry included, runs as ``login`` runs it."""
+    core = session.core
+    cmd, finish, _ = core.plan_login(user)
+    assert core.before and cmd is not None and finish is not None, "not a login on a Cluster"
+    session._upkeep(core.before)  # the INDEX put: the new key and its marker
+    if not renamed:
+        meanwhile()
+    out = finish(session._send(cmd, None))  # LOGIN_APART or CREATE
+    if out is AGAIN:  # the session was gone: login() plans again
+        session.login(user)
+        return
+    if renamed:
+        meanwhile()
+    if core.after:
+        session._upkeep(core.after)
+
+
+async def alogin_around(session: AsyncSession, user: str, meanwhile: Callable[[], Any]) -> None:
+    core = session.core
+    cmd, finish, _ = core.plan_login(user)
+    assert core.before and cmd is not None and finish is not None
+    await session._upkeep(core.before)
+    await meanwhile()
+    out = finish(await session._send(cmd, None))
+    if out is AGAIN:
+        await session.login(user)
+    elif core.after:
+        await session._upkeep(core.after)
+
+
+def assert_every_owned_session_indexed(client: Any, store: SessionStore | AsyncSessionStore) -> int:
+    """No session is owned without being in its owner's index; how many are owned."""
+    owned = 0
+    for name in client.scan_iter(count=1000):
+        if client.type(name) != b"hash":
+            continue
+        owner = client.hget(name, OWNER_FIELD)
+        if owner is not None:
+            owned += 1
+            index = store.config.index_key(owner)
+            assert client.zscore(index, name) is not None, f"{name!r} is not indexed"
+    return owned
+
+
+def about_to_log_in(store: SessionStore, scenario: str) -> Session:
+    """A session about to log in as ann: ``stored`` (anonymous, holding a=1), ``again``
+    (ann's already), or ``new`` (nothing stored yet)."""
+    if scenario == "new":
+        return store.open(None)
+    seed = store.open(None)
+    seed["a"] = 1
+    if scenario == "again":
+        seed.login("ann")
+    session = store.open(cookie_of(store, seed))
+    assert session.get("a") == 1
+    return session
+
+
+RACED = ["stored", "again", "new"]
+
+
+@pytest.mark.parametrize("scenario", RACED)
+def test_a_listing_between_a_logins_two_steps_keeps_its_entry(
+    store: SessionStore, redis_client: redis.Redis, scenario: str
+) -> None:
+    on_the_cluster_path(store)
+    session = about_to_log_in(store, scenario)
+    listed: list[list[SessionInfo]] = []
+    # The listing finds the new key missing: before markers, it pruned the entry, and the
+    # session made a moment later was owned but out of the index.
+    login_around(session, "ann", lambda: listed.append(store.sessions_of("ann")))
+    assert len(listed[0]) == (1 if scenario == "again" else 0)  # the old key, if ann's
+    assert key(session).encode() in members(redis_client, store, "ann")
+    assert [i.current for i in store.sessions_of("ann", current=session)] == [True]
+    assert assert_every_owned_session_indexed(redis_client, store) == 1
+    assert store.revoke_user("ann") == 1  # log out everywhere finds it
+    assert assert_every_owned_session_indexed(redis_client, store) == 0
+
+
+@pytest.mark.parametrize("scenario", RACED)
+def test_a_logout_everywhere_between_a_logins_two_steps_misses_nothing(
+    store: SessionStore, redis_client: redis.Redis, scenario: str
+) -> None:
+    on_the_cluster_path(store)
+    session = about_to_log_in(store, scenario)
+    old_key = session.core.key
+    revoked: list[int] = []
+    # revoke_user deletes the new key (missing still) and, named by the marker, the old
+    # one: the rename then finds the session gone, and the login makes a new, empty one
+    # under the entry it put in, which stays (before markers: the rename brought the
+    # session in after the logout, owned and out of the index, its data kept).
+    login_around(session, "ann", lambda: revoked.append(store.revoke_user("ann")))
+    assert assert_every_owned_session_indexed(redis_client, store) == 1
+    assert session.get("a") is None  # nothing survived the logout
+    if old_key is not None:
+        assert redis_client.exists(old_key) == 0
+    assert revoked == [0 if scenario == "new" else 1]
+    assert [i.current for i in store.sessions_of("ann", current=session)] == [True]
+    assert store.revoke_user("ann") == 1
+    assert assert_every_owned_session_indexed(redis_client, store) == 0
+    assert members(redis_client, store, "ann") == set()
+
+
+@pytest.mark.parametrize("renamed", [False, True], ids=["before-the-rename", "after-it"])
+def test_a_revoke_by_handle_during_a_relogin_ends_the_session(
+    store: SessionStore, redis_client: redis.Redis, renamed: bool
+) -> None:
+    on_the_cluster_path(store)
+    session = about_to_log_in(store, "again")
+    (info,) = store.sessions_of("ann")
+    revoked: list[bool] = []
+    # The handle names the old key, indexed until the login's upkeep removes it; the
+    # marker names the new key as its successor, so the session ends wherever it is
+    # (before markers, once renamed it survived: the old key alone was deleted).
+    revoke = lambda: revoked.append(store.revoke(info.handle))  # noqa: E731
+    login_around(session, "ann", revoke, renamed=renamed)
+    assert revoked == [True]
+    assert session.get("a") is None
+    assert assert_every_owned_session_indexed(redis_client, store) == (0 if renamed else 1)
+
+
+def test_an_eviction_between_a_logins_two_steps_leaves_it_indexed(
+    make_store: StoreFactory, redis_client: redis.Redis
+) -> None:
+    store = make_store(max_sessions_per_user=1)
+    on_the_cluster_path(store)
+    session = about_to_log_in(store, "stored")
+    other: list[Session] = []
+
+    def another_login() -> None:  # over the cap: evicts the entry of the login under way
+        other.append(logged_in(store, "ann")[0])
+
+    login_around(session, "ann", another_login)
+    assert session.get("a") == 1
+    # The cap could not stop a session it found missing; it is indexed, over the cap
+    # until the next login.
+    assert assert_every_owned_session_indexed(redis_client, store) == 2
+    third, _ = logged_in(store, "ann")
+    assert assert_every_owned_session_indexed(redis_client, store) == 1
+    assert [i.current for i in store.sessions_of("ann", current=third)] == [True]
+
+
+async def test_async_races_between_a_logins_two_steps(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    store = AsyncSessionStore(redis=redis_url, ttl=100)
+    on_the_cluster_path(store)
+    try:
+        session = store.open(None)
+        await session.set("a", 1)
+
+        async def listing() -> None:
+            assert await store.sessions_of("ann") == []
+
+        await alogin_around(session, "ann", listing)
+        assert assert_every_owned_session_indexed(redis_client, store) == 1
+        later = store.open(cookie_of(store, session))
+        assert await later.get("a") == 1
+
+        async def logout() -> None:
+            assert await store.revoke_user("ann") == 1  # the one logged in above
+
+        await alogin_around(later, "ann", logout)
+        assert await later.get("a") is None
+        assert assert_every_owned_session_indexed(redis_client, store) == 1
+        assert await store.revoke_user("ann") == 1
+        assert assert_every_owned_session_indexed(redis_client, store) == 0
+    finally:
+        await store.aclose()
 
 
 # --------------------------------------------------------------------------- keeping it fresh

@@ -102,8 +102,11 @@ class SessionConfig:
         connection_wait_timeout: float | timedelta = 10.0,
     ) -> SessionConfig:
         """Check every setting, naming the first bad one."""
-        if not isinstance(prefix, str) or "\n" in prefix:
-            raise ConfigurationError("prefix", f"must be a str without newlines, not {prefix!r}")
+        # No NUL either: a user's index tells session keys from login markers by it.
+        if not isinstance(prefix, str) or "\n" in prefix or "\x00" in prefix:
+            raise ConfigurationError(
+                "prefix", f"must be a str without newlines or NUL bytes, not {prefix!r}"
+            )
         try:
             prefix.encode("utf-8")
         except UnicodeEncodeError:

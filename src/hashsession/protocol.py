@@ -81,6 +81,7 @@ from hashsession.scripts import (
     LOGIN,
     LOGIN_APART,
     LOGIN_NEW,
+    MARKER,
     OPEN,
     OWNER_FIELD,
     SEEN_FIELD,
@@ -174,6 +175,9 @@ _CORE_META = frozenset(
     f[1:] for f in (CREATED_FIELD, TTL_FIELD, OWNER_FIELD, SEEN_FIELD, INDEXED_FIELD)
 )
 _NO_UTF8 = "it holds a lone surrogate, which has no UTF-8 form"
+#: The least time a login on a Cluster has, once its index entry is in, to make its session
+#: (see :func:`marker_grace_ms`).
+LOGIN_GRACE_MS: Final = 30_000
 
 
 def index_command(index: str, op: str, *args: Any) -> Command:
@@ -187,19 +191,38 @@ def index_put(
     adds: Iterable[tuple[int, str]] = (),
     cap: int = 0,
     spare: str = "",
+    dead: Iterable[str | bytes] = (),
 ) -> Command:
     """Remove and add (good-until ms, session key) entries of a user's index, then prune.
 
-    With ``cap``, the entries beyond it that expire soonest are to be evicted (never one
-    added here, nor ``spare``, which does not count: the old key of the session logging
-    in); the reply lists their session keys. They stay indexed: the caller deletes those
-    sessions, then removes their entries.
+    ``removes`` are sessions known to be gone for good or moved (deleted, renamed): their
+    entries go, with any login marker naming them. ``dead`` are sessions found missing:
+    their entries go unless a live marker says a login is still making them (see
+    :data:`~hashsession.scripts.INDEX`). With ``cap``, the entries beyond it that expire
+    soonest are to be evicted (never one added here, nor ``spare``, which does not count:
+    the old key of the session logging in); the reply lists their session keys. They stay
+    indexed: the caller deletes those sessions, then removes their entries.
     """
-    gone = list(removes)
+    gone, missing = list(removes), list(dead)
     flat: list[Any] = []
     for good, member in adds:
         flat += [good, member]
-    return index_command(index, "put", cap, spare, len(gone), *gone, *flat)
+    return index_command(index, "put", cap, spare, len(gone), *gone, len(missing), *missing, *flat)
+
+
+def login_marker(new_key: str, old_key: str | None) -> str:
+    """The member that marks, in a user's index, a login making ``new_key`` (from ``old_key``).
+
+    Only a login on a Cluster puts one in: there its index entry is written before the
+    session, in another slot (see :data:`~hashsession.scripts.INDEX`).
+    """
+    return f"{MARKER}{new_key}\x00{old_key or ''}"
+
+
+def marker_grace_ms(config: SessionConfig) -> int:
+    """How long a login's marker holds: 30 s, plus room for both of the login's commands
+    to wait ``connection_wait_timeout`` for a connection."""
+    return LOGIN_GRACE_MS + int(2000 * config.connection_wait)
 
 
 def session_reference(key: str) -> str:
@@ -1129,7 +1152,7 @@ class SessionCore:
                 good = now + ttl + ttl // 2
                 if c.absolute_ms:
                     good = min(good, now + c.absolute_ms)
-                indexed = self._index_first(user, c.new_id(), good, None)
+                indexed = self._index_first(user, c.new_id(), good, None, now)
             meta = [(OWNER_FIELD, user), (SEEN_FIELD, now), (INDEXED_FIELD, indexed.good)]
             cmd, created, _ = self._plan_create([], None, meta, now, session_id=indexed.id)
             assert created is not None
@@ -1145,7 +1168,8 @@ class SessionCore:
         # The session's own timeout, if an earlier request set one, is unknown here:
         # LOGIN_APART caps the session to this entry, and its next request moves both along.
         ttl = self._ttl_override or c.idle_ms
-        entry = self._index_first(user, c.new_id(like=self._id), now + ttl + ttl // 2, self._key)
+        good = now + ttl + ttl // 2
+        entry = self._index_first(user, c.new_id(like=self._id), good, self._key, now)
         args = (c.idle_ms, now, c.absolute_ms, user, entry.good)
         login = ("EVALSHA", LOGIN_APART.sha, 2, self._key, entry.key, *args)
 
@@ -1163,12 +1187,22 @@ class SessionCore:
 
         return self._critical((login, logged_in, None))
 
-    def _index_first(self, user: str, new_id: str, good: int, spare: str | None) -> _Indexed:
-        """Plan the ``INDEX`` put of ``new_id``'s key in ``user``'s index, sent first."""
+    def _index_first(
+        self, user: str, new_id: str, good: int, old_key: str | None, now: int
+    ) -> _Indexed:
+        """Plan the ``INDEX`` put of ``new_id``'s key in ``user``'s index, sent first.
+
+        With it goes the login's marker (the new key and ``old_key``, the session's key
+        before the login, if it has one): until the marker's score, the entry is not
+        pruned for naming a key that does not exist yet, and whoever drops the entry
+        (``revoke_user``, ``revoke``) deletes ``old_key`` too, so the login cannot bring
+        the session in after them (see :data:`~hashsession.scripts.INDEX`).
+        """
         c = self.config
         entry = _Indexed(user, new_id, c.key_of(new_id), good)
         cap = c.max_sessions_per_user or 0
-        put = index_put(c.index_key(user), adds=[(good, entry.key)], cap=cap, spare=spare or "")
+        adds = [(good, entry.key), (now + marker_grace_ms(c), login_marker(entry.key, old_key))]
+        put = index_put(c.index_key(user), adds=adds, cap=cap, spare=old_key or "")
 
         def chosen(reply: Any) -> None:
             entry.evicted = list(reply or ())
@@ -1177,18 +1211,37 @@ class SessionCore:
         return entry
 
     def _logged_in_apart(self, entry: _Indexed, old_key: str | None, before: bytes | None) -> None:
-        """Queue what follows a login on a Cluster: evictions, then the entries of ended keys."""
+        """Queue what follows a login on a Cluster: the old key leaves another owner's index;
+        evictions are deleted, then unindexed with the old key (if ``user`` owned it).
+
+        An evicted session the ``DEL`` found missing may be one another login is still
+        making: it leaves the index only if no live marker says so (``dead``).
+        """
         c = self.config
         same = before is not None and before == entry.user.encode("utf-8")
-        for key in entry.evicted:  # deleted before they are unindexed: a failure leaves them
-            self._queue(("DEL", key))
-        ended: list[str | bytes] = [*entry.evicted]
-        if same and old_key:
-            ended.append(old_key)
-        if ended:
-            self._queue(index_put(c.index_key(entry.user), ended))
         if before is not None and not same and old_key:
             self._queue(index_put(c.index_key(before), [old_key]))
+        index = c.index_key(entry.user)
+        ended: list[str | bytes] = [old_key] if same and old_key else []
+        dead: list[str | bytes] = []
+        evicted = list(entry.evicted)
+
+        def unindex() -> None:
+            if ended or dead:
+                self._queue(index_put(index, ended, dead=dead))
+
+        # Deleted before they are unindexed, so a failure leaves them indexed; the last
+        # DEL's reply queues the unindexing, once every reply is known.
+        for n, key in enumerate(evicted):
+
+            def sort(reply: Any, key: bytes = key, last: bool = n == len(evicted) - 1) -> None:
+                (ended if reply else dead).append(key)
+                if last:
+                    unindex()
+
+            self._queue(("DEL", key), sort)
+        if not evicted:
+            unindex()
 
     def plan_invalidate(self) -> Step:
         """Delete the session; the response expires the cookie; later writes start a new one.

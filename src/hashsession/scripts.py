@@ -6,7 +6,9 @@ reports it, instead of re-creating a key without a TTL. Every script that runs
 on a Redis Cluster touches only ``KEYS`` (one key, or two keys in one slot for
 ``regenerate`` and ``login``). Off a Cluster, a login is one script over the
 session and its user's index (:data:`LOGIN`, :data:`LOGIN_NEW`), so it is
-indexed, and sessions beyond the user's cap deleted, in the same atomic step.
+indexed, and sessions beyond the user's cap deleted, in the same atomic step. On
+a Cluster it indexes first, with a marker that covers the moment until the
+session is made (:data:`INDEX`, then :data:`LOGIN_APART` or :data:`CREATE`).
 
 The first command of a request runs through ``OPEN``: it slides the idle
 timeout (honouring a per-session timeout and the absolute deadline) and then
@@ -32,6 +34,7 @@ __all__ = [
     "LOGIN",
     "LOGIN_APART",
     "LOGIN_NEW",
+    "MARKER",
     "OPEN",
     "REVOKE",
     "SIZE_ERROR",
@@ -123,48 +126,107 @@ end
 """
 
 # The per-user index (see INDEX): put entries in it, prune it, keep its TTL.
+# Besides session keys it holds the markers of logins in progress on a Cluster (see
+# MARKER): "\0p" .. new key .. "\0" .. old key (or "" for a new session), scored until
+# when they hold. No session key starts with a NUL byte.
 _INDEX_LIB = r"""
 local function unindex(k, members)
   for i = 1, #members, 1000 do
     redis.call('ZREM', k, unpack(members, i, math.min(i + 999, #members)))
   end
 end
--- Remove `gone`, add {score, member, ...} (a score only ever rises), prune entries past
--- now, and honour `cap`: answer the members beyond it that expire soonest (never one
--- added here, nor `spare`, which does not count). With `kill`, their sessions are
--- deleted and they leave the index here; else the caller deletes, then unindexes them.
-local function put(k, now, cap, spare, gone, adds, kill)
-  unindex(k, gone)
-  local added, count = {}, 0
-  for j = 1, #adds, 2 do
-    local cur = redis.call('ZSCORE', k, adds[j + 1])
-    if not cur or tonumber(cur) < tonumber(adds[j]) then
-      redis.call('ZADD', k, adds[j], adds[j + 1])
+local function marker(m) return string.byte(m, 1) == 0 end
+-- The live markers: by new key, {marker, old key or ''}; and the new keys, in score order.
+local function pending(k, now)
+  local by, order = {}, {}
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', k, now, '+inf')) do
+    if marker(m) then
+      local cut = string.find(m, '\0', 3, true)
+      if cut then
+        local n = string.sub(m, 3, cut - 1)
+        by[n] = {m, string.sub(m, cut + 1)}
+        order[#order + 1] = n
+      end
     end
-    added[adds[j + 1]] = true
-    count = count + 1
   end
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
+  return by, order
+end
+-- Prune entries scored past now; a marker goes with its new key's entry.
+local function prune(k, now)
+  if redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now) == 0 then return end
+  local by, order = pending(k, now)
+  local orphans = {}
+  for _, n in ipairs(order) do
+    if not redis.call('ZSCORE', k, n) then orphans[#orphans + 1] = by[n][1] end
+  end
+  unindex(k, orphans)
+end
+-- Prune entries past now; remove `ended` (sessions known gone for good, or moved: their
+-- markers go too) and `dead` (sessions found missing: one a login is still making, under
+-- a live marker, stays); add {score, member, ...} (a score only ever rises); and honour
+-- `cap` (markers never count): answer the members beyond it that expire soonest (never
+-- one added here, nor `spare`, which does not count). With `kill`, their sessions are
+-- deleted and they leave the index here (but for one found missing under a live
+-- marker); else the caller deletes, then unindexes them.
+local function put(k, now, cap, spare, ended, dead, adds, kill)
+  prune(k, now)
+  local marks, nmarks = {}, 0
+  if #ended > 0 or #dead > 0 or cap > 0 then
+    local order
+    marks, order = pending(k, now)
+    nmarks = #order
+  end
+  local gone = {}
+  for _, m in ipairs(ended) do
+    gone[#gone + 1] = m
+    if marks[m] then
+      gone[#gone + 1] = marks[m][1]
+      marks[m] = nil
+      nmarks = nmarks - 1
+    end
+  end
+  for _, m in ipairs(dead) do
+    if not marks[m] then gone[#gone + 1] = m end
+  end
+  unindex(k, gone)
+  local added = {}
+  for j = 1, #adds, 2 do
+    local m = adds[j + 1]
+    local cur = redis.call('ZSCORE', k, m)
+    if not cur or tonumber(cur) < tonumber(adds[j]) then
+      redis.call('ZADD', k, adds[j], m)
+      if not cur and marker(m) then nmarks = nmarks + 1 end
+    end
+    added[m] = true
+  end
   local out, excess = {}, 0
   if cap > 0 then
-    excess = redis.call('ZCARD', k) - cap
+    excess = redis.call('ZCARD', k) - nmarks - cap
     if spare ~= '' and redis.call('ZSCORE', k, spare) then excess = excess - 1 end
   end
   if excess > 0 then
-    for _, m in ipairs(redis.call('ZRANGE', k, 0, excess + count)) do
+    for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
       if #out == excess then break end
-      if not added[m] and m ~= spare then out[#out + 1] = m end
+      if not marker(m) and not added[m] and m ~= spare then out[#out + 1] = m end
     end
     if kill then
-      for _, m in ipairs(out) do redis.call('DEL', m) end
-      unindex(k, out)
+      gone = {}
+      for _, m in ipairs(out) do
+        if redis.call('DEL', m) == 1 then
+          gone[#gone + 1] = m
+          if marks[m] then gone[#gone + 1] = marks[m][1] end
+        elseif not marks[m] then
+          gone[#gone + 1] = m
+        end
+      end
+      unindex(k, gone)
     end
   end
   return out
 end
 -- Prune, and let the key expire with its last entry.
 local function expire(k, now)
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
+  prune(k, now)
   local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
   if last[2] then redis.call('PEXPIRE', k, math.max(1, tonumber(last[2]) - tonumber(now))) end
 end
@@ -700,7 +762,7 @@ if redis.call('EXISTS', n) == 1 then return 0 end
 local before = redis.call('HGET', k, '\0u')
 local gone = {}
 if before == ARGV[4] then gone[1] = k end
-put(x, now, tonumber(ARGV[5]), '', gone, {fresh, n}, true)
+put(x, now, tonumber(ARGV[5]), '', gone, {}, {fresh, n}, true)
 redis.call('RENAME', k, n)
 redis.call('HSET', n, '\0u', ARGV[4], '\0s', ARGV[2], '\0i', fresh)
 expire(x, now)
@@ -719,7 +781,7 @@ LOGIN_NEW = _script(
     + r"""
 local n, x, now = KEYS[1], KEYS[2], ARGV[2]
 if redis.call('EXISTS', n) == 1 then return 0 end
-put(x, now, tonumber(ARGV[3]), '', {}, {ARGV[4], n}, true)
+put(x, now, tonumber(ARGV[3]), '', {}, {}, {ARGV[4], n}, true)
 redis.call('HSET', n, unpack(ARGV, 5))
 redis.call('PEXPIRE', n, ARGV[1])
 expire(x, now)
@@ -728,7 +790,8 @@ return 1
 )
 
 #: Log a session in on a Cluster, where its user's index lives in another slot: the
-#: client has put the new key in the index already (``INDEX`` put, first), so the session
+#: client has put the new key in the index already (``INDEX`` put, first, with the login's
+#: marker, which keeps that entry from being pruned before this runs), so the session
 #: is never owned without being indexed. KEYS are its key and its new key (same slot);
 #: idle ms, now ms, absolute ms, user id, and that entry's good-until. Slides, renames
 #: and records the owner, the visit and the index entry's good-until. A session whose own
@@ -767,15 +830,33 @@ return {1, m[1]}
 """,
 )
 
+#: The prefix of a marker in a user's index (see :data:`INDEX`).
+MARKER = "\x00p"
+
 #: One user's index (KEYS[1]): a sorted set of session keys scored by the time (ms) until
-#: which each entry is known to outlast its session. ARGV: now ms, then one of
+#: which each entry is known to outlast its session, and, on a Cluster, the markers of
+#: logins in progress: ``MARKER + new key + "\x00" + old key`` (the old key empty for a
+#: new session), scored by the time until which that login may still make its session.
+#: A login there puts its new key and its marker in first, then makes the session in
+#: another slot. While the marker lives, the new key's entry stays even when its session
+#: is found missing (``dead``), and drop and find also name the old key (in the new key's
+#: slot): deleting it, the caller makes the rename find the session gone, so the login
+#: cannot bring it in after a logout (it starts a new, empty session under the entry
+#: that stayed). A marker itself is never answered (listed, dropped, found or evicted) and never
+#: counts against a cap; it goes when its score passes or with its new key's entry (when
+#: that is pruned, or removed as gone for good). ARGV: now ms,
+#: then one of
 #:   put, cap (0: none), a member that does not count against the cap or '' (the old key
-#:     of the session logging in), n, n members to remove, then score/member pairs to add
+#:     of the session logging in), n, n members to remove (their sessions are gone or
+#:     moved: their markers go too), d, d members to remove unless a live marker names
+#:     them (their sessions were found missing), then score/member pairs to add
 #:     -> the members to evict to honour the cap (never one just added, never the spared
 #:     one); they stay indexed until the caller, having deleted their sessions, removes them;
 #:   list -> every member;
-#:   drop, a member to keep or '', the SHA1 of a member to keep or '' -> the others;
-#:   find, the SHA1 of a member -> that member, or false.
+#:   drop, a member to keep or '', the SHA1 of a member to keep or '' -> the others, and
+#:     the new and old keys of every login in progress but the kept session's;
+#:   find, the SHA1 of a member -> that member and the new keys of logins in progress
+#:     from it, or false.
 #: Only put removes members: drop and find leave them for the caller to remove once their
 #: sessions are deleted, so a delete that fails leaves them indexed and a retry finds them.
 #: Entries scored below now are pruned, and the key expires with its last entry.
@@ -787,23 +868,57 @@ local k, now, what = KEYS[1], ARGV[1], ARGV[2]
 local out = false
 if what == 'put' then
   local n = tonumber(ARGV[5])
-  local gone, adds = {}, {}
-  for j = 6, 5 + n do gone[#gone + 1] = ARGV[j] end
-  for j = 6 + n, #ARGV do adds[#adds + 1] = ARGV[j] end
-  out = put(k, now, tonumber(ARGV[3]), ARGV[4], gone, adds, false)
+  local d = tonumber(ARGV[6 + n])
+  local ended, dead, adds = {}, {}, {}
+  for j = 6, 5 + n do ended[#ended + 1] = ARGV[j] end
+  for j = 7 + n, 6 + n + d do dead[#dead + 1] = ARGV[j] end
+  for j = 7 + n + d, #ARGV do adds[#adds + 1] = ARGV[j] end
+  out = put(k, now, tonumber(ARGV[3]), ARGV[4], ended, dead, adds, false)
 elseif what == 'list' then
-  redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. now)
-  out = redis.call('ZRANGE', k, 0, -1)
-elseif what == 'drop' then
+  prune(k, now)
   out = {}
   for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
-    if m ~= ARGV[3] and (ARGV[4] == '' or redis.sha1hex(m) ~= ARGV[4]) then out[#out + 1] = m end
+    if not marker(m) then out[#out + 1] = m end
+  end
+elseif what == 'drop' then
+  local marks, order = pending(k, now)
+  local function kept(m)
+    return m == ARGV[3] or (ARGV[4] ~= '' and redis.sha1hex(m) == ARGV[4])
+  end
+  -- The kept session, and the one it is becoming if it is logging in.
+  local function spared(m)
+    if kept(m) then return true end
+    local from = marks[m] and marks[m][2] or ''
+    return from ~= '' and kept(from)
+  end
+  local seen = {}
+  out = {}
+  local function doom(m)
+    if not seen[m] then
+      seen[m] = true
+      out[#out + 1] = m
+    end
+  end
+  for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
+    if not marker(m) and not spared(m) then doom(m) end
+  end
+  for _, m in ipairs(order) do
+    if not spared(m) then
+      doom(m)
+      if marks[m][2] ~= '' then doom(marks[m][2]) end
+    end
   end
 elseif what == 'find' then
   for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
-    if redis.sha1hex(m) == ARGV[3] then
-      out = m
+    if not marker(m) and redis.sha1hex(m) == ARGV[3] then
+      out = {m}
       break
+    end
+  end
+  if out then
+    local marks, order = pending(k, now)
+    for _, m in ipairs(order) do
+      if marks[m][2] == out[1] then out[#out + 1] = m end
     end
   end
 else

@@ -161,8 +161,8 @@ def sessions_of(
                 current=member == current_raw,
             )
         )
-    if dead:
-        yield index_put(config.index_key(user), dead)
+    if dead:  # but not the entries of logins still making their sessions (see INDEX)
+        yield index_put(config.index_key(user), dead=dead)
     infos.sort(key=lambda info: info.last_seen, reverse=True)
     return infos
 
@@ -181,11 +181,12 @@ def revoke(config: SessionConfig, id_or_handle: str, user_id: UserId | None = No
         if user is not None and digest != user_digest(user):
             return False
         index = config.index_key_of(digest)
-        member = yield index_command(index, "find", sha)
-        if member is None:
+        # The session, and the new keys of logins in progress from it (on a Cluster).
+        found: list[bytes] | None = yield index_command(index, "find", sha)
+        if not found:
             return False
-        (deleted,) = yield from _delete(config, index, [member])
-        return bool(deleted)
+        replies = yield from _delete(config, index, found)
+        return any(replies)
     key = _key_of_id(config, id_or_handle)
     if key is None:
         return False
@@ -203,7 +204,9 @@ def revoke_user(
     """Delete every indexed session of ``user_id`` but ``keep``; how many were live.
 
     One round trip for the index, one pipeline of ``DEL`` for the sessions (which takes
-    them out of the index too; on a Cluster, one more round trip does).
+    them out of the index too; on a Cluster, one more round trip does). On a Cluster the
+    index also names the logins in progress: their new keys and their old ones are
+    deleted, so such a login cannot bring its session in afterwards.
     """
     user = user_text(user_id)
     keep_key, keep_sha = "", ""
@@ -225,12 +228,17 @@ def _delete(config: SessionConfig, index: str, members: list[bytes]) -> Flow[lis
 
     Never the other way round: a delete that fails leaves them indexed, so calling
     again finds them. On one server the deletes and the unindexing go out as one
-    pipeline, run in order; on a Cluster (nodes apart) the unindexing follows the deletes.
+    pipeline, run in order; on a Cluster (nodes apart) the unindexing follows the deletes,
+    and an entry whose session the ``DEL`` found missing stays while a login marker says
+    that session is still being made (its old key was among the deletes, so that login
+    fails; if it makes a new session instead, the entry covers it).
     """
     deletes: list[Command] = [("DEL", member) for member in members]
     if config.same_slot_ids:
         replies = yield from _critical(config, deletes)
-        yield index_put(index, members)
+        ended = [m for m, deleted in zip(members, replies, strict=True) if deleted]
+        dead = [m for m, deleted in zip(members, replies, strict=True) if not deleted]
+        yield index_put(index, ended, dead=dead)
         return replies
     *replies, _ = yield from _critical(config, [*deletes, index_put(index, members)])
     return replies
