@@ -441,15 +441,19 @@ class SessionCore:
         """The stored bytes of ``value``; errors name ``key``."""
         config = self.config
         try:
-            if config.bound_codec is not None:  # sealed for this field of this session
-                # (bytes that remember their binding: kept as they are, see rebind)
-                raw: str | bytes = config.bound_codec.dumps_at(value, key, self._bound_key())
+            bound = config.bound_codec
+            if bound is not None:  # sealed for this field of this session
+                sealed = bound.dumps_at(value, key, self._bound_key())
+                # bytes that remember their binding: kept as they are (see rebind)
+                raw = sealed.encode("utf-8") if isinstance(sealed, str) else sealed
             else:
-                raw = config.codec.dumps(value)
-                if type(raw) is str:
-                    raw = raw.encode("utf-8")  # a lone surrogate fails here
-                elif type(raw) is not bytes:
-                    raw = _bytes_of(raw)
+                text = config.codec.dumps(value)
+                if type(text) is str:
+                    raw = text.encode("utf-8")  # a lone surrogate fails here
+                elif type(text) is not bytes:
+                    raw = _bytes_of(text)
+                else:
+                    raw = text
         except UnicodeEncodeError as exc:
             raise EncodeError(key, f"cannot store {type(value).__name__}: {_NO_UTF8}") from exc
         except Exception as exc:
