@@ -592,6 +592,50 @@ async def test_session_flags(store: AsyncSessionStore, existing: str) -> None:
     assert "AsyncSession" in repr(s) and s.id is None
 
 
+async def test_modified_only_when_something_changed(
+    store: AsyncSessionStore, existing: str
+) -> None:
+    """As the sync test: writes that change nothing leave the session unmodified."""
+    for first in (True, False):  # the request's first command, then on the live session
+        s = store.open(existing)
+        if not first:
+            assert await s.get("a") == 1
+            s.core.accessed = False
+        assert await s.pop("missing", None) is None
+        assert (s.accessed, s.modified) == (True, False)
+        assert await s.setdefault("a", 5) == 1
+        assert await s.delete("missing") is False
+        assert (s.accessed, s.modified) == (True, False)
+        reads: list[Callable[[AsyncSession], Awaitable[Any]]] = [
+            lambda s: s.get("a"),
+            lambda s: s.has("a"),
+        ]
+        for read in reads:
+            s.core.accessed = False
+            await read(s)
+            assert (s.accessed, s.modified) == (True, False)
+    changes: list[Callable[[AsyncSession], Awaitable[Any]]] = [
+        lambda s: s.pop("a"),
+        lambda s: s.delete("b"),
+        lambda s: s.setdefault("d", 4),
+    ]
+    for first in (True, False):
+        for change in changes:
+            s = store.open(existing)
+            if not first:
+                await s.get("x")
+            await change(s)
+            assert s.modified is True
+        changes = [lambda s: s.pop("c"), lambda s: s.delete("d"), lambda s: s.setdefault("e", 5)]
+    assert await store.open(existing).to_dict() == {"e": 5}
+
+    fresh = store.open(None)  # nothing stored: no command, nothing changed
+    assert await fresh.pop("a", None) is None and await fresh.delete("a") is False
+    assert (fresh.accessed, fresh.modified, fresh.id) == (True, False, None)
+    assert await fresh.setdefault("a", 1) == 1
+    assert fresh.modified is True and fresh.id is not None
+
+
 # --------------------------------------------------------------------------- laziness and budget
 
 

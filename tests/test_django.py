@@ -1,7 +1,8 @@
 """hashsession.django: the Django session engine, through Django's test client and auth.
 
-Django is configured here (other test files do not use it): an in-memory SQLite
-database for ``django.contrib.auth``, this module as the URLconf, and
+Django is configured by ``django_setup.configure()`` (shared with Django's own session
+tests in ``suites/test_django_suite.py``): an in-memory SQLite database for
+``django.contrib.auth``, this module as the URLconf, and
 ``SESSION_ENGINE = "hashsession.django"``. Each test points ``HASHSESSION`` at the
 test's emptied Redis with ``override_settings``. Besides logging in and out through
 the test client, the tests check the behaviours Django's own session tests check.
@@ -11,13 +12,13 @@ the headers are final, which streamed bodies need) in place of Django's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from datetime import timedelta
 from importlib import import_module
 from typing import Any
 
-import django
 import pytest
 import redis
 from django.conf import settings
@@ -30,31 +31,12 @@ from django.urls import path
 from django.utils import timezone
 
 from conftest import Counted
+from django_setup import configure
 from hashsession import ConfigurationError, DecodeError, HeadersSentError, Session
 from hashsession import SessionStore as HashStore
 from hashsession.django import EXPIRY_META, SessionStore, get_store
 
-if not settings.configured:
-    settings.configure(
-        SECRET_KEY="hashsession-django-tests",
-        ALLOWED_HOSTS=["testserver"],
-        INSTALLED_APPS=[
-            "django.contrib.auth",
-            "django.contrib.contenttypes",
-            "django.contrib.sessions",
-        ],
-        MIDDLEWARE=[
-            "hashsession.django.SessionMiddleware",
-            "django.contrib.auth.middleware.AuthenticationMiddleware",
-        ],
-        ROOT_URLCONF=__name__,
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
-        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
-        SESSION_ENGINE="hashsession.django",
-        USE_TZ=True,
-    )
-    django.setup()
+configure()
 
 COOKIE = "sessionid"
 DEFAULT_AGE = 1209600  # Django's SESSION_COOKIE_AGE, the store's ttl by default
@@ -101,6 +83,16 @@ def live_view(request: HttpRequest) -> HttpResponse:
     request.session["live"] = "yes"
     other = SessionStore(request.session.session_key)
     return HttpResponse(json.dumps(other.get("live")))
+
+
+def unchanged_view(request: HttpRequest) -> HttpResponse:
+    """Writes that change nothing; answers whether the session counts as modified."""
+    session = request.session
+    session.pop("missing", None)
+    session.setdefault("a", "other")
+    with contextlib.suppress(KeyError):
+        del session["missing"]
+    return HttpResponse(json.dumps(session.modified))
 
 
 def expiry_view(request: HttpRequest, seconds: int) -> HttpResponse:
@@ -150,6 +142,7 @@ urlpatterns = [
     path("logout", logout_view),
     path("whoami", whoami_view),
     path("live", live_view),
+    path("unchanged", unchanged_view),
     path("expiry/<int:seconds>", expiry_view),
     path("async/set/<str:key>/<str:value>", async_set_view),
 ]
@@ -424,6 +417,21 @@ def test_plus_equals_is_one_atomic_increment(counted_store: HashStore, counted: 
     assert session.live.incr("n", 5) == 8
 
 
+def test_writes_that_change_nothing_send_no_cookie(
+    counted_store: HashStore, counted: Counted
+) -> None:
+    client = Client()
+    client.get("/set/a/1")
+    client.get("/unchanged")  # loads the scripts into Redis
+    with counted.expect(3):  # pop, setdefault, del: no read of the expiry for a cookie
+        response = client.get("/unchanged")
+    assert counted.commands == ["EVALSHA", "EVALSHA", "HDEL"]
+    assert response.content == b"false"
+    assert COOKIE not in response.cookies
+    assert response.headers["Vary"] == "Cookie"
+    assert client.get("/get/a").content == b'"1"'
+
+
 def test_save_overwrites_nothing(hs: HashStore, counted: Counted) -> None:
     first = SessionStore()
     first["a"] = 1
@@ -488,6 +496,60 @@ def test_forged_and_unsigned_keys_are_refused(counted_store: HashStore, counted:
             assert not genuine._validate_session_key(bad)
             assert SessionStore(bad).session_key is None
             assert SessionStore(bad).get("a") is None
+
+
+def test_session_key_can_be_assigned(counted_store: HashStore, counted: Counted) -> None:
+    """As Django's engines allow: the session switches to the one the key names."""
+    mine, other = SessionStore(), SessionStore()
+    mine["a"] = 1
+    other["b"] = 2
+    mine.set_expiry(60)
+    mine._session_key = other.session_key
+    assert mine.session_key == other.session_key
+    assert mine.load() == {"b": 2}
+    assert mine.get_expiry_age() == DEFAULT_AGE  # the other session's expiry, read anew
+    assert mine._session_key == mine.session_key
+
+    value = other.session_key
+    assert value is not None
+    forged = value[:-1] + ("A" if value[-1] != "A" else "B")
+    with counted.expect(0):
+        for short in ("", None, "1234567"):  # Django's rule: under 8 characters is no key
+            mine._session_key = short
+            assert mine.session_key is None
+            assert mine.is_empty()
+        for refused in ("12345678", forged):
+            mine._session_key = refused
+            # Reported back until used, as Django's engines report a key until they load it,
+            # but it never reaches Redis: the session is a new, empty one.
+            assert mine.session_key == refused
+            assert mine.is_empty()
+            assert mine.get("b") is None
+            assert mine.session_key is None
+    mine["c"] = 3
+    assert mine.session_key not in (None, "12345678", forged, value)
+    assert SessionStore(value).load() == {"b": 2}
+
+    mine._session_key = "12345678"
+    mine.create()  # a new session: the refused key is not reported any more
+    assert mine.session_key not in (None, "12345678")
+
+
+def test_every_read_marks_the_session_accessed(hs: HashStore) -> None:
+    session = SessionStore()
+    session["x"] = 1
+    reads = [
+        lambda: "x" in session,
+        lambda: session.get("x"),
+        lambda: session["x"],
+        lambda: session.has_key("x"),
+        lambda: session.keys(),
+        lambda: session.load(),
+    ]
+    for read in reads:
+        session.modified = session.accessed = False
+        read()
+        assert (session.accessed, session.modified) == (True, False)
 
 
 def test_a_bad_cookie_is_dropped_without_a_command(
@@ -633,7 +695,12 @@ def test_dict_operations(hs: HashStore) -> None:
     assert session.setdefault("cat", "cow") == "dog"
     assert session.setdefault("owl", "hoot") == "hoot"
     assert session.pop("cat") == "dog"
+    session.modified = False
     assert session.pop("cat", "gone") == "gone"
+    assert session.setdefault("owl", "wise") == "hoot"
+    with pytest.raises(KeyError):
+        del session["cat"]
+    assert session.accessed and not session.modified  # nothing changed
     with pytest.raises(KeyError):
         session.pop("cat")
     session.update({"x": 1, "y": [1, 2]})

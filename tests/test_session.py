@@ -607,6 +607,52 @@ def test_session_flags(store: SessionStore, existing: str) -> None:
     assert s.invalidated is True
 
 
+def test_modified_only_when_something_changed(store: SessionStore, existing: str) -> None:
+    """pop of a missing key, setdefault of a set one and del of a missing one change
+    nothing, so the session is not modified; every read marks it accessed."""
+    for first in (True, False):  # the request's first command, then on the live session
+        s = store.open(existing)
+        if not first:
+            assert s.get("a") == 1
+            s.core.accessed = False
+        assert s.pop("missing", None) is None
+        assert (s.accessed, s.modified) == (True, False)
+        assert s.setdefault("a", 5) == 1
+        assert s.delete("missing") is False
+        with pytest.raises(KeyError):
+            del s["missing"]
+        assert (s.accessed, s.modified) == (True, False)
+        reads: list[Callable[[Session], Any]] = [
+            lambda s: s["a"],
+            lambda s: s.get("a"),
+            lambda s: "a" in s,
+        ]
+        for read in reads:
+            s.core.accessed = False
+            read(s)
+            assert (s.accessed, s.modified) == (True, False)
+    changes: list[Callable[[Session], Any]] = [
+        lambda s: s.pop("a"),
+        lambda s: s.delete("b"),
+        lambda s: s.setdefault("d", 4),
+    ]
+    for first in (True, False):
+        for change in changes:
+            s = store.open(existing)
+            if not first:
+                s.get("x")
+            change(s)
+            assert s.modified is True
+        changes = [lambda s: s.pop("c"), lambda s: s.delete("d"), lambda s: s.setdefault("e", 5)]
+    assert store.open(existing).to_dict() == {"e": 5}
+
+    fresh = store.open(None)  # nothing stored: no command, nothing changed
+    assert fresh.pop("a", None) is None and fresh.delete("a") is False
+    assert (fresh.accessed, fresh.modified, fresh.id) == (True, False, None)
+    assert fresh.setdefault("a", 1) == 1
+    assert fresh.modified is True and fresh.id is not None
+
+
 # --------------------------------------------------------------------------- round trips
 
 

@@ -170,6 +170,7 @@ class AsyncSession(SessionView):
         field = core.field(key)
         live = core.live_key
         if live is not None:  # the fast path of a live session: the plain command
+            core.accessed = True
             try:
                 raw = await self._execute("HGET", live, field)
             except BACKEND_ERRORS as exc:
@@ -184,6 +185,7 @@ class AsyncSession(SessionView):
         field = core.field(key)
         live = core.live_key
         if live is not None:
+            core.accessed = True
             try:
                 return bool(await self._execute("HEXISTS", live, field))
             except BACKEND_ERRORS as exc:
@@ -228,7 +230,7 @@ class AsyncSession(SessionView):
         raw = core.encode(field, value)
         live = core.live_key
         if live is not None:
-            core.modified = True
+            core.accessed = core.modified = True
             cmd = ("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw)
             if await self._send(cmd, field) is not None:
                 return
@@ -249,11 +251,14 @@ class AsyncSession(SessionView):
         field = core.field(key)
         live = core.live_key
         if live is not None:
-            core.modified = True
+            core.accessed = True
             try:
-                return bool(await self._execute("HDEL", live, field))
+                deleted = bool(await self._execute("HDEL", live, field))
             except BACKEND_ERRORS as exc:
-                return bool(await self._resend(("HDEL", live, field), field, exc))
+                deleted = bool(await self._resend(("HDEL", live, field), field, exc))
+            if deleted:
+                core.modified = True
+            return deleted
         return bool(await self._run(core.plan_delete, field, field))
 
     async def incr(self, key: str, amount: int = 1) -> int:
@@ -285,7 +290,7 @@ class AsyncSession(SessionView):
         core = self._core
         live = core.live_key
         if live is not None and type(amount) is int:
-            core.modified = True
+            core.accessed = core.modified = True
             cmd = ("EVALSHA", INCR_SHA, 1, live, core.config.max_keys, field, amount)
             reply = await self._send(cmd, field)
             if reply is not None:

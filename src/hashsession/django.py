@@ -172,6 +172,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         self._live: Session = self._store.open_id(session_key or None)
         self._expiry: Any = _UNKNOWN
         self._headers_sent = False
+        #: A key assigned to ``_session_key`` that names no session, and the session then
+        #: opened: ``session_key`` reports the key until that session is used.
+        self._claimed: tuple[str, Session] | None = None
 
     # ------------------------------------------------------------ the session
 
@@ -184,9 +187,39 @@ class SessionStore(SessionBase):  # type: ignore[misc]
     def session_key(self) -> str | None:
         """The cookie value naming the session, or ``None`` while nothing is stored."""
         session_id = self._live.id
-        return None if session_id is None else self._store.config.cookie_value(session_id)
+        if session_id is not None:
+            return self._store.config.cookie_value(session_id)
+        claimed = self._claimed
+        if claimed is None or claimed[1] is not self._live:
+            return None
+        core = claimed[1].core
+        if core.accessed or core.modified:  # used, so found to name nothing: as Django's load()
+            self._claimed = None
+            return None
+        return claimed[0]
 
-    _session_key = session_key
+    @property
+    def _session_key(self) -> str | None:
+        """As :attr:`session_key`; assigning it opens the session that key names.
+
+        Django's engines, its test suite and some third-party packages assign it, and
+        it is validated as Django validates it: a key shorter than 8 characters (or
+        empty, or ``None``) gives a new, empty session. A longer key is then checked as
+        the constructor checks a cookie; if hashsession refuses it (malformed, forged,
+        badly signed), it never reaches Redis and the session is a new, empty one, but
+        ``session_key`` reports it back until the session is first used, as Django's
+        engines report a key until they find, on loading, that it names nothing.
+        """
+        return self.session_key
+
+    @_session_key.setter
+    def _session_key(self, value: str | None) -> None:
+        accepted = bool(SessionBase._validate_session_key(self, value))  # Django's rule
+        live = self._live = self._store.open_id(value if accepted else None)
+        self._claimed = (value, live) if accepted and value and live.id is None else None
+        self._expiry = _UNKNOWN
+        if self._headers_sent:
+            live.core.headers_sent = True
 
     @property
     def _session(self) -> Session:
@@ -229,7 +262,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
 
     def _validate_session_key(self, key: str | None) -> bool:
         """Whether ``key`` is a well-formed (and, with keys, correctly signed) cookie value."""
-        return key is not None and self._store.config.id_from_cookie(key) is not None
+        if not key:
+            return False
+        return self._store.config.id_from_cookie(key) is not None
 
     def is_empty(self) -> bool:
         """True when nothing is stored for this session (Django then drops the cookie)."""

@@ -808,12 +808,24 @@ class SessionCore:
         return self._write(("EVALSHA", _INCR, 1, self._key, *args), "incr", args, _same)
 
     def plan_setdefault(self, field: str, raw: bytes) -> Step:
-        """Store ``raw`` unless ``field`` is set; the raw value stored afterwards."""
-        self.accessed = self.modified = True
+        """Store ``raw`` unless ``field`` is set; the raw value stored afterwards.
+
+        :attr:`modified` is set only if ``raw`` was stored.
+        """
+        self.accessed = True
         if self._state is State.NEW:
+            self.modified = True
             return self._plan_create([(field, raw)], raw)
+
+        def stored(reply: Any) -> Any:  # [1 if this stored it, else 0; the value now stored]
+            if reply[0]:
+                self.modified = True
+            return reply[1]
+
         args = (self.config.max_keys, field, raw)
-        return self._write(("EVALSHA", _SETDEFAULT, 1, self._key, *args), "setdefault", args, _same)
+        return self._write(
+            ("EVALSHA", _SETDEFAULT, 1, self._key, *args), "setdefault", args, stored
+        )
 
     def plan_push(self, field: str, item: bytes, unique: bool) -> Step:
         """Append ``item`` to the newline-separated queue in reserved ``field``, atomically.
@@ -983,14 +995,32 @@ class SessionCore:
         return ValueEdit(field, None, change)
 
     def plan_pop(self, field: str) -> Step:
-        """Read and delete ``field`` atomically; its raw value or ``None``."""
-        self.accessed = self.modified = True
-        return self._read(("EVALSHA", _POP, 1, self._key, field), "pop", (field,), None)
+        """Read and delete ``field`` atomically; its raw value or ``None``.
+
+        :attr:`modified` is set only if the field was there.
+        """
+        self.accessed = True
+        step = self._read(("EVALSHA", _POP, 1, self._key, field), "pop", (field,), None)
+        return self._marking(step, _is_value)
 
     def plan_delete(self, field: str) -> Step:
-        """``HDEL``: 1 if the field existed."""
-        self.accessed = self.modified = True
-        return self._read(("HDEL", self._key, field), "delete", (field,), 0)
+        """``HDEL``: 1 if the field existed (and only then is :attr:`modified` set)."""
+        self.accessed = True
+        return self._marking(self._read(("HDEL", self._key, field), "delete", (field,), 0), bool)
+
+    def _marking(self, step: Step, changed: Callable[[Any], bool]) -> Step:
+        """``step``, setting :attr:`modified` once its result shows it changed something."""
+        cmd, finish, value = step
+        if cmd is None:
+            return step
+
+        def done(reply: Any) -> Any:
+            out = reply if finish is None else finish(reply)
+            if out is not AGAIN and changed(out):
+                self.modified = True
+            return out
+
+        return cmd, done, value
 
     def plan_clear(self) -> Step:
         """Delete every user field, keeping the session (and its metadata) alive."""
@@ -1434,6 +1464,10 @@ def _late_delete(reply: Any) -> None:
 
 def _same(reply: Any) -> Any:
     return reply
+
+
+def _is_value(reply: Any) -> bool:
+    return reply is not None
 
 
 def _truth(reply: Any) -> bool:

@@ -421,14 +421,16 @@ end""",
   end
   return redis.call('HINCRBYFLOAT', k, ARGV[a + 1], ARGV[a + 2])
 end""",
-    # limit, field, value -> the value now stored
+    # limit, field, value -> {1 if this stored the value, else 0; the value now stored}
     "setdefault": r"""function(k, a)
   local n = redis.call('HLEN', k)
   if n == 0 then return false end
+  local cur = redis.call('HGET', k, ARGV[a + 1])
+  if cur then return {0, cur} end
   local full = over(k, n, tonumber(ARGV[a]), {ARGV[a + 1]})
   if full then return full end
-  redis.call('HSETNX', k, ARGV[a + 1], ARGV[a + 2])
-  return redis.call('HGET', k, ARGV[a + 1])
+  redis.call('HSET', k, ARGV[a + 1], ARGV[a + 2])
+  return {1, ARGV[a + 2]}
 end""",
     # reserved field, item, '1' to skip an item already queued -> 1 if appended, else 0
     "push": r"""function(k, a)

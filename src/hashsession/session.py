@@ -154,6 +154,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         live = core.live_key
         snapshot = self._snapshot
         if live is not None and snapshot is None:
+            core.accessed = True
             try:
                 raw = self._execute("HGET", live, field)
             except BACKEND_ERRORS as exc:
@@ -178,6 +179,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         live = core.live_key
         if live is not None:
             self._snapshot = None
+            core.accessed = True
             try:
                 raw = self._execute("HGET", live, field)
             except BACKEND_ERRORS as exc:
@@ -192,6 +194,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         live = core.live_key
         if live is not None:
             self._snapshot = None
+            core.accessed = True
             try:
                 return bool(self._execute("HEXISTS", live, field))
             except BACKEND_ERRORS as exc:
@@ -263,7 +266,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         live = core.live_key
         if live is not None:
             self._snapshot = None
-            core.modified = True
+            core.accessed = core.modified = True
             try:
                 reply = self._execute("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw)
             except BACKEND_ERRORS as exc:
@@ -290,7 +293,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         live = core.live_key
         if live is not None and type(amount) is int:
             self._snapshot = None
-            core.modified = True
+            core.accessed = core.modified = True
             cmd = ("EVALSHA", INCR_SHA, 1, live, core.config.max_keys, field, amount)
             reply = self._send(cmd, field)
             if reply is not None:
@@ -317,11 +320,14 @@ class Session(SessionView, MutableMapping[str, Any]):
         live = core.live_key
         if live is not None:
             self._snapshot = None
-            core.modified = True
+            core.accessed = True
             try:
-                return bool(self._execute("HDEL", live, field))
+                deleted = bool(self._execute("HDEL", live, field))
             except BACKEND_ERRORS as exc:
-                return bool(self._resend(("HDEL", live, field), field, exc))
+                deleted = bool(self._resend(("HDEL", live, field), field, exc))
+            if deleted:
+                core.modified = True
+            return deleted
         return bool(self._run(core.plan_delete, field, field))
 
     def incr(self, key: str, amount: int = 1) -> int:
