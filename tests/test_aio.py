@@ -1006,7 +1006,7 @@ async def test_tampered_cookie_is_a_fresh_session_without_round_trips(
                 assert await forged.to_dict() == {}
             assert forged.new is True and forged.id is None
             headers = dict(store.response_headers(forged))
-            assert "Max-Age=0" in headers["Set-Cookie"]  # the bad cookie is dropped
+            assert "Set-Cookie" not in headers  # a cookie that does not verify is left alone
             with counter.expect(1):
                 await forged.set("b", 2)
             assert forged.id != s.id

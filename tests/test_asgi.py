@@ -394,8 +394,7 @@ def test_forged_cookie_gets_a_fresh_session(client: TestClient) -> None:
     client.cookies.set("session", "forged-value")
     r = client.get("/get", params={"key": "name"})
     assert r.json() == {"name": None}
-    [header] = session_cookie_headers(r)  # the bad cookie is dropped
-    assert "Max-Age=0" in header
+    assert session_cookie_headers(r) == []  # a cookie that does not verify is left alone
 
 
 def test_custom_scope_key(store: AsyncSessionStore) -> None:

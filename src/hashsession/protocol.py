@@ -1264,7 +1264,9 @@ class SessionCore:
             if c.refresh_cookie and c.cookie.max_age and self._state is State.LIVE:
                 return c.cookie.set_cookie(c.cookie_value(self._id))
             return None
-        if self.had_cookie and (self.invalidated or self.lost or (self.rejected and self.accessed)):
+        # A cookie that does not verify (forged, malformed, or signed with a key this process
+        # does not know yet, as in a rolling deploy of a new key) is left alone.
+        if self.had_cookie and not self.rejected and (self.invalidated or self.lost):
             if c.adopt_unknown_ids and self._id is not None and not self.invalidated:
                 return None
             return c.cookie.delete_cookie()
