@@ -326,20 +326,28 @@ def test_popitem_and_mapping_mixins(store: SessionStore, existing: str) -> None:
     assert store.open(existing).get(k) is None
 
 
-def test_clear_keeps_the_session(
-    store: SessionStore, existing: str, redis_client: redis.Redis
+def test_clear_ends_the_session(
+    cstore: SessionStore, cexisting: str, redis_client: redis.Redis, counted: Any
 ) -> None:
-    s = store.open(existing)
+    s = cstore.open(cexisting)
+    s.meta_set("csrf", "token")
     key = s.core.key
-    s.clear()
-    assert len(s) == 0
-    assert redis_client.exists(key) == 1, "clear() must keep the session (id, expiry)"
-    assert redis_client.pttl(key) > 0
-    assert user_fields(redis_client, key) == {}
-    s["after"] = 1  # the same session, same id
-    assert s.id is not None
-    assert store.response_headers(s) == [("Vary", "Cookie")]  # no new cookie
-    assert store.open(existing).to_dict() == {"after": 1}
+    ended = cstore.open(cexisting)
+    with counted.expect(1):  # one DEL, metadata and all
+        ended.clear()
+    assert redis_client.exists(key) == 0
+    assert len(ended) == 0 and ended.id is None and ended.new
+    [(name, expired), *_] = cstore.response_headers(ended)
+    assert name == "Set-Cookie" and "Max-Age=0" in expired  # the browser drops its cookie
+    ended["after"] = 1  # a new session, under a new id
+    assert ended.id is not None and ended.core.key != key
+    assert "Max-Age=0" not in dict(cstore.response_headers(ended))["Set-Cookie"]
+    assert cstore.open(cexisting).to_dict() == {}  # the old id opens nothing
+    fresh = cstore.open(None)
+    fresh["x"] = 1
+    fresh.clear()  # made and ended in one request: no cookie at all
+    assert cstore.response_headers(fresh) == [("Vary", "Cookie")]
+    assert redis_client.dbsize() == 1
 
 
 def test_compare_and_set(store: SessionStore, existing: str) -> None:
@@ -710,7 +718,6 @@ def test_n_single_key_operations_cost_n(
         lambda s: s.to_dict(),
         lambda s: s.keys(),
         lambda s: s.update(x=1, y=2),
-        lambda s: s.clear(),
         lambda s: s.compare_and_set({"a": 1}, {"a": 3}),
         lambda s: s.touch(),
     ],
@@ -730,7 +737,6 @@ def test_n_single_key_operations_cost_n(
         "to_dict",
         "keys",
         "update",
-        "clear",
         "cas",
         "touch",
     ],

@@ -311,8 +311,9 @@ class AsyncSession(SessionView):
         return self._core.decode(field, raw)
 
     async def clear(self) -> None:
-        """Remove every key; the session itself (id, expiry) stays."""
-        await self._run(self._core.plan_clear, None)
+        """End the session, as :meth:`invalidate` does: one ``DEL``; the response expires
+        its cookie, and a later write starts a new session under a new id."""
+        await self.invalidate()
 
     async def compare_and_set(
         self, expected: Mapping[str, Any], changes: Mapping[str, Any]

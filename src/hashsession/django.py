@@ -278,8 +278,10 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         return self._live.to_dict().items()
 
     def clear(self) -> None:
-        """Remove every key; the session, its id and its expiry stay."""
+        """End the session (one ``DEL``): it is empty, so Django's middleware drops the
+        cookie, as it does for any emptied session; a later write starts a new one."""
         self._live.clear()
+        self._expiry = None
 
     # ---------------------------------------------------------------- expiry
 

@@ -82,6 +82,7 @@ _STORE_KEYS = (
     "COOKIE_HTTPONLY",
     "COOKIE_SAMESITE",
     "COOKIE_HOST_PREFIX",
+    "COOKIE_PARTITIONED",
     "PERMANENT",
     "REFRESH_EACH_REQUEST",
     "OPTIONS",
@@ -342,7 +343,7 @@ class HashSessionInterface(SessionInterface):
         return self.store.cookie.samesite
 
     def get_cookie_partitioned(self, app: Flask) -> bool:
-        return False
+        return self.store.cookie.partitioned
 
 
 # ------------------------------------------------------------------ configuration
@@ -354,10 +355,6 @@ def _check_keys(config: Mapping[str, Any]) -> None:
             close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigurationError(key, f"not a hashsession setting{hint}")
-    if config.get("SESSION_COOKIE_PARTITIONED"):
-        raise ConfigurationError(
-            "SESSION_COOKIE_PARTITIONED", "hashsession cannot send Partitioned cookies"
-        )
 
 
 def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -451,6 +448,7 @@ def store_from_config(config: Mapping[str, Any]) -> SessionStore:
         ("COOKIE_HTTPONLY", "SESSION_COOKIE_HTTPONLY", "httponly", True),
         ("COOKIE_SAMESITE", "SESSION_COOKIE_SAMESITE", "samesite", None),
         ("COOKIE_HOST_PREFIX", "", "host_prefix", False),
+        ("COOKIE_PARTITIONED", "SESSION_COOKIE_PARTITIONED", "partitioned", False),
     ):
         value: Any
         value, key = _either(config, own, flask_key, default)

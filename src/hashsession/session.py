@@ -355,8 +355,13 @@ class Session(SessionView, MutableMapping[str, Any]):
         return self._core.decode(field, raw)
 
     def clear(self) -> None:
-        """Remove every key; the session itself (id, expiry) stays."""
-        self._run(self._core.plan_clear, None)
+        """End the session, as :meth:`invalidate` does: one ``DEL``; the response expires
+        its cookie, and a later write starts a new session under a new id.
+
+        This is what Flask, Flask-Session and starsessions do with an emptied session
+        (``session.clear()`` is Flask's usual logout). Metadata goes too.
+        """
+        self.invalidate()
 
     def compare_and_set(self, expected: Mapping[str, Any], changes: Mapping[str, Any]) -> bool:
         """Apply ``changes`` only if every key in ``expected`` holds that value.
