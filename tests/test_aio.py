@@ -363,6 +363,24 @@ async def test_pop(store: AsyncSessionStore, existing: str) -> None:
     assert await store.open(existing).to_dict() == {"a": 1}
 
 
+async def test_removing_the_last_key_ends_the_session(
+    store: AsyncSessionStore, redis_client: redis.Redis
+) -> None:
+    made = store.open(None)
+    await made.update(a=1, b=2)
+    cookie = cookie_of(store, made)
+    key = made.core.key
+    s = store.open(cookie)
+    assert await s.pop("b") == 2  # the request's first command
+    assert redis_client.exists(key) == 1
+    assert await s.delete("a") is True  # a live one: the session is emptied, and deleted
+    assert redis_client.exists(key) == 0 and s.id is None and s.new
+    [(name, expired), *_] = store.response_headers(s)
+    assert name == "Set-Cookie" and "Max-Age=0" in expired
+    await s.set("c", 3)
+    assert s.core.key != key
+
+
 async def test_clear_ends_the_session(
     store: AsyncSessionStore, existing: str, redis_client: redis.Redis
 ) -> None:

@@ -326,6 +326,70 @@ def test_popitem_and_mapping_mixins(store: SessionStore, existing: str) -> None:
     assert store.open(existing).get(k) is None
 
 
+@pytest.mark.parametrize(
+    "remove",
+    [
+        lambda s, k: s.pop(k),
+        lambda s, k: s.__delitem__(k),
+        lambda s, k: s.delete(k),
+    ],
+    ids=["pop", "del", "delete"],
+)
+@pytest.mark.parametrize("first", [True, False], ids=["first-command", "live"])
+def test_removing_the_last_key_ends_the_session(
+    cstore: SessionStore,
+    redis_client: redis.Redis,
+    counted: Any,
+    remove: Callable[[Session, str], Any],
+    first: bool,
+) -> None:
+    made = cstore.open(None)
+    made.update(a=1, b=2)
+    cookie = cookie_of(cstore, made)
+    key = made.core.key
+    s = cstore.open(cookie)
+    if not first:
+        s.get("a")  # the session is checked and slid: later commands go straight to it
+    with counted.expect(1):
+        remove(s, "b")
+    assert redis_client.exists(key) == 1 and s.id is not None
+    with counted.expect(1):  # the same round trip deletes the emptied session
+        remove(s, "a")
+    assert redis_client.exists(key) == 0
+    assert s.id is None and s.new and len(s) == 0
+    [(name, expired), *_] = cstore.response_headers(s)
+    assert name == "Set-Cookie" and "Max-Age=0" in expired
+    s["c"] = 3  # a later write starts a new session under a new id
+    assert s.core.key != key
+    assert "Max-Age=0" not in dict(cstore.response_headers(s))["Set-Cookie"]
+
+
+def test_a_session_with_metadata_or_an_owner_is_not_empty(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    flagged = store.open(None)
+    flagged.update(a=1)
+    flagged.meta_set("csrf", "token")
+    owned = store.open(None)
+    owned.update(a=1)
+    owned.login("ann")
+    for s in (flagged, owned):
+        again = store.open(cookie_of(store, s))
+        assert again.pop("a") == 1
+        assert again.id is not None and redis_client.exists(again.core.key) == 1
+        assert [n for n, _ in store.response_headers(again)] == ["Vary"]
+
+
+def test_a_session_made_and_emptied_in_one_request_sends_nothing(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    s = store.open(None)
+    s["a"] = 1
+    del s["a"]
+    assert redis_client.dbsize() == 0
+    assert store.response_headers(s) == [("Vary", "Cookie")]
+
+
 def test_clear_ends_the_session(
     cstore: SessionStore, cexisting: str, redis_client: redis.Redis, counted: Any
 ) -> None:

@@ -22,6 +22,7 @@ from hashsession.errors import ConfigurationError, ValueTypeError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
+    DELETE_SHA,
     I64_MAX,
     I64_MIN,
     INCR_SHA,
@@ -250,10 +251,12 @@ class AsyncSession(SessionView):
         live = core.live_key
         if live is not None:
             core.modified = True
+            cmd = ("EVALSHA", DELETE_SHA, 1, live, field)
             try:
-                return bool(await self._execute("HDEL", live, field))
+                reply = await self._execute(*cmd)
             except BACKEND_ERRORS as exc:
-                return bool(await self._resend(("HDEL", live, field), field, exc))
+                reply = await self._resend(cmd, field, exc)
+            return bool(core.emptied(reply))
         return bool(await self._run(core.plan_delete, field, field))
 
     async def incr(self, key: str, amount: int = 1) -> int:

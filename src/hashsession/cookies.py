@@ -180,7 +180,9 @@ class CookiePolicy:
         _check_bool("host_prefix", self.host_prefix)
         _check_bool("partitioned", self.partitioned)
         if self.partitioned and not self.secure:
-            raise ConfigurationError("cookie.partitioned", "a Partitioned cookie requires secure=True")
+            raise ConfigurationError(
+                "cookie.partitioned", "a Partitioned cookie requires secure=True"
+            )
 
         samesite: object = self.samesite
         if samesite is not None and samesite not in _SAMESITE_VALUES:

@@ -94,6 +94,7 @@ log = logging.getLogger("hashsession")
 __all__ = [
     "AGAIN",
     "BACKEND_ERRORS",
+    "DELETE_SHA",
     "I64_MAX",
     "I64_MIN",
     "INCR_SHA",
@@ -136,9 +137,9 @@ MISSING: Final = _Marker.MISSING
 
 _SET, _INCR, _INCR_FLOAT = LIVE["set"].sha, LIVE["incr"].sha, LIVE["incr_float"].sha
 _SETDEFAULT, _POP, _LEN = LIVE["setdefault"].sha, LIVE["pop"].sha, LIVE["len"].sha
-_PUSH = LIVE["push"].sha
+_PUSH, _DELETE = LIVE["push"].sha, LIVE["delete"].sha
 #: The live set and incr scripts, for the sessions' fast paths.
-SET_SHA, INCR_SHA = _SET, _INCR
+SET_SHA, INCR_SHA, DELETE_SHA = _SET, _INCR, _DELETE
 _CLEAR, _CAS, _TOUCH, _RENAME = (
     LIVE["clear"].sha,
     LIVE["cas"].sha,
@@ -956,14 +957,48 @@ class SessionCore:
         return ValueEdit(field, None, change)
 
     def plan_pop(self, field: str) -> Step:
-        """Read and delete ``field`` atomically; its raw value or ``None``."""
+        """Read and delete ``field`` atomically; its raw value or ``None``.
+
+        When that leaves the session empty, Redis deletes it: the session ends
+        (see :meth:`emptied`).
+        """
         self.accessed = self.modified = True
-        return self._read(("EVALSHA", _POP, 1, self._key, field), "pop", (field,), None)
+        return self._removal(("EVALSHA", _POP, 1, self._key, field), "pop", field, None)
 
     def plan_delete(self, field: str) -> Step:
-        """``HDEL``: 1 if the field existed."""
+        """Delete ``field``: 1 if it existed; ends a session it empties, as :meth:`plan_pop`."""
         self.accessed = self.modified = True
-        return self._read(("HDEL", self._key, field), "delete", (field,), 0)
+        return self._removal(("EVALSHA", _DELETE, 1, self._key, field), "delete", field, 0)
+
+    def _removal(self, live: Command, op: str, field: str, empty: Any) -> Step:
+        if self._state is State.LIVE:
+            return live, self.emptied, None
+        if self._state is State.NEW:
+            return None, None, empty
+
+        def first(reply: Any) -> Any:
+            out = self._opened(reply)
+            return out if out is AGAIN else self.emptied(out)
+
+        return self._open(op, field), first, None
+
+    def emptied(self, reply: Any) -> Any:
+        """The result of a removal's reply; a one-item array means it emptied the session.
+
+        A session left with no user key and no adapter metadata has been deleted by the
+        same script, so it ends as :meth:`plan_invalidate` ends it: the response expires
+        the cookie (if the browser had one) and a later write starts a new session.
+        """
+        if type(reply) is list:
+            self._ended()
+            return reply[0]
+        return reply
+
+    def _ended(self) -> None:
+        self.invalidated = True
+        self._enter(State.NEW)
+        self._id = self._key = None
+        self._ttl_override = None
 
     def plan_clear(self) -> Step:
         """Delete every user field, keeping the session (and its metadata) alive."""
@@ -1205,10 +1240,7 @@ class SessionCore:
         key = self._key if self._state is not State.NEW else None
 
         def ended(reply: Any = None) -> None:
-            self.invalidated = True
-            self._enter(State.NEW)
-            self._id = self._key = None
-            self._ttl_override = None
+            self._ended()
 
         if key is None:
             ended()

@@ -62,6 +62,14 @@ INDEXED_FIELD = "\x00i"
 # `fresh`, the good-until a new index entry would get; `live` is the session key now.
 _HELPERS = r"""
 local owner, good, fresh, live = false, 0, 0, false
+-- Whether the session holds nothing but the core's own bookkeeping (created, timeout,
+-- seen, indexed): no user key and no adapter metadata (an owner, flash, CSRF token...).
+local function bare(k)
+  for _, f in ipairs(redis.call('HKEYS', k)) do
+    if not (f == '\0c' or f == '\0t' or f == '\0s' or f == '\0i') then return false end
+  end
+  return true
+end
 local function users(k)
   local n = 0
   for _, f in ipairs(redis.call('HKEYS', k)) do
@@ -490,10 +498,16 @@ end""",
   table.remove(members, at)
   return put(k, f, '{', table.concat(members, ','), '}', math.huge, 1)
 end""",
-    # field -> the value it had, or false
+    # field -> the value it had, or false; {value} when that emptied the session, which
+    # is then deleted (an emptied session ends, as in Flask and starsessions)
     "pop": r"""function(k, a)
   local v = redis.call('HGET', k, ARGV[a])
-  if v then redis.call('HDEL', k, ARGV[a]) end
+  if not v then return v end
+  redis.call('HDEL', k, ARGV[a])
+  if bare(k) then
+    redis.call('DEL', k)
+    return {v}
+  end
   return v
 end""",
     # -> how many user fields have a UTF-8 name (what iterating lists: others are skipped)
@@ -594,10 +608,19 @@ end""",
   slide(live, tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), true)
   return 1
 end""",
+    # field -> 1 if it was there, else 0; {1} when that emptied the session, which is
+    # then deleted
+    "delete": r"""function(k, a)
+  if redis.call('HDEL', k, ARGV[a]) == 0 then return 0 end
+  if bare(k) then
+    redis.call('DEL', k)
+    return {1}
+  end
+  return 1
+end""",
     # reads, needed only as the first command of a request
     "get": r"""function(k, a) return redis.call('HGET', k, ARGV[a]) end""",
     "has": r"""function(k, a) return redis.call('HEXISTS', k, ARGV[a]) end""",
-    "delete": r"""function(k, a) return redis.call('HDEL', k, ARGV[a]) end""",
     "keys": r"""function(k, a) return redis.call('HKEYS', k) end""",
     "all": r"""function(k, a) return redis.call('HGETALL', k) end""",
     "hmget": r"""function(k, a) return redis.call('HMGET', k, unpack(ARGV, a)) end""",
@@ -642,6 +665,7 @@ LIVE: dict[str, Script] = {
         "setdefault",
         "push",
         "pop",
+        "delete",
         "len",
         "clear",
         "cas",

@@ -20,6 +20,7 @@ from hashsession.errors import ConfigurationError, ValueTypeError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
+    DELETE_SHA,
     I64_MAX,
     I64_MIN,
     INCR_SHA,
@@ -318,10 +319,12 @@ class Session(SessionView, MutableMapping[str, Any]):
         if live is not None:
             self._snapshot = None
             core.modified = True
+            cmd = ("EVALSHA", DELETE_SHA, 1, live, field)
             try:
-                return bool(self._execute("HDEL", live, field))
+                reply = self._execute(*cmd)
             except BACKEND_ERRORS as exc:
-                return bool(self._resend(("HDEL", live, field), field, exc))
+                reply = self._resend(cmd, field, exc)
+            return bool(core.emptied(reply))
         return bool(self._run(core.plan_delete, field, field))
 
     def incr(self, key: str, amount: int = 1) -> int:
