@@ -58,6 +58,7 @@ from typing import Any, Final, NamedTuple
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from hashsession.config import SessionConfig
+from hashsession.cookies import CookiePolicy
 from hashsession.errors import (
     BackendError,
     ConflictError,
@@ -256,6 +257,7 @@ class SessionCore:
         "after",
         "before",
         "config",
+        "cookie_policy",
         "had_cookie",
         "headers_sent",
         "invalidated",
@@ -280,6 +282,9 @@ class SessionCore:
         self._ttl_override: int | None = None
         self.had_cookie = had_cookie
         self.rejected = had_cookie and session_id is None
+        #: The cookie policy this response's ``Set-Cookie`` follows, when an adapter gives
+        #: one of its own (the ASGI middleware's path under a mount); else the store's.
+        self.cookie_policy: CookiePolicy | None = None
         self.accessed = False
         self.modified = False
         self.invalidated = False
@@ -1288,20 +1293,25 @@ class SessionCore:
     # ---------------------------------------------------------------- cookies
 
     def set_cookie_header(self) -> str | None:
-        """The ``Set-Cookie`` value this response must carry, if any."""
+        """The ``Set-Cookie`` value this response must carry, if any.
+
+        A cookie with a ``max_age`` is sent again when the session was used in this
+        request (``refresh_cookie``), or at least changed, so its expiry slides.
+        """
         c = self.config
+        policy = self.cookie_policy or c.cookie
         if self._state is not State.NEW and self._id is not None:
             if self._id != self._incoming_id or self.lost:
-                return c.cookie.set_cookie(c.cookie_value(self._id))
-            if c.refresh_cookie and c.cookie.max_age and self._state is State.LIVE:
-                return c.cookie.set_cookie(c.cookie_value(self._id))
+                return policy.set_cookie(c.cookie_value(self._id))
+            if policy.max_age and self._state is State.LIVE and (c.refresh_cookie or self.modified):
+                return policy.set_cookie(c.cookie_value(self._id))
             return None
         # A cookie that does not verify (forged, malformed, or signed with a key this process
         # does not know yet, as in a rolling deploy of a new key) is left alone.
         if self.had_cookie and not self.rejected and (self.invalidated or self.lost):
             if c.adopt_unknown_ids and self._id is not None and not self.invalidated:
                 return None
-            return c.cookie.delete_cookie()
+            return policy.delete_cookie()
         return None
 
     def response_headers(self) -> list[tuple[str, str]]:
