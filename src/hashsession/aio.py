@@ -435,6 +435,10 @@ class AsyncSession(SessionView):
             await self._run(self._core.plan_push, None, field, dump_meta(item, name), unique)
         )
 
+    async def set_cookie_lifetime(self, seconds: int) -> None:
+        """Give this session's cookie a lifetime of its own (see ``Session``'s)."""
+        await self._run(self._core.plan_lifetime, None, seconds)
+
     async def touch(self, ttl: int | float | timedelta | None = None) -> None:
         """Slide the idle timeout now; with ``ttl``, make it this session's timeout from now on."""
         await self._run(self._core.plan_touch, None, None if ttl is None else ttl_ms(ttl))

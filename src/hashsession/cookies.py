@@ -238,7 +238,9 @@ class CookiePolicy:
     def _head(self, value: str) -> list[str]:
         parts = [f"{self.cookie_name}={value}", f"Path={self.path}"]
         if self.domain is not None:
-            parts.append(f"Domain={self.domain}")
+            # RFC 6265 5.2.3: a leading dot is ignored; some clients (werkzeug's test
+            # client) mis-match a domain that keeps it, so it is left out.
+            parts.append(f"Domain={self.domain.lstrip('.') or self.domain}")
         return parts
 
     def set_cookie(self, value: str) -> str:

@@ -45,6 +45,7 @@ until a later response expires it) with a warning logged.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -77,6 +78,7 @@ from hashsession.scripts import (
     INDEX,
     INDEXED_FIELD,
     JSON_ERROR,
+    LIFETIME_FIELD,
     LIMIT_ERROR,
     LIVE,
     LOGIN,
@@ -173,7 +175,8 @@ def _is_user_field(name: bytes | str) -> bool:
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 #: The core's own reserved fields, by metadata name: adapters may read them, never write.
 _CORE_META = frozenset(
-    f[1:] for f in (CREATED_FIELD, TTL_FIELD, OWNER_FIELD, SEEN_FIELD, INDEXED_FIELD)
+    f[1:]
+    for f in (CREATED_FIELD, TTL_FIELD, OWNER_FIELD, SEEN_FIELD, INDEXED_FIELD, LIFETIME_FIELD)
 )
 _NO_UTF8 = "it holds a lone surrogate, which has no UTF-8 form"
 
@@ -261,6 +264,8 @@ class SessionCore:
         "had_cookie",
         "headers_sent",
         "invalidated",
+        "lifetime",
+        "lifetime_known",
         "live_key",
         "lost",
         "modified",
@@ -285,6 +290,11 @@ class SessionCore:
         #: The cookie policy this response's ``Set-Cookie`` follows, when an adapter gives
         #: one of its own (the ASGI middleware's path under a mount); else the store's.
         self.cookie_policy: CookiePolicy | None = None
+        #: This session's own cookie lifetime in seconds (0: a browser-session cookie), or
+        #: ``None``: the cookie policy's ``max_age``. Known once the request's first command
+        #: answered (it returns it), or from the start for a session not stored yet.
+        self.lifetime: int | None = None
+        self.lifetime_known = session_id is None
         self.accessed = False
         self.modified = False
         self.invalidated = False
@@ -582,6 +592,7 @@ class SessionCore:
         """The session vanished (expired, invalidated, never existed): start afresh."""
         self._enter(State.NEW)
         self.lost = True
+        self.lifetime, self.lifetime_known = None, True
         if not (self.config.adopt_unknown_ids and not self.invalidated):
             self._id = None
             self._key = None
@@ -597,9 +608,25 @@ class SessionCore:
         if reply is None:
             return self._lose()
         self._enter(State.LIVE)
-        if len(reply) > 1:  # the owner's index entry is due: [result, owner, good-until]
+        self._learn(reply)
+        if len(reply) > 1 and reply[1] is not None:  # the owner's index entry is due
             self._refresh_index(reply[1], reply[2])
         return reply[0] if reply else None
+
+    def _learn(self, reply: list[Any]) -> None:
+        """Note the session's own cookie lifetime from a reply that slid it:
+        ``[result]`` or ``[result, owner or nil, good-until, lifetime or nil]``."""
+        self.lifetime, self.lifetime_known = None, True
+        if len(reply) > 3 and reply[3] is not None:
+            try:
+                self.lifetime = max(0, int(reply[3]))
+            except ValueError:
+                log.warning(
+                    "session %s: ignoring its cookie lifetime %r, which is not a number "
+                    "(written by another client?)",
+                    self.reference,
+                    reply[3],
+                )
 
     def _refresh_index(self, owner: bytes, good: int) -> None:
         assert self._key is not None
@@ -961,6 +988,23 @@ class SessionCore:
 
         return ValueEdit(field, None, change)
 
+    def plan_lifetime(self, seconds: int) -> Step:
+        """Give the session a cookie lifetime of its own (0: a browser-session cookie);
+        the response sends the cookie again with it. Creates a session not stored yet."""
+        if type(seconds) is not int or seconds < 0:
+            raise ValueTypeError(
+                "lifetime", f"must be a whole number of seconds >= 0, not {seconds!r}"
+            )
+        cmd, finish, value = self.plan_set([(LIFETIME_FIELD, str(seconds).encode("ascii"))])
+
+        def done(reply: Any) -> Any:
+            out = reply if finish is None else finish(reply)
+            if out is not AGAIN:
+                self.lifetime, self.lifetime_known = seconds, True
+            return out
+
+        return cmd, done, value
+
     def plan_pop(self, field: str) -> Step:
         """Read and delete ``field`` atomically; its raw value or ``None``.
 
@@ -1000,6 +1044,7 @@ class SessionCore:
         return reply
 
     def _ended(self) -> None:
+        self.lifetime, self.lifetime_known = None, True
         self.invalidated = True
         self._enter(State.NEW)
         self._id = self._key = None
@@ -1089,7 +1134,8 @@ class SessionCore:
             old_key = self._key
             self._id, self._key = new_id, new_key
             self._enter(State.LIVE)
-            if len(reply) > 1:
+            self._learn(reply)
+            if len(reply) > 1 and reply[1] is not None:
                 assert old_key is not None
                 self._queue(index_put(c.index_key(reply[1]), [old_key], [(reply[2], new_key)]))
             return None
@@ -1300,6 +1346,8 @@ class SessionCore:
         """
         c = self.config
         policy = self.cookie_policy or c.cookie
+        if self.lifetime is not None and self.lifetime != (policy.max_age or 0):
+            policy = dataclasses.replace(policy, max_age=self.lifetime or None)
         if self._state is not State.NEW and self._id is not None:
             if self._id != self._incoming_id or self.lost:
                 return policy.set_cookie(c.cookie_value(self._id))

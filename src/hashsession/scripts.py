@@ -56,12 +56,16 @@ OWNER_FIELD = "\x00u"
 SEEN_FIELD = "\x00s"
 #: Until when (ms) the owner's index entry is known to outlast the session.
 INDEXED_FIELD = "\x00i"
+#: This session's own cookie lifetime in seconds (0: a browser-session cookie), set by
+#: adapters (Flask's ``session.permanent``); the first command of a request returns it.
+LIFETIME_FIELD = "\x00k"
 
 # Shared helpers. Reserved fields start with a NUL byte; user fields never do.
 # slide() sets `owner` (and `good`) when the owner's index entry must be rewritten, and
-# `fresh`, the good-until a new index entry would get; `live` is the session key now.
+# `fresh`, the good-until a new index entry would get; `live` is the session key now;
+# `keep`, the session's own cookie lifetime, if it has one.
 _HELPERS = r"""
-local owner, good, fresh, live = false, 0, 0, false
+local owner, good, fresh, live, keep = false, 0, 0, false, false
 -- Whether the session holds nothing but the core's own bookkeeping (created, timeout,
 -- seen, indexed): no user key and no adapter metadata (an owner, flash, CSRF token...).
 local function bare(k)
@@ -93,8 +97,9 @@ end
 -- Slide the TTL; for an owned session, note the visit and whether its index entry is due
 -- (it must always outlast the session: it gets idle * 1.5, refreshed once idle / 2 is used up).
 local function slide(k, idle, now, abs, force)
-  local m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i')
+  local m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i', '\0k')
   if not m[1] and redis.call('EXISTS', k) == 0 then return false end
+  keep = m[5]
   if m[2] then idle = tonumber(m[2]) end
   local ttl, deadline = idle, false
   if abs > 0 and m[1] then
@@ -120,13 +125,14 @@ local function slide(k, idle, now, abs, force)
   end
   return ttl
 end
--- The reply of an op that slid the session: {r}, or {r, owner, good} when the owner's
--- index entry is due (its new good-until is recorded first).
+-- The reply of an op that slid the session: {r}, or {r, owner, good, keep} when the
+-- owner's index entry is due (its new good-until is recorded first; owner is nil when it
+-- is not) or the session has a cookie lifetime of its own (keep; nil when it has not).
 local function report(k, r)
   if r == nil then r = false end
-  if not owner then return {r} end
-  if redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
-  return {r, owner, good}
+  if not owner and not keep then return {r} end
+  if owner and redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
+  return {r, owner, good, keep}
 end
 """
 

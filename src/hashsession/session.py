@@ -527,6 +527,13 @@ class Session(SessionView, MutableMapping[str, Any]):
 
     # ------------------------------------------------------------ lifecycle
 
+    def set_cookie_lifetime(self, seconds: int) -> None:
+        """Give this session's cookie a lifetime of its own, in seconds (0: a browser-session
+        cookie), instead of the cookie policy's ``max_age``; one write. Every response that
+        sends the cookie uses it, and (with ``refresh_cookie``) every request that uses
+        the session sends it again, learning it from its first command at no extra cost."""
+        self._run(self._core.plan_lifetime, None, seconds)
+
     def touch(self, ttl: int | float | timedelta | None = None) -> None:
         """Slide the idle timeout now; with ``ttl``, make it this session's timeout from now on."""
         self._run(self._core.plan_touch, None, None if ttl is None else ttl_ms(ttl))
