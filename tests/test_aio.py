@@ -363,19 +363,38 @@ async def test_pop(store: AsyncSessionStore, existing: str) -> None:
     assert await store.open(existing).to_dict() == {"a": 1}
 
 
-async def test_clear_keeps_the_session(
+async def test_removing_the_last_key_ends_the_session(
+    store: AsyncSessionStore, redis_client: redis.Redis
+) -> None:
+    made = store.open(None)
+    await made.update(a=1, b=2)
+    cookie = cookie_of(store, made)
+    key = made.core.key
+    s = store.open(cookie)
+    assert await s.pop("b") == 2  # the request's first command
+    assert redis_client.exists(key) == 1
+    assert await s.delete("a") is True  # a live one: the session is emptied, and deleted
+    assert redis_client.exists(key) == 0 and s.id is None and s.new
+    [(name, expired), *_] = store.response_headers(s)
+    assert name == "Set-Cookie" and "Max-Age=0" in expired
+    await s.set("c", 3)
+    assert s.core.key != key
+
+
+async def test_clear_ends_the_session(
     store: AsyncSessionStore, existing: str, redis_client: redis.Redis
 ) -> None:
     s = store.open(existing)
     key = s.core.key
     await s.clear()
-    assert await s.length() == 0
-    assert redis_client.exists(key) == 1
-    assert redis_client.pttl(key) > 0
-    assert user_fields(redis_client, key) == {}
-    await s.set("after", 1)
-    assert store.response_headers(s) == [("Vary", "Cookie")]
-    assert await store.open(existing).to_dict() == {"after": 1}
+    assert redis_client.exists(key) == 0
+    assert await s.length() == 0 and s.id is None and s.new
+    [(name, expired), *_] = store.response_headers(s)
+    assert name == "Set-Cookie" and "Max-Age=0" in expired
+    await s.set("after", 1)  # a new session, under a new id
+    assert s.core.key != key
+    assert "Max-Age=0" not in dict(store.response_headers(s))["Set-Cookie"]
+    assert await store.open(existing).to_dict() == {}
 
 
 async def test_compare_and_set(store: AsyncSessionStore, existing: str) -> None:
@@ -627,7 +646,8 @@ async def test_modified_only_when_something_changed(
             await change(s)
             assert s.modified is True
         changes = [lambda s: s.pop("c"), lambda s: s.delete("d"), lambda s: s.setdefault("e", 5)]
-    assert await store.open(existing).to_dict() == {"e": 5}
+    # Deleting "d" emptied the session, which ended it: "e" went to a new session.
+    assert await store.open(existing).to_dict() == {}
 
     fresh = store.open(None)  # nothing stored: no command, nothing changed
     assert await fresh.pop("a", None) is None and await fresh.delete("a") is False
@@ -724,7 +744,6 @@ FIRST_OPS: list[tuple[str, AsyncOp]] = [
     ("values", lambda s: s.values()),
     ("keys", lambda s: s.keys()),
     ("update", lambda s: s.update(x=1, y=2)),
-    ("clear", lambda s: s.clear()),
     ("cas", lambda s: s.compare_and_set({"a": 1}, {"a": 3})),
     ("touch", TOUCH),
 ]
@@ -1050,7 +1069,7 @@ async def test_tampered_cookie_is_a_fresh_session_without_round_trips(
                 assert await forged.to_dict() == {}
             assert forged.new is True and forged.id is None
             headers = dict(store.response_headers(forged))
-            assert "Max-Age=0" in headers["Set-Cookie"]  # the bad cookie is dropped
+            assert "Set-Cookie" not in headers  # a cookie that does not verify is left alone
             with counter.expect(1):
                 await forged.set("b", 2)
             assert forged.id != s.id

@@ -450,3 +450,9 @@ def test_coerce_wrong_type() -> None:
     with pytest.raises(ConfigurationError) as info:
         CookiePolicy.coerce("session")  # type: ignore[arg-type]
     assert info.value.setting == "cookie"
+
+
+def test_a_leading_dot_in_the_domain_is_left_out() -> None:
+    policy = CookiePolicy(domain=".example.com")
+    assert "; Domain=example.com;" in policy.set_cookie("v")
+    assert "; Domain=example.com;" in policy.delete_cookie()

@@ -326,20 +326,92 @@ def test_popitem_and_mapping_mixins(store: SessionStore, existing: str) -> None:
     assert store.open(existing).get(k) is None
 
 
-def test_clear_keeps_the_session(
-    store: SessionStore, existing: str, redis_client: redis.Redis
+@pytest.mark.parametrize(
+    "remove",
+    [
+        lambda s, k: s.pop(k),
+        lambda s, k: s.__delitem__(k),
+        lambda s, k: s.delete(k),
+    ],
+    ids=["pop", "del", "delete"],
+)
+@pytest.mark.parametrize("first", [True, False], ids=["first-command", "live"])
+def test_removing_the_last_key_ends_the_session(
+    cstore: SessionStore,
+    redis_client: redis.Redis,
+    counted: Any,
+    remove: Callable[[Session, str], Any],
+    first: bool,
 ) -> None:
-    s = store.open(existing)
+    made = cstore.open(None)
+    made.update(a=1, b=2)
+    cookie = cookie_of(cstore, made)
+    key = made.core.key
+    s = cstore.open(cookie)
+    if not first:
+        s.get("a")  # the session is checked and slid: later commands go straight to it
+    with counted.expect(1):
+        remove(s, "b")
+    assert redis_client.exists(key) == 1 and s.id is not None
+    with counted.expect(1):  # the same round trip deletes the emptied session
+        remove(s, "a")
+    assert redis_client.exists(key) == 0
+    assert s.id is None and s.new and len(s) == 0
+    [(name, expired), *_] = cstore.response_headers(s)
+    assert name == "Set-Cookie" and "Max-Age=0" in expired
+    s["c"] = 3  # a later write starts a new session under a new id
+    assert s.core.key != key
+    assert "Max-Age=0" not in dict(cstore.response_headers(s))["Set-Cookie"]
+
+
+def test_a_session_with_metadata_or_an_owner_is_not_empty(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    flagged = store.open(None)
+    flagged.update(a=1)
+    flagged.meta_set("csrf", "token")
+    owned = store.open(None)
+    owned.update(a=1)
+    owned.login("ann")
+    for s in (flagged, owned):
+        again = store.open(cookie_of(store, s))
+        assert again.pop("a") == 1
+        assert again.id is not None and redis_client.exists(again.core.key) == 1
+        assert [n for n, _ in store.response_headers(again)] == ["Vary"]
+
+
+def test_a_session_made_and_emptied_in_one_request_sends_nothing(
+    store: SessionStore, redis_client: redis.Redis
+) -> None:
+    s = store.open(None)
+    s["a"] = 1
+    del s["a"]
+    assert redis_client.dbsize() == 0
+    assert store.response_headers(s) == [("Vary", "Cookie")]
+
+
+def test_clear_ends_the_session(
+    cstore: SessionStore, cexisting: str, redis_client: redis.Redis, counted: Any
+) -> None:
+    s = cstore.open(cexisting)
+    s.meta_set("csrf", "token")
     key = s.core.key
-    s.clear()
-    assert len(s) == 0
-    assert redis_client.exists(key) == 1, "clear() must keep the session (id, expiry)"
-    assert redis_client.pttl(key) > 0
-    assert user_fields(redis_client, key) == {}
-    s["after"] = 1  # the same session, same id
-    assert s.id is not None
-    assert store.response_headers(s) == [("Vary", "Cookie")]  # no new cookie
-    assert store.open(existing).to_dict() == {"after": 1}
+    ended = cstore.open(cexisting)
+    with counted.expect(1):  # one DEL, metadata and all
+        ended.clear()
+    assert redis_client.exists(key) == 0
+    assert len(ended) == 0 and ended.id is None and ended.new
+    [(name, expired), *_] = cstore.response_headers(ended)
+    assert name == "Set-Cookie" and "Max-Age=0" in expired  # the browser drops its cookie
+    ended["after"] = 1  # a new session, under a new id
+    assert ended.id is not None and ended.core.key != key
+    assert "Max-Age=0" not in dict(cstore.response_headers(ended))["Set-Cookie"]
+    assert cstore.open(cexisting).to_dict() == {}  # the old id opens nothing
+    fresh = cstore.open(None)
+    fresh["x"] = 1
+    fresh.clear()  # made and ended in one request: no cookie at all
+    assert cstore.response_headers(fresh) == [("Vary", "Cookie")]
+    assert redis_client.dbsize() == 1
 
 
 def test_compare_and_set(store: SessionStore, existing: str) -> None:
@@ -644,7 +716,8 @@ def test_modified_only_when_something_changed(store: SessionStore, existing: str
             change(s)
             assert s.modified is True
         changes = [lambda s: s.pop("c"), lambda s: s.delete("d"), lambda s: s.setdefault("e", 5)]
-    assert store.open(existing).to_dict() == {"e": 5}
+    # Deleting "d" emptied the session, which ended it: "e" went to a new session.
+    assert store.open(existing).to_dict() == {}
 
     fresh = store.open(None)  # nothing stored: no command, nothing changed
     assert fresh.pop("a", None) is None and fresh.delete("a") is False
@@ -756,7 +829,6 @@ def test_n_single_key_operations_cost_n(
         lambda s: s.to_dict(),
         lambda s: s.keys(),
         lambda s: s.update(x=1, y=2),
-        lambda s: s.clear(),
         lambda s: s.compare_and_set({"a": 1}, {"a": 3}),
         lambda s: s.touch(),
     ],
@@ -776,7 +848,6 @@ def test_n_single_key_operations_cost_n(
         "to_dict",
         "keys",
         "update",
-        "clear",
         "cas",
         "touch",
     ],

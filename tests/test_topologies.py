@@ -288,7 +288,7 @@ def test_atomic_operations(store: SessionStore) -> None:
     assert dict(reopen(store, session)) == {"n": 6, "f": 0.5}
     later.clear()
     assert dict(reopen(store, session)) == {}
-    assert later.id == session.id  # clear keeps the session
+    assert later.id is None  # clear ends the session
 
 
 def test_edit_apply_and_metadata(store: SessionStore) -> None:

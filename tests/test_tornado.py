@@ -412,8 +412,7 @@ async def test_bad_or_forged_cookie_gets_a_fresh_session(
         b.cookie = forged
         r = await b.fetch("/get/name")
         assert json.loads(r.body) == {"name": None}
-        [header] = cookie_headers(r)  # the bad cookie is dropped
-        assert "Max-Age=0" in header
+        assert cookie_headers(r) == []  # a cookie that does not verify is left alone
         assert redis_client.dbsize() == 0
         b.cookie = forged
         r = await b.fetch("/set?name=eve")

@@ -314,8 +314,7 @@ def test_bad_cookie_through_the_middleware(store: SessionStore) -> None:
     app = SessionMiddleware(demo_app, store=store)
     response = call(app, "/get", cookie="session=forged", QUERY_STRING="a")
     assert response.body == b"None"
-    [drop] = response.all("Set-Cookie")
-    assert drop.startswith("session=;")
+    assert response.all("Set-Cookie") == []  # a cookie that does not verify is left alone
 
 
 # --------------------------------------------------------------------------- real HTTP

@@ -22,6 +22,7 @@ from hashsession.errors import ConfigurationError, ValueTypeError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
+    DELETE_SHA,
     I64_MAX,
     I64_MIN,
     INCR_SHA,
@@ -252,10 +253,12 @@ class AsyncSession(SessionView):
         live = core.live_key
         if live is not None:
             core.accessed = True
+            cmd = ("EVALSHA", DELETE_SHA, 1, live, field)
             try:
-                deleted = bool(await self._execute("HDEL", live, field))
+                reply = await self._execute(*cmd)
             except BACKEND_ERRORS as exc:
-                deleted = bool(await self._resend(("HDEL", live, field), field, exc))
+                reply = await self._resend(cmd, field, exc)
+            deleted = bool(core.emptied(reply))
             if deleted:
                 core.modified = True
             return deleted
@@ -316,8 +319,9 @@ class AsyncSession(SessionView):
         return self._core.decode(field, raw)
 
     async def clear(self) -> None:
-        """Remove every key; the session itself (id, expiry) stays."""
-        await self._run(self._core.plan_clear, None)
+        """End the session, as :meth:`invalidate` does: one ``DEL``; the response expires
+        its cookie, and a later write starts a new session under a new id."""
+        await self.invalidate()
 
     async def compare_and_set(
         self, expected: Mapping[str, Any], changes: Mapping[str, Any]
@@ -435,6 +439,10 @@ class AsyncSession(SessionView):
         return bool(
             await self._run(self._core.plan_push, None, field, dump_meta(item, name), unique)
         )
+
+    async def set_cookie_lifetime(self, seconds: int) -> None:
+        """Give this session's cookie a lifetime of its own (see ``Session``'s)."""
+        await self._run(self._core.plan_lifetime, None, seconds)
 
     async def touch(self, ttl: int | float | timedelta | None = None) -> None:
         """Slide the idle timeout now; with ``ttl``, make it this session's timeout from now on."""

@@ -13,10 +13,12 @@ too, under the same rule from the start (the middleware sends them no cookie).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from hashsession.aio import AsyncSession, AsyncSessionStore
+from hashsession.cookies import CookiePolicy
 
 __all__ = ["SessionMiddleware", "session_of"]
 
@@ -36,6 +38,28 @@ class SessionMiddleware:
         self.app = app
         self.store = store if store is not None else AsyncSessionStore()
         self.scope_key = scope_key
+        self._policies: dict[str, CookiePolicy] = {}
+
+    def cookie_policy(self, scope: Scope) -> CookiePolicy | None:
+        """The cookie policy for a request, if not the store's: with the store's default
+        path ``/`` (and no ``__Host-`` prefix, which needs ``/``), the cookie's path is
+        the app's mount point, ``scope["root_path"]``, so apps mounted side by side under
+        one host keep separate cookies."""
+        root = scope.get("root_path") or ""
+        policy = self.store.cookie
+        if not root or root == "/" or policy.path != "/" or policy.host_prefix:
+            return None
+        if policy.cookie_name.lower().startswith("__host-"):
+            return None
+        known = self._policies.get(root)
+        if known is None:
+            try:
+                known = dataclasses.replace(policy, path=root.rstrip("/") or "/")
+            except ValueError:  # a root path no cookie can carry: keep the store's
+                known = policy
+            if len(self._policies) < 64:
+                self._policies[root] = known
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -44,6 +68,7 @@ class SessionMiddleware:
             return
         cookie = b"; ".join(v for k, v in scope.get("headers", ()) if k == b"cookie")
         session = self.store.open(cookie.decode("latin-1") if cookie else None)
+        session.core.cookie_policy = self.cookie_policy(scope)
         scope[self.scope_key] = session
         if kind == "websocket":  # no Set-Cookie can be sent: writes need an existing session
             session.core.headers_sent = True

@@ -133,6 +133,9 @@ class CookiePolicy:
     host_prefix: bool = False
     #: The longest incoming cookie value :meth:`values_from_header` accepts.
     max_length: int = 4096
+    #: Add the ``Partitioned`` attribute (CHIPS: the browser keeps the cookie per top-level
+    #: site, for an app embedded in other sites); needs ``secure``.
+    partitioned: bool = False
 
     def __post_init__(self) -> None:
         max_age: object = self.max_age
@@ -175,6 +178,11 @@ class CookiePolicy:
         _check_bool("secure", self.secure)
         _check_bool("httponly", self.httponly)
         _check_bool("host_prefix", self.host_prefix)
+        _check_bool("partitioned", self.partitioned)
+        if self.partitioned and not self.secure:
+            raise ConfigurationError(
+                "cookie.partitioned", "a Partitioned cookie requires secure=True"
+            )
 
         samesite: object = self.samesite
         if samesite is not None and samesite not in _SAMESITE_VALUES:
@@ -223,12 +231,16 @@ class CookiePolicy:
             parts.append("HttpOnly")
         if self.samesite is not None:
             parts.append(f"SameSite={self.samesite}")
+        if self.partitioned:
+            parts.append("Partitioned")
         return "; ".join(parts)
 
     def _head(self, value: str) -> list[str]:
         parts = [f"{self.cookie_name}={value}", f"Path={self.path}"]
         if self.domain is not None:
-            parts.append(f"Domain={self.domain}")
+            # RFC 6265 5.2.3: a leading dot is ignored; some clients (werkzeug's test
+            # client) mis-match a domain that keeps it, so it is left out.
+            parts.append(f"Domain={self.domain.lstrip('.') or self.domain}")
         return parts
 
     def set_cookie(self, value: str) -> str:

@@ -313,8 +313,10 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         return self._live.to_dict().items()
 
     def clear(self) -> None:
-        """Remove every key; the session, its id and its expiry stay."""
+        """End the session (one ``DEL``): it is empty, so Django's middleware drops the
+        cookie, as it does for any emptied session; a later write starts a new one."""
         self._live.clear()
+        self._expiry = None
 
     # ---------------------------------------------------------------- expiry
 
@@ -519,11 +521,29 @@ class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]
     or in an outer middleware, a step that needs a new cookie raises
     :class:`~hashsession.HeadersSentError` instead of leaving a Redis key no cookie
     names. Writes to a session the request's cookie names keep working.
+
+    A cookie that does not verify (forged, malformed, or signed with a key this
+    process does not know yet, as during a rolling deploy of a new key) is left
+    alone, as if the request had none; Django's own middleware deletes it.
     """
 
     def process_response(self, request: Any, response: Any) -> Any:
-        response = super().process_response(request, response)
         session = getattr(request, "session", None)
+        name = settings.SESSION_COOKIE_NAME
+        unverified = (
+            isinstance(session, SessionStore)
+            and session.live.core.rejected
+            and session.live.id is None
+            and name in request.COOKIES
+        )
+        if unverified:  # Django would delete a cookie that names no session
+            cookie = request.COOKIES.pop(name)
+            try:
+                response = super().process_response(request, response)
+            finally:
+                request.COOKIES[name] = cookie
+        else:
+            response = super().process_response(request, response)
         if isinstance(session, SessionStore):
             session.headers_sent()
         return response

@@ -36,8 +36,9 @@ except ModuleNotFoundError as exc:  # the extra is not installed
     missing_extra(exc, "flask", "hashsession.flask")
 
 from hashsession.config import seconds
-from hashsession.errors import ConfigurationError
+from hashsession.errors import ConfigurationError, DecodeError
 from hashsession.protocol import SessionCore
+from hashsession.scripts import LIFETIME_FIELD
 from hashsession.session import Session
 from hashsession.store import SessionStore
 
@@ -61,8 +62,8 @@ __all__ = [
 ]
 
 PREFIX = "HASHSESSION_"
-#: Reserved metadata field holding a session's own ``permanent`` flag.
-PERMANENT_FIELD = "flask.permanent"
+#: The reserved field holding a session's own cookie lifetime (``session.permanent``).
+PERMANENT_FIELD = LIFETIME_FIELD[1:]
 #: The key Flask-Login stores the logged-in user's id under.
 USER_ID_KEY = "_user_id"
 _REMEMBER_KEY = "_remember"  # Flask-Login's note to set or clear its remember cookie
@@ -82,6 +83,7 @@ _STORE_KEYS = (
     "COOKIE_HTTPONLY",
     "COOKIE_SAMESITE",
     "COOKIE_HOST_PREFIX",
+    "COOKIE_PARTITIONED",
     "PERMANENT",
     "REFRESH_EACH_REQUEST",
     "OPTIONS",
@@ -199,11 +201,22 @@ class FlaskSession(Session, SessionMixin):
 
     @property
     def permanent(self) -> bool:
-        """Whether the cookie outlives the browser session; one ``HGET`` the first time."""
+        """Whether the cookie outlives the browser session.
+
+        It is the session's own cookie lifetime, which the request's first Redis command
+        returns along: no round trip after that one, and one ``HGET`` before it.
+        """
         if self.all_permanent:
             return True
         if self._permanent is None:
-            self._permanent = self.meta_get(PERMANENT_FIELD) is True
+            core = self._core
+            if core.lifetime_known:
+                lifetime = core.lifetime
+            else:
+                lifetime = self.meta_get(PERMANENT_FIELD)
+                if lifetime is not None and (type(lifetime) is not int or lifetime < 0):
+                    raise DecodeError(PERMANENT_FIELD, f"not a cookie lifetime: {lifetime!r}")
+            self._permanent = bool(lifetime)
         return self._permanent
 
     @permanent.setter
@@ -220,7 +233,7 @@ class FlaskSession(Session, SessionMixin):
                 self._core.require_cookie(
                     f"session.permanent = {value}", "the cookie's new lifetime needs"
                 )
-            self.meta_set(PERMANENT_FIELD, value)
+            self.set_cookie_lifetime(self.options.permanent_lifetime if value else 0)
             self._cookie_due = True
         self._permanent = value
 
@@ -342,7 +355,7 @@ class HashSessionInterface(SessionInterface):
         return self.store.cookie.samesite
 
     def get_cookie_partitioned(self, app: Flask) -> bool:
-        return False
+        return self.store.cookie.partitioned
 
 
 # ------------------------------------------------------------------ configuration
@@ -354,10 +367,6 @@ def _check_keys(config: Mapping[str, Any]) -> None:
             close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise ConfigurationError(key, f"not a hashsession setting{hint}")
-    if config.get("SESSION_COOKIE_PARTITIONED"):
-        raise ConfigurationError(
-            "SESSION_COOKIE_PARTITIONED", "hashsession cannot send Partitioned cookies"
-        )
 
 
 def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -451,6 +460,7 @@ def store_from_config(config: Mapping[str, Any]) -> SessionStore:
         ("COOKIE_HTTPONLY", "SESSION_COOKIE_HTTPONLY", "httponly", True),
         ("COOKIE_SAMESITE", "SESSION_COOKIE_SAMESITE", "samesite", None),
         ("COOKIE_HOST_PREFIX", "", "host_prefix", False),
+        ("COOKIE_PARTITIONED", "SESSION_COOKIE_PARTITIONED", "partitioned", False),
     ):
         value: Any
         value, key = _either(config, own, flask_key, default)

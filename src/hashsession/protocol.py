@@ -45,6 +45,7 @@ until a later response expires it) with a warning logged.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -58,6 +59,7 @@ from typing import Any, Final, NamedTuple
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from hashsession.config import SessionConfig
+from hashsession.cookies import CookiePolicy
 from hashsession.errors import (
     BackendError,
     ConflictError,
@@ -76,6 +78,7 @@ from hashsession.scripts import (
     INDEX,
     INDEXED_FIELD,
     JSON_ERROR,
+    LIFETIME_FIELD,
     LIMIT_ERROR,
     LIVE,
     LOGIN,
@@ -95,6 +98,7 @@ log = logging.getLogger("hashsession")
 __all__ = [
     "AGAIN",
     "BACKEND_ERRORS",
+    "DELETE_SHA",
     "I64_MAX",
     "I64_MIN",
     "INCR_SHA",
@@ -137,9 +141,9 @@ MISSING: Final = _Marker.MISSING
 
 _SET, _INCR, _INCR_FLOAT = LIVE["set"].sha, LIVE["incr"].sha, LIVE["incr_float"].sha
 _SETDEFAULT, _POP, _LEN = LIVE["setdefault"].sha, LIVE["pop"].sha, LIVE["len"].sha
-_PUSH = LIVE["push"].sha
+_PUSH, _DELETE = LIVE["push"].sha, LIVE["delete"].sha
 #: The live set and incr scripts, for the sessions' fast paths.
-SET_SHA, INCR_SHA = _SET, _INCR
+SET_SHA, INCR_SHA, DELETE_SHA = _SET, _INCR, _DELETE
 _CLEAR, _CAS, _TOUCH, _RENAME = (
     LIVE["clear"].sha,
     LIVE["cas"].sha,
@@ -172,7 +176,8 @@ def _is_user_field(name: bytes | str) -> bool:
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 #: The core's own reserved fields, by metadata name: adapters may read them, never write.
 _CORE_META = frozenset(
-    f[1:] for f in (CREATED_FIELD, TTL_FIELD, OWNER_FIELD, SEEN_FIELD, INDEXED_FIELD)
+    f[1:]
+    for f in (CREATED_FIELD, TTL_FIELD, OWNER_FIELD, SEEN_FIELD, INDEXED_FIELD, LIFETIME_FIELD)
 )
 _NO_UTF8 = "it holds a lone surrogate, which has no UTF-8 form"
 #: The least time a login on a Cluster has, once its index entry is in, to make its session
@@ -278,9 +283,12 @@ class SessionCore:
         "after",
         "before",
         "config",
+        "cookie_policy",
         "had_cookie",
         "headers_sent",
         "invalidated",
+        "lifetime",
+        "lifetime_known",
         "live_key",
         "lost",
         "modified",
@@ -302,6 +310,14 @@ class SessionCore:
         self._ttl_override: int | None = None
         self.had_cookie = had_cookie
         self.rejected = had_cookie and session_id is None
+        #: The cookie policy this response's ``Set-Cookie`` follows, when an adapter gives
+        #: one of its own (the ASGI middleware's path under a mount); else the store's.
+        self.cookie_policy: CookiePolicy | None = None
+        #: This session's own cookie lifetime in seconds (0: a browser-session cookie), or
+        #: ``None``: the cookie policy's ``max_age``. Known once the request's first command
+        #: answered (it returns it), or from the start for a session not stored yet.
+        self.lifetime: int | None = None
+        self.lifetime_known = session_id is None
         self.accessed = False
         self.modified = False
         self.invalidated = False
@@ -603,6 +619,7 @@ class SessionCore:
         """The session vanished (expired, invalidated, never existed): start afresh."""
         self._enter(State.NEW)
         self.lost = True
+        self.lifetime, self.lifetime_known = None, True
         if not (self.config.adopt_unknown_ids and not self.invalidated):
             self._id = None
             self._key = None
@@ -618,9 +635,25 @@ class SessionCore:
         if reply is None:
             return self._lose()
         self._enter(State.LIVE)
-        if len(reply) > 1:  # the owner's index entry is due: [result, owner, good-until]
+        self._learn(reply)
+        if len(reply) > 1 and reply[1] is not None:  # the owner's index entry is due
             self._refresh_index(reply[1], reply[2])
         return reply[0] if reply else None
+
+    def _learn(self, reply: list[Any]) -> None:
+        """Note the session's own cookie lifetime from a reply that slid it:
+        ``[result]`` or ``[result, owner or nil, good-until, lifetime or nil]``."""
+        self.lifetime, self.lifetime_known = None, True
+        if len(reply) > 3 and reply[3] is not None:
+            try:
+                self.lifetime = max(0, int(reply[3]))
+            except ValueError:
+                log.warning(
+                    "session %s: ignoring its cookie lifetime %r, which is not a number "
+                    "(written by another client?)",
+                    self.reference,
+                    reply[3],
+                )
 
     def _refresh_index(self, owner: bytes, good: int) -> None:
         assert self._key is not None
@@ -994,19 +1027,39 @@ class SessionCore:
 
         return ValueEdit(field, None, change)
 
+    def plan_lifetime(self, seconds: int) -> Step:
+        """Give the session a cookie lifetime of its own (0: a browser-session cookie);
+        the response sends the cookie again with it. Creates a session not stored yet."""
+        if type(seconds) is not int or seconds < 0:
+            raise ValueTypeError(
+                "lifetime", f"must be a whole number of seconds >= 0, not {seconds!r}"
+            )
+        cmd, finish, value = self.plan_set([(LIFETIME_FIELD, str(seconds).encode("ascii"))])
+
+        def done(reply: Any) -> Any:
+            out = reply if finish is None else finish(reply)
+            if out is not AGAIN:
+                self.lifetime, self.lifetime_known = seconds, True
+            return out
+
+        return cmd, done, value
+
     def plan_pop(self, field: str) -> Step:
         """Read and delete ``field`` atomically; its raw value or ``None``.
 
-        :attr:`modified` is set only if the field was there.
+        :attr:`modified` is set only if the field was there. When that leaves the
+        session empty, Redis deletes it: the session ends (see :meth:`emptied`).
         """
         self.accessed = True
-        step = self._read(("EVALSHA", _POP, 1, self._key, field), "pop", (field,), None)
+        step = self._removal(("EVALSHA", _POP, 1, self._key, field), "pop", field, None)
         return self._marking(step, _is_value)
 
     def plan_delete(self, field: str) -> Step:
-        """``HDEL``: 1 if the field existed (and only then is :attr:`modified` set)."""
+        """Delete ``field``: 1 if it existed (and only then is :attr:`modified` set); ends
+        a session it empties, as :meth:`plan_pop`."""
         self.accessed = True
-        return self._marking(self._read(("HDEL", self._key, field), "delete", (field,), 0), bool)
+        step = self._removal(("EVALSHA", _DELETE, 1, self._key, field), "delete", field, 0)
+        return self._marking(step, bool)
 
     def _marking(self, step: Step, changed: Callable[[Any], bool]) -> Step:
         """``step``, setting :attr:`modified` once its result shows it changed something."""
@@ -1021,6 +1074,37 @@ class SessionCore:
             return out
 
         return cmd, done, value
+
+    def _removal(self, live: Command, op: str, field: str, empty: Any) -> Step:
+        if self._state is State.LIVE:
+            return live, self.emptied, None
+        if self._state is State.NEW:
+            return None, None, empty
+
+        def first(reply: Any) -> Any:
+            out = self._opened(reply)
+            return out if out is AGAIN else self.emptied(out)
+
+        return self._open(op, field), first, None
+
+    def emptied(self, reply: Any) -> Any:
+        """The result of a removal's reply; a one-item array means it emptied the session.
+
+        A session left with no user key and no adapter metadata has been deleted by the
+        same script, so it ends as :meth:`plan_invalidate` ends it: the response expires
+        the cookie (if the browser had one) and a later write starts a new session.
+        """
+        if type(reply) is list:
+            self._ended()
+            return reply[0]
+        return reply
+
+    def _ended(self) -> None:
+        self.lifetime, self.lifetime_known = None, True
+        self.invalidated = True
+        self._enter(State.NEW)
+        self._id = self._key = None
+        self._ttl_override = None
 
     def plan_clear(self) -> Step:
         """Delete every user field, keeping the session (and its metadata) alive."""
@@ -1106,7 +1190,8 @@ class SessionCore:
             old_key = self._key
             self._id, self._key = new_id, new_key
             self._enter(State.LIVE)
-            if len(reply) > 1:
+            self._learn(reply)
+            if len(reply) > 1 and reply[1] is not None:
                 assert old_key is not None
                 self._queue(index_put(c.index_key(reply[1]), [old_key], [(reply[2], new_key)]))
             return None
@@ -1292,10 +1377,7 @@ class SessionCore:
         key = self._key if self._state is not State.NEW else None
 
         def ended(reply: Any = None) -> None:
-            self.invalidated = True
-            self._enter(State.NEW)
-            self._id = self._key = None
-            self._ttl_override = None
+            self._ended()
 
         if key is None:
             ended()
@@ -1343,18 +1425,27 @@ class SessionCore:
     # ---------------------------------------------------------------- cookies
 
     def set_cookie_header(self) -> str | None:
-        """The ``Set-Cookie`` value this response must carry, if any."""
+        """The ``Set-Cookie`` value this response must carry, if any.
+
+        A cookie with a ``max_age`` is sent again when the session was used in this
+        request (``refresh_cookie``), or at least changed, so its expiry slides.
+        """
         c = self.config
+        policy = self.cookie_policy or c.cookie
+        if self.lifetime is not None and self.lifetime != (policy.max_age or 0):
+            policy = dataclasses.replace(policy, max_age=self.lifetime or None)
         if self._state is not State.NEW and self._id is not None:
             if self._id != self._incoming_id or self.lost:
-                return c.cookie.set_cookie(c.cookie_value(self._id))
-            if c.refresh_cookie and c.cookie.max_age and self._state is State.LIVE:
-                return c.cookie.set_cookie(c.cookie_value(self._id))
+                return policy.set_cookie(c.cookie_value(self._id))
+            if policy.max_age and self._state is State.LIVE and (c.refresh_cookie or self.modified):
+                return policy.set_cookie(c.cookie_value(self._id))
             return None
-        if self.had_cookie and (self.invalidated or self.lost or (self.rejected and self.accessed)):
+        # A cookie that does not verify (forged, malformed, or signed with a key this process
+        # does not know yet, as in a rolling deploy of a new key) is left alone.
+        if self.had_cookie and not self.rejected and (self.invalidated or self.lost):
             if c.adopt_unknown_ids and self._id is not None and not self.invalidated:
                 return None
-            return c.cookie.delete_cookie()
+            return policy.delete_cookie()
         return None
 
     def response_headers(self) -> list[tuple[str, str]]:

@@ -382,7 +382,7 @@ def resolved(setting: str, resolve: Callable[[Any], Any], value: Any) -> Any:
 _STORE_INTS = ("ttl", "absolute_ttl", "max_key_length", "max_value_size", "max_keys")
 _STORE_BOOLS = ("adopt_unknown_ids", "refresh_cookie")
 _COOKIE_INTS = ("max_age", "max_length")
-_COOKIE_BOOLS = ("secure", "httponly", "host_prefix")
+_COOKIE_BOOLS = ("secure", "httponly", "host_prefix", "partitioned")
 _COOKIE_TEXTS = ("name", "path", "domain", "samesite")
 _OTHER = ("redis", "secret", "secret_keys", "codec", "id_factory", "prefix", "key_layout")
 _KNOWN = frozenset(

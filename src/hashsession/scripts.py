@@ -59,12 +59,24 @@ OWNER_FIELD = "\x00u"
 SEEN_FIELD = "\x00s"
 #: Until when (ms) the owner's index entry is known to outlast the session.
 INDEXED_FIELD = "\x00i"
+#: This session's own cookie lifetime in seconds (0: a browser-session cookie), set by
+#: adapters (Flask's ``session.permanent``); the first command of a request returns it.
+LIFETIME_FIELD = "\x00k"
 
 # Shared helpers. Reserved fields start with a NUL byte; user fields never do.
 # slide() sets `owner` (and `good`) when the owner's index entry must be rewritten, and
-# `fresh`, the good-until a new index entry would get; `live` is the session key now.
+# `fresh`, the good-until a new index entry would get; `live` is the session key now;
+# `keep`, the session's own cookie lifetime, if it has one.
 _HELPERS = r"""
-local owner, good, fresh, live = false, 0, 0, false
+local owner, good, fresh, live, keep = false, 0, 0, false, false
+-- Whether the session holds nothing but the core's own bookkeeping (created, timeout,
+-- seen, indexed): no user key and no adapter metadata (an owner, flash, CSRF token...).
+local function bare(k)
+  for _, f in ipairs(redis.call('HKEYS', k)) do
+    if not (f == '\0c' or f == '\0t' or f == '\0s' or f == '\0i') then return false end
+  end
+  return true
+end
 local function users(k)
   local n = 0
   for _, f in ipairs(redis.call('HKEYS', k)) do
@@ -88,8 +100,9 @@ end
 -- Slide the TTL; for an owned session, note the visit and whether its index entry is due
 -- (it must always outlast the session: it gets idle * 1.5, refreshed once idle / 2 is used up).
 local function slide(k, idle, now, abs, force)
-  local m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i')
+  local m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i', '\0k')
   if not m[1] and redis.call('EXISTS', k) == 0 then return false end
+  keep = m[5]
   if m[2] then idle = tonumber(m[2]) end
   local ttl, deadline = idle, false
   if abs > 0 and m[1] then
@@ -115,13 +128,14 @@ local function slide(k, idle, now, abs, force)
   end
   return ttl
 end
--- The reply of an op that slid the session: {r}, or {r, owner, good} when the owner's
--- index entry is due (its new good-until is recorded first).
+-- The reply of an op that slid the session: {r}, or {r, owner, good, keep} when the
+-- owner's index entry is due (its new good-until is recorded first; owner is nil when it
+-- is not) or the session has a cookie lifetime of its own (keep; nil when it has not).
 local function report(k, r)
   if r == nil then r = false end
-  if not owner then return {r} end
-  if redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
-  return {r, owner, good}
+  if not owner and not keep then return {r} end
+  if owner and redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
+  return {r, owner, good, keep}
 end
 """
 
@@ -554,10 +568,16 @@ end""",
   table.remove(members, at)
   return put(k, f, '{', table.concat(members, ','), '}', math.huge, 1)
 end""",
-    # field -> the value it had, or false
+    # field -> the value it had, or false; {value} when that emptied the session, which
+    # is then deleted (an emptied session ends, as in Flask and starsessions)
     "pop": r"""function(k, a)
   local v = redis.call('HGET', k, ARGV[a])
-  if v then redis.call('HDEL', k, ARGV[a]) end
+  if not v then return v end
+  redis.call('HDEL', k, ARGV[a])
+  if bare(k) then
+    redis.call('DEL', k)
+    return {v}
+  end
   return v
 end""",
     # -> how many user fields have a UTF-8 name (what iterating lists: others are skipped)
@@ -658,10 +678,19 @@ end""",
   slide(live, tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), true)
   return 1
 end""",
+    # field -> 1 if it was there, else 0; {1} when that emptied the session, which is
+    # then deleted
+    "delete": r"""function(k, a)
+  if redis.call('HDEL', k, ARGV[a]) == 0 then return 0 end
+  if bare(k) then
+    redis.call('DEL', k)
+    return {1}
+  end
+  return 1
+end""",
     # reads, needed only as the first command of a request
     "get": r"""function(k, a) return redis.call('HGET', k, ARGV[a]) end""",
     "has": r"""function(k, a) return redis.call('HEXISTS', k, ARGV[a]) end""",
-    "delete": r"""function(k, a) return redis.call('HDEL', k, ARGV[a]) end""",
     "keys": r"""function(k, a) return redis.call('HKEYS', k) end""",
     "all": r"""function(k, a) return redis.call('HGETALL', k) end""",
     "hmget": r"""function(k, a) return redis.call('HMGET', k, unpack(ARGV, a)) end""",
@@ -706,6 +735,7 @@ LIVE: dict[str, Script] = {
         "setdefault",
         "push",
         "pop",
+        "delete",
         "len",
         "clear",
         "cas",

@@ -20,6 +20,7 @@ from hashsession.errors import ConfigurationError, ValueTypeError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
+    DELETE_SHA,
     I64_MAX,
     I64_MIN,
     INCR_SHA,
@@ -321,10 +322,12 @@ class Session(SessionView, MutableMapping[str, Any]):
         if live is not None:
             self._snapshot = None
             core.accessed = True
+            cmd = ("EVALSHA", DELETE_SHA, 1, live, field)
             try:
-                deleted = bool(self._execute("HDEL", live, field))
+                reply = self._execute(*cmd)
             except BACKEND_ERRORS as exc:
-                deleted = bool(self._resend(("HDEL", live, field), field, exc))
+                reply = self._resend(cmd, field, exc)
+            deleted = bool(core.emptied(reply))
             if deleted:
                 core.modified = True
             return deleted
@@ -361,8 +364,13 @@ class Session(SessionView, MutableMapping[str, Any]):
         return self._core.decode(field, raw)
 
     def clear(self) -> None:
-        """Remove every key; the session itself (id, expiry) stays."""
-        self._run(self._core.plan_clear, None)
+        """End the session, as :meth:`invalidate` does: one ``DEL``; the response expires
+        its cookie, and a later write starts a new session under a new id.
+
+        This is what Flask, Flask-Session and starsessions do with an emptied session
+        (``session.clear()`` is Flask's usual logout). Metadata goes too.
+        """
+        self.invalidate()
 
     def compare_and_set(self, expected: Mapping[str, Any], changes: Mapping[str, Any]) -> bool:
         """Apply ``changes`` only if every key in ``expected`` holds that value.
@@ -524,6 +532,13 @@ class Session(SessionView, MutableMapping[str, Any]):
         return bool(self._run(self._core.plan_push, None, field, dump_meta(item, name), unique))
 
     # ------------------------------------------------------------ lifecycle
+
+    def set_cookie_lifetime(self, seconds: int) -> None:
+        """Give this session's cookie a lifetime of its own, in seconds (0: a browser-session
+        cookie), instead of the cookie policy's ``max_age``; one write. Every response that
+        sends the cookie uses it, and (with ``refresh_cookie``) every request that uses
+        the session sends it again, learning it from its first command at no extra cost."""
+        self._run(self._core.plan_lifetime, None, seconds)
 
     def touch(self, ttl: int | float | timedelta | None = None) -> None:
         """Slide the idle timeout now; with ``ttl``, make it this session's timeout from now on."""

@@ -30,6 +30,7 @@ from hashsession.compat.redis_session import (
     key_prefix,
 )
 from hashsession.errors import ConfigurationError
+from hashsession.protocol import SessionCore
 from hashsession.store import SessionStore
 
 __all__ = ["SessionHandler", "store_for"]
@@ -52,6 +53,23 @@ for _name, _default, _type, _help in (
         define(_name, default=_default, type=_type, help=_help)
 
 
+class _SetOnceCore(SessionCore):
+    """redis-session set its cookie once, when it made the session: never again for that id
+    (hashsession would resend a cookie with a ``Max-Age`` when the session changes)."""
+
+    __slots__ = ()
+
+    def set_cookie_header(self) -> str | None:
+        header = super().set_cookie_header()
+        if header is not None and self.id is not None and self.id == self._incoming_id:
+            return None  # the browser's cookie names this very session already
+        return header
+
+
+class _SetOnceStore(SessionStore):
+    core_class = _SetOnceCore
+
+
 def store_for(application: Application) -> SessionStore:
     """The store ``tornado.options`` describe, built on first use and kept on the application.
 
@@ -67,7 +85,7 @@ def store_for(application: Application) -> SessionStore:
         raise ConfigurationError(
             "cookie_secret", "give the Application a cookie_secret (str) to sign session cookies"
         )
-    store = SessionStore(
+    store = _SetOnceStore(
         redis=options.session_redis or DEFAULT_REDIS,
         prefix=key_prefix(options.session_redis_prefix),
         ttl=options.session_expire or DEFAULT_TTL,
