@@ -984,3 +984,26 @@ def test_create_after_the_headers_raises_and_keeps_the_session(
         session.create()
     assert session.session_key == old
     assert redis_client.dbsize() == 1
+
+
+def test_a_cookie_signed_by_a_fallback_key_is_sent_again_signed_by_the_newest(
+    redis_url: str,
+) -> None:
+    with override_settings(SECRET_KEY="old-key", HASHSESSION={"redis": redis_url}):
+        session = SessionStore()
+        session["a"] = 1
+        old_cookie = session.session_key
+    assert old_cookie is not None
+    with override_settings(
+        SECRET_KEY="new-key", SECRET_KEY_FALLBACKS=["old-key"], HASHSESSION={"redis": redis_url}
+    ):
+        session = SessionStore(old_cookie)
+        assert not session.modified  # nothing known yet: Django sends no cookie
+        assert session.get("a") == 1
+        assert session.modified  # the session lives: Django sends its cookie again
+        resigned = session.session_key
+        assert resigned is not None and resigned != old_cookie
+        again = SessionStore(resigned)
+        assert again.get("a") == 1 and not again.modified
+    with override_settings(SECRET_KEY="new-key", HASHSESSION={"redis": redis_url}):
+        assert SessionStore(resigned).get("a") == 1  # the old key can go

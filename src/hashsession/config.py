@@ -242,11 +242,28 @@ class SessionConfig:
 
     def id_from_cookie(self, value: str) -> str | None:
         """The session id a cookie value carries, or ``None`` if it is forged or malformed."""
+        return self.read_cookie(value)[0]
+
+    def read_cookie(self, value: str) -> tuple[str | None, bool]:
+        """The session id a cookie value carries (or ``None``), and whether an older key
+        signed it.
+
+        A value signed by any key but the newest is valid; the session's next response
+        that uses it signs it again with the newest key, so an old key can be retired
+        one idle timeout after a new one is put first.
+        """
+        stale = False
         if self.signer is not None:
-            unsigned = self.signer.unsign(value)
-            if unsigned is None:
-                return None
-            value = unsigned
+            checked = self.signer.verify(value)
+            if checked is None:
+                return None, False
+            value, position = checked
+            stale = position > 0
+        session_id = self.id_from_unsigned(value)
+        return session_id, stale and session_id is not None
+
+    def id_from_unsigned(self, value: str) -> str | None:
+        """The session id named by a cookie value whose signature (if any) was checked."""
         return value if self.is_id(value) else None
 
     def is_id(self, value: str) -> bool:

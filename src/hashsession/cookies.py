@@ -96,6 +96,17 @@ class Signer:
 
         Never raises for bad input. Every key is checked, whichever one matches.
         """
+        checked = self.verify(signed)
+        return None if checked is None else checked[0]
+
+    def verify(self, signed: str) -> tuple[str, int] | None:
+        """The value and the position of the key whose signature ``signed`` carries, or ``None``.
+
+        Position 0 is the newest key: any other means the cookie should be signed again
+        with the newest one (see :attr:`SessionCore.resign`). Never raises for bad
+        input; every key is checked, whichever one matches, so the time taken does
+        not say which key did.
+        """
         value, dot, signature = signed.rpartition(".")
         if not dot or len(signature) != _SIG_LENGTH or not _SIG_CHARS.issuperset(signature):
             return None
@@ -105,10 +116,11 @@ class Signer:
             return None
         # Comparing the canonical base64 text (not decoded bytes) means no other spelling
         # of a signature is accepted.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(self._signature(key, message), signature)
-        return value if matched else None
+        found = -1
+        for position, key in enumerate(self._keys):
+            if hmac.compare_digest(self._signature(key, message), signature) and found < 0:
+                found = position
+        return None if found < 0 else (value, found)
 
 
 def _check_bool(field: str, value: object) -> None:

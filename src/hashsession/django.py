@@ -240,8 +240,13 @@ class SessionStore(SessionBase):  # type: ignore[misc]
 
     @property
     def modified(self) -> bool:
-        """Whether this request changed the session (Django then refreshes the cookie)."""
-        return self._live.core.modified
+        """Whether this request changed the session (Django then refreshes the cookie).
+
+        Also true for a session whose cookie an older key signed, once the session is
+        known to live: Django then sends the cookie again, signed with the newest key.
+        """
+        core = self._live.core
+        return core.modified or core.resign_due
 
     @modified.setter
     def modified(self, value: bool) -> None:

@@ -293,6 +293,7 @@ class SessionCore:
         "lost",
         "modified",
         "rejected",
+        "resign",
         "short",
     )
 
@@ -335,6 +336,9 @@ class SessionCore:
         self.headers_sent = False
         #: The id (and key) a new session's sealed values were bound to, if any.
         self._provisional: tuple[str, str] | None = None
+        #: The cookie was signed by an older key: once the session is known to live, the
+        #: response signs it again with the newest (set by the store, see ``resign_due``).
+        self.resign = False
 
     # ------------------------------------------------------------------ views
 
@@ -1428,7 +1432,9 @@ class SessionCore:
         """The ``Set-Cookie`` value this response must carry, if any.
 
         A cookie with a ``max_age`` is sent again when the session was used in this
-        request (``refresh_cookie``), or at least changed, so its expiry slides.
+        request (``refresh_cookie``), or at least changed, so its expiry slides. A cookie
+        an older key signed is sent again, signed by the newest, once the session is
+        known to live (:attr:`resign`).
         """
         c = self.config
         policy = self.cookie_policy or c.cookie
@@ -1437,7 +1443,9 @@ class SessionCore:
         if self._state is not State.NEW and self._id is not None:
             if self._id != self._incoming_id or self.lost:
                 return policy.set_cookie(c.cookie_value(self._id))
-            if policy.max_age and self._state is State.LIVE and (c.refresh_cookie or self.modified):
+            if self._state is State.LIVE and (
+                self.resign or (policy.max_age and (c.refresh_cookie or self.modified))
+            ):
                 return policy.set_cookie(c.cookie_value(self._id))
             return None
         # A cookie that does not verify (forged, malformed, or signed with a key this process
@@ -1447,6 +1455,11 @@ class SessionCore:
                 return None
             return policy.delete_cookie()
         return None
+
+    @property
+    def resign_due(self) -> bool:
+        """Whether the response must send the cookie again, signed with the newest key."""
+        return self.resign and self._state is State.LIVE and self._id == self._incoming_id
 
     def response_headers(self) -> list[tuple[str, str]]:
         """``Set-Cookie`` and ``Vary: Cookie`` headers for the response, as needed."""

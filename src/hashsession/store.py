@@ -96,9 +96,11 @@ class StoreBase:
         config = self.config
         values = config.cookie.values_from_header(cookie_header)
         for value in values:
-            session_id = config.id_from_cookie(value)
+            session_id, stale = config.read_cookie(value)
             if session_id is not None:
-                return self.core_class(config, session_id, had_cookie=True)
+                core = self.core_class(config, session_id, had_cookie=True)
+                core.resign = stale
+                return core
         if values:
             log.debug("ignoring a session cookie that is malformed or badly signed")
         return self.core_class(config, None, had_cookie=bool(values))
@@ -107,8 +109,10 @@ class StoreBase:
         """The sans-I/O session for a bare cookie value (as a framework's cookie jar gives it)."""
         if cookie_value is None:
             return self.core_class(self.config, None)
-        session_id = self.config.id_from_cookie(cookie_value)
-        return self.core_class(self.config, session_id, had_cookie=True)
+        session_id, stale = self.config.read_cookie(cookie_value)
+        core = self.core_class(self.config, session_id, had_cookie=True)
+        core.resign = stale
+        return core
 
     @staticmethod
     def response_headers(session: Session | AsyncSession) -> list[tuple[str, str]]:

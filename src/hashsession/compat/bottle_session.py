@@ -45,9 +45,9 @@ class _Config(SessionConfig):
         """``prefix`` plus the canonical, dashed text of the uuid, as bottle-session named keys."""
         return f"{self.prefix}{uuid.UUID(hex=session_id)}"
 
-    def id_from_cookie(self, value: str) -> str | None:
+    def id_from_unsigned(self, value: str) -> str | None:
         """The id in a cookie, normalised to 32 hex digits; ``None`` unless it is a uuid."""
-        checked = super().id_from_cookie(value)
+        checked = super().id_from_unsigned(value)
         if checked is None:
             return None
         try:
