@@ -39,7 +39,7 @@ from hashsession.protocol import (
     pairs_of,
 )
 from hashsession.session import ttl_ms
-from hashsession.store import StoreBase, checked_client
+from hashsession.store import StoreBase, checked_client, reply_timeout
 from hashsession.topology import AsyncClient, is_cluster
 from hashsession.transport import apipeline, aresend
 from hashsession.users import SessionInfo, UserId, arun, revoke, revoke_user, sessions_of, user_text
@@ -48,11 +48,11 @@ from hashsession.values import Recorder, adder
 __all__ = ["AsyncSession", "AsyncSessionStore"]
 
 
-def _from_url(url: str) -> AsyncClient:
+def _from_url(url: str, socket_timeout: float) -> AsyncClient:
     """A new client for a URL of any topology (see :mod:`hashsession.topology`)."""
     from hashsession.topology import async_client
 
-    return checked_client(async_client(url))  # type: ignore[no-any-return]
+    return checked_client(async_client(url, socket_timeout=socket_timeout))  # type: ignore[no-any-return]
 
 
 class _Clients:
@@ -62,7 +62,8 @@ class _Clients:
     ``RedisCluster``) is used as it is, on whatever loop calls it.
     """
 
-    def __init__(self, target: str | AsyncClient | None) -> None:
+    def __init__(self, target: str | AsyncClient | None, socket_timeout: float) -> None:
+        self.socket_timeout = socket_timeout
         if target is None:
             from hashsession.embedded import default_server
 
@@ -71,7 +72,8 @@ class _Clients:
         self.fixed: AsyncClient | None = None
         if isinstance(target, str):
             self.url = target
-            self.fixed = _from_url(target)  # validates the URL now; serves calls with no loop
+            # Made now to check the URL; it serves calls made outside any event loop.
+            self.fixed = _from_url(target, socket_timeout)
         elif callable(getattr(target, "execute_command", None)):
             self.fixed = checked_client(target)
             self.url = None
@@ -93,7 +95,7 @@ class _Clients:
             return self.fixed
         client = self.per_loop.get(loop)
         if client is None:
-            client = self.per_loop[loop] = _from_url(self.url)
+            client = self.per_loop[loop] = _from_url(self.url, self.socket_timeout)
         return client
 
 
@@ -497,7 +499,7 @@ class AsyncSessionStore(StoreBase):
 
     def __init__(self, *, redis: str | AsyncClient | None = None, **settings: Any) -> None:
         super().__init__(**settings)
-        self._clients = _Clients(redis)
+        self._clients = _Clients(redis, reply_timeout(self.config))
         if is_cluster(self._clients.fixed):
             self._on_cluster()
 

@@ -25,26 +25,29 @@ from hashsession.users import SessionInfo, UserId, revoke, revoke_user, run, ses
 if TYPE_CHECKING:
     from hashsession.aio import AsyncSession
 
-__all__ = ["SessionStore", "StoreBase", "connect"]
+__all__ = ["SessionStore", "StoreBase", "connect", "reply_timeout"]
 
 log = logging.getLogger("hashsession")
 
 
-def connect(target: str | SyncClient | None) -> SyncClient:
+def connect(target: str | SyncClient | None, socket_timeout: float | None = None) -> SyncClient:
     """A redis-py client from a URL, a ready client, or ``None`` (the embedded server).
 
     URLs may name one server, a Sentinel service or a Cluster (see
     :mod:`hashsession.topology`); a ready client may be a ``Redis`` (Sentinel's
-    ``master_for`` makes one too) or a ``RedisCluster``.
+    ``master_for`` makes one too) or a ``RedisCluster``. A client built from a URL gets
+    the timeouts of :mod:`hashsession.topology` (``socket_timeout``, if given, as the
+    reply timeout unless the URL sets one).
     """
     if target is None:
         from hashsession.embedded import default_server
 
         target = default_server().url
     if isinstance(target, str):
-        from hashsession.topology import sync_client
+        from hashsession.topology import SOCKET_TIMEOUT, sync_client
 
-        return checked_client(sync_client(target))  # type: ignore[no-any-return]
+        client = sync_client(target, socket_timeout=socket_timeout or SOCKET_TIMEOUT)
+        return checked_client(client)  # type: ignore[no-any-return]
     if callable(getattr(target, "execute_command", None)):
         return checked_client(target)  # type: ignore[no-any-return]
     raise ConfigurationError("redis", f"expected a URL or a redis-py client, not {target!r}")
@@ -58,6 +61,15 @@ def checked_client(client: Any) -> Any:
             "redis", "the client must not use decode_responses=True: values are codec bytes"
         )
     return client
+
+
+def reply_timeout(config: SessionConfig) -> float:
+    """The reply timeout of a client built from a URL: 10 s, or longer than a ``WAIT``."""
+    from hashsession.topology import SOCKET_TIMEOUT
+
+    if not config.wait_replicas:
+        return SOCKET_TIMEOUT
+    return max(SOCKET_TIMEOUT, config.wait_timeout_ms / 1000 + 2)
 
 
 class StoreBase:
@@ -134,7 +146,7 @@ class SessionStore(StoreBase):
 
     def __init__(self, *, redis: str | SyncClient | None = None, **settings: Any) -> None:
         super().__init__(**settings)
-        self._client = connect(redis)
+        self._client = connect(redis, reply_timeout(self.config))
         self._owns_pool = not callable(getattr(redis, "execute_command", None))
         if is_cluster(self._client):
             self._on_cluster()

@@ -20,6 +20,12 @@ Every session operation names exactly one key (two in one slot for
 ``regenerate()``), so sessions work unchanged on a Cluster: redis-py routes
 each command to the node owning its key.
 
+Every client built here has explicit timeouts, so a server that stops answering
+costs a request seconds, not forever (redis-py's own default): at most
+:data:`SOCKET_CONNECT_TIMEOUT` (5 s) to connect to a server or sentinel and
+:data:`SOCKET_TIMEOUT` (10 s) for a reply (longer when ``wait_timeout`` needs it).
+The URL's ``socket_connect_timeout`` and ``socket_timeout`` override them.
+
 Clients built here never resend a command whose reply was lost: redis-py
 retries on a dropped connection or a socket timeout by default, and a resent
 increment would count twice. A failed command raises (as ``BackendError``
@@ -60,6 +66,8 @@ from redis.sentinel import Sentinel, SentinelConnectionPool
 from hashsession.errors import BackendError, ConfigurationError
 
 __all__ = [
+    "SOCKET_CONNECT_TIMEOUT",
+    "SOCKET_TIMEOUT",
     "AsyncClient",
     "SyncClient",
     "Topology",
@@ -96,6 +104,10 @@ _POOL_TIMEOUT = 20
 # bench/run-async), with room for this many connections: a process never needs so many
 # commands in flight, and the server's own limit (maxclients) is 10,000.
 _SERVER_CONNECTIONS = 10_000
+#: Seconds a client built from a URL waits to connect to a server or a sentinel.
+SOCKET_CONNECT_TIMEOUT = 5.0
+#: Seconds a client built from a URL waits for a reply before it raises (nothing is resent).
+SOCKET_TIMEOUT = 10.0
 
 
 # Errors after which a cluster client may resend a command: the cluster refused it.
@@ -158,6 +170,15 @@ class _BoundedAsyncCluster(AsyncRedisCluster):
             return await super().execute_command(*args, **kwargs)
         finally:
             self._turns.release()
+
+
+def _timeouts(options: Mapping[str, Any], socket_timeout: float) -> dict[str, Any]:
+    """``options`` with the connect and reply timeouts set where the URL left them out."""
+    return {
+        "socket_connect_timeout": SOCKET_CONNECT_TIMEOUT,
+        "socket_timeout": socket_timeout,
+        **options,
+    }
 
 
 def _pool_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,8 +303,9 @@ def parse(url: str) -> Topology:
     return Topology(kind, url, nodes, segments[0], options, sentinel_options)
 
 
-def sync_client(url: str) -> SyncClient:
-    """A new redis-py client for ``url``.
+def sync_client(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> SyncClient:
+    """A new redis-py client for ``url``, with the timeouts above (``socket_timeout`` is
+    the reply timeout used unless the URL sets one).
 
     One server gets redis-py's connection pool with room for 10,000 connections
     (a burst never fails for want of one); the Sentinel master and each cluster
@@ -294,27 +316,33 @@ def sync_client(url: str) -> SyncClient:
     """
     topology = parse(url)
     if topology.kind == "standalone":
-        try:
+        try:  # the URL's own options win over these keyword arguments
             pool = redis.ConnectionPool.from_url(
-                url, max_connections=_SERVER_CONNECTIONS, **_sync_connection_options()
+                url,
+                max_connections=_SERVER_CONNECTIONS,
+                **_timeouts({}, socket_timeout),
+                **_sync_connection_options(),
             )
         except ValueError as exc:
             raise _bad(str(exc)) from exc
         return redis.Redis(connection_pool=pool)
     if topology.kind == "sentinel":
         assert topology.service is not None
-        sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=dict(topology.sentinel_options))
+        sentinel = Sentinel(
+            list(topology.nodes),
+            sentinel_kwargs=_timeouts(topology.sentinel_options, socket_timeout),
+        )
         master: redis.Redis = sentinel.master_for(
             topology.service,
             connection_pool_class=_BlockingSentinelPool,
             **_sync_connection_options(),
-            **_pool_options(topology.options),
+            **_pool_options(_timeouts(topology.options, socket_timeout)),
         )
         return master
     # Only a cluster client given a URL hands each node the pool class we ask for, so
     # the first seed goes in as a URL (TLS by its scheme) and the others as nodes.
     (host, port), *others = topology.nodes
-    options = _pool_options(topology.options)
+    options = _pool_options(_timeouts(topology.options, socket_timeout))
     scheme = "rediss" if options.pop("ssl", False) else "redis"
     seed = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
     nodes = [ClusterNode(h, p) for h, p in others]  # type: ignore[no-untyped-call]
@@ -331,7 +359,7 @@ def sync_client(url: str) -> SyncClient:
         raise BackendError(f"cannot read the cluster's slot map: {exc}") from exc
 
 
-def async_client(url: str) -> AsyncClient:
+def async_client(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> AsyncClient:
     """A new ``redis.asyncio`` client for ``url`` (no I/O until its first command).
 
     As :func:`sync_client`; an asyncio cluster client has at most
@@ -339,9 +367,12 @@ def async_client(url: str) -> AsyncClient:
     """
     topology = parse(url)
     if topology.kind == "standalone":
-        try:
+        try:  # the URL's own options win over these keyword arguments
             pool = aioredis.ConnectionPool.from_url(
-                url, max_connections=_SERVER_CONNECTIONS, **_async_connection_options()
+                url,
+                max_connections=_SERVER_CONNECTIONS,
+                **_timeouts({}, socket_timeout),
+                **_async_connection_options(),
             )
         except ValueError as exc:
             raise _bad(str(exc)) from exc
@@ -349,16 +380,20 @@ def async_client(url: str) -> AsyncClient:
     if topology.kind == "sentinel":
         assert topology.service is not None
         sentinel = AsyncSentinel(
-            list(topology.nodes), sentinel_kwargs=dict(topology.sentinel_options)
+            list(topology.nodes),
+            sentinel_kwargs=_timeouts(topology.sentinel_options, socket_timeout),
         )
         master: aioredis.Redis = sentinel.master_for(
             topology.service,
             connection_pool_class=_AsyncBlockingSentinelPool,
             **_async_connection_options(),
-            **_pool_options(topology.options),
+            **_pool_options(_timeouts(topology.options, socket_timeout)),
         )
         return master
-    options = {"max_connections": _MAX_CONNECTIONS, **topology.options}
+    options = {
+        "max_connections": _MAX_CONNECTIONS,
+        **_timeouts(topology.options, socket_timeout),
+    }
     timeout = options.pop("timeout", _POOL_TIMEOUT)
     nodes = [AsyncClusterNode(host, port) for host, port in topology.nodes]
     try:

@@ -1,0 +1,141 @@
+"""Safe defaults (issue 13, item 3), each against real servers.
+
+* every client hashsession builds from a URL has a connect and a reply timeout,
+  which the URL can override;
+* a value read back that is larger than ``max_value_size`` raises
+  ``LimitExceededError`` naming the key instead of being decoded;
+* sessions get an absolute lifetime unless told ``absolute_ttl=None``;
+* cookies are ``Secure`` except on plain http to a loopback host, and a store told
+  ``secure=False`` says so in a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+from hashsession import BackendError, SessionStore
+from hashsession.aio import AsyncSessionStore
+from hashsession.embedded import EmbeddedRedis
+from hashsession.topology import (
+    SOCKET_CONNECT_TIMEOUT,
+    SOCKET_TIMEOUT,
+    async_client,
+    is_cluster,
+    sync_client,
+)
+
+# --------------------------------------------------------------------------- timeouts
+
+
+def _server_kwargs(client: Any) -> dict[str, Any]:
+    """The connection settings a client uses for the Redis servers."""
+    if isinstance(client, AsyncRedisCluster):
+        return dict(client.get_default_node().connection_kwargs)
+    if is_cluster(client):
+        node = client.get_default_node()
+        return dict(node.redis_connection.connection_pool.connection_kwargs)
+    return dict(client.connection_pool.connection_kwargs)
+
+
+def _sentinel_kwargs(client: Any) -> list[dict[str, Any]]:
+    """The connection settings of a Sentinel master client's sentinels (empty otherwise)."""
+    pool = getattr(client, "connection_pool", None)
+    manager = getattr(pool, "sentinel_manager", None)
+    if manager is None:
+        return []
+    return [dict(s.connection_pool.connection_kwargs) for s in manager.sentinels]
+
+
+def _timeouts_of(kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    return kwargs.get("socket_connect_timeout"), kwargs.get("socket_timeout")
+
+
+def test_sync_clients_from_urls_have_timeouts(topology: str, topology_url: str) -> None:
+    client = sync_client(topology_url)
+    try:
+        client.ping()
+        wanted = (SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT)
+        assert _timeouts_of(_server_kwargs(client)) == wanted
+        for sentinel in _sentinel_kwargs(client):
+            assert _timeouts_of(sentinel) == wanted
+        assert len(_sentinel_kwargs(client)) == (3 if topology == "sentinel" else 0)
+    finally:
+        client.close()
+
+
+def test_async_clients_from_urls_have_timeouts(topology: str, topology_url: str) -> None:
+    async def check() -> None:
+        client = async_client(topology_url)
+        try:
+            await client.ping()
+            wanted = (SOCKET_CONNECT_TIMEOUT, SOCKET_TIMEOUT)
+            assert _timeouts_of(_server_kwargs(client)) == wanted
+            for sentinel in _sentinel_kwargs(client):
+                assert _timeouts_of(sentinel) == wanted
+        finally:
+            await client.aclose()
+
+    asyncio.run(check())
+
+
+def test_the_url_overrides_the_timeouts(topology: str, topology_url: str) -> None:
+    joiner = "&" if "?" in topology_url else "?"
+    url = f"{topology_url}{joiner}socket_timeout=2.5&socket_connect_timeout=1.5"
+    client = sync_client(url)
+    try:
+        assert _timeouts_of(_server_kwargs(client)) == (1.5, 2.5)
+        for sentinel in _sentinel_kwargs(client):
+            assert _timeouts_of(sentinel) == (1.5, 2.5)
+    finally:
+        client.close()
+
+
+def test_a_store_built_from_a_url_has_the_timeouts(redis_url: str) -> None:
+    store = SessionStore(redis=redis_url)
+    try:
+        assert _timeouts_of(_server_kwargs(store.client)) == (
+            SOCKET_CONNECT_TIMEOUT,
+            SOCKET_TIMEOUT,
+        )
+    finally:
+        store.close()
+
+
+def test_waiting_for_replicas_lengthens_the_reply_timeout(redis_url: str) -> None:
+    store = SessionStore(redis=redis_url, wait_for_replicas=1, wait_timeout=30)
+    astore = AsyncSessionStore(redis=redis_url, wait_for_replicas=1, wait_timeout=30)
+    try:
+        assert _server_kwargs(store.client)["socket_timeout"] == 32
+        assert _server_kwargs(astore.client)["socket_timeout"] == 32
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def sleepy(make_server: Any) -> Iterator[EmbeddedRedis]:
+    yield make_server()
+
+
+def test_a_server_that_stops_answering_raises_after_the_timeout(sleepy: EmbeddedRedis) -> None:
+    store = SessionStore(redis=f"{sleepy.url}?socket_timeout=0.3", ttl=100)
+    admin = redis.Redis.from_url(sleepy.url)
+    try:
+        session = store.open()
+        session["a"] = 1
+        # The server holds every client's commands for 1.5 s (CLIENT PAUSE, Redis 6.2 and
+        # Valkey alike; DEBUG SLEEP is off by default on Valkey and Redis 7+).
+        admin.execute_command("CLIENT", "PAUSE", "1500")
+        started = time.monotonic()
+        with pytest.raises(BackendError):
+            session["b"] = 2
+        assert time.monotonic() - started < 1.2
+    finally:
+        admin.close()
+        store.close()
