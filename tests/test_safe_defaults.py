@@ -20,7 +20,7 @@ import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from hashsession import BackendError, SessionStore
+from hashsession import BackendError, LimitExceededError, SessionStore
 from hashsession.aio import AsyncSessionStore
 from hashsession.embedded import EmbeddedRedis
 from hashsession.topology import (
@@ -139,3 +139,70 @@ def test_a_server_that_stops_answering_raises_after_the_timeout(sleepy: Embedded
     finally:
         admin.close()
         store.close()
+
+
+# --------------------------------------------------------------------------- value size read back
+
+
+def _planted(store: SessionStore, redis_client: redis.Redis, size: int) -> str:
+    """A stored session holding ``small`` = 1, plus ``big``: ``size`` bytes planted in Redis."""
+    session = store.open()
+    session["small"] = 1
+    assert session.core.key is not None
+    redis_client.hset(session.core.key, "big", b'"' + b"x" * (size - 2) + b'"')
+    return store.config.cookie_value(session.id or "")
+
+
+def test_a_planted_oversized_value_is_not_decoded(
+    make_store: Any, redis_client: redis.Redis
+) -> None:
+    store = make_store(max_value_size=100)
+    cookie = _planted(store, redis_client, 101)
+    for read in (
+        lambda s: s["big"],
+        lambda s: s.get("big"),
+        lambda s: s.to_dict(),
+        lambda s: dict(s),
+        lambda s: s.get_many("small", "big"),
+        lambda s: s.pop("big"),
+        lambda s: s.setdefault("big", 1),
+    ):
+        key = store.config.key_of(store.config.id_from_cookie(cookie) or "")
+        for live in (False, True):
+            redis_client.hset(key, "big", b'"' + b"x" * 99 + b'"')  # pop removes it
+            session = store.open_id(cookie)
+            if live:
+                session.get("small")  # the session is live now: the fast paths check too
+            with pytest.raises(LimitExceededError) as info:
+                read(session)
+            assert info.value.key == "big"
+            assert "over the 100 limit" in str(info.value)
+    assert store.open_id(cookie)["small"] == 1
+
+
+def test_a_value_of_exactly_the_limit_is_read(make_store: Any, redis_client: redis.Redis) -> None:
+    store = make_store(max_value_size=100)
+    cookie = _planted(store, redis_client, 100)
+    assert store.open_id(cookie)["big"] == "x" * 98
+
+
+def test_async_reads_check_the_size_too(redis_url: str, redis_client: redis.Redis) -> None:
+    async def check() -> None:
+        store = AsyncSessionStore(redis=redis_url, ttl=100, max_value_size=100)
+        try:
+            session = store.open()
+            await session.set("small", 1)
+            key = session.core.key
+            assert key is not None
+            redis_client.hset(key, "big", b'"' + b"x" * 200 + b'"')
+            cookie = store.config.cookie_value(session.id or "")
+            for read in ("get", "to_dict", "pop"):
+                fresh = store.open_id(cookie)
+                args = () if read == "to_dict" else ("big",)
+                with pytest.raises(LimitExceededError) as info:
+                    await getattr(fresh, read)(*args)
+                assert info.value.key == "big"
+        finally:
+            await store.aclose()
+
+    asyncio.run(check())

@@ -12,8 +12,9 @@
      │    ├── EncodeError                  (text with a lone surrogate, NaN or infinity in JSON)
      │    └── DecodeError                  (stored bytes or metadata the codec cannot read)
      ├── ValueTypeError (TypeError)        an increment met a value that is not a number
-     ├── LimitExceededError (ValueError)   a value, key or key count is over its limit, or a
-     │                                     number outside what Redis can count with
+     ├── LimitExceededError (ValueError)   a value, key or key count is over its limit (a
+     │                                     stored value read back, too), or a number
+     │                                     outside what Redis can count with
      ├── ConflictError                     an optimistic edit kept losing races until edit_timeout
      └── HeadersSentError (RuntimeError)   a step needs a cookie, but the headers are out
 
@@ -120,7 +121,9 @@ class LimitExceededError(_KeyedError, ValueError):
     """A value, key or the number of keys is over the store's limit; nothing was written.
 
     Also raised when a number leaves the range Redis counts in: an ``incr`` amount
-    outside signed 64 bits, or an increment whose result would overflow.
+    outside signed 64 bits, or an increment whose result would overflow; and, naming
+    the key, when a value read back is longer than ``max_value_size`` (planted in
+    Redis by something else): it is not decoded.
     """
 
 

@@ -485,8 +485,17 @@ class SessionCore:
         return raw
 
     def decode(self, key: str, raw: bytes) -> Any:
-        """The value stored as ``raw`` under ``key``; a :class:`DecodeError` names the key."""
+        """The value stored as ``raw`` under ``key``; a :class:`DecodeError` names the key.
+
+        A stored value longer than ``max_value_size`` (which no write of ours makes) is
+        not decoded: :class:`LimitExceededError` names the key.
+        """
         config = self.config
+        limit = config.max_value_bytes
+        if len(raw) > limit:
+            raise LimitExceededError(
+                key, f"stored value of {len(raw)} bytes is over the {limit} limit; not decoded"
+            )
         try:
             if config.bound_codec is not None:
                 return config.bound_codec.loads_at(raw, key, self._bound_key())

@@ -166,10 +166,14 @@ class Session(SessionView, MutableMapping[str, Any]):
                 raw = self._run(core.plan_get, field, field)
         if raw is None:
             raise KeyError(key)
-        try:
-            value = core.config.codec.loads(raw)
-        except Exception:
-            value = core.decode(field, raw)  # raises the DecodeError that names the key
+        config = core.config
+        if len(raw) > config.max_value_bytes:
+            value = core.decode(field, raw)  # raises the LimitExceededError that names the key
+        else:
+            try:
+                value = config.codec.loads(raw)
+            except Exception:
+                value = core.decode(field, raw)  # raises the DecodeError that names the key
         kind = type(value)
         return counted(value, core, field) if kind is int or kind is float else value
 
