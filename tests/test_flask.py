@@ -343,6 +343,71 @@ def test_flashed_markup_stays_markup(app: Flask) -> None:
     assert client.get("/page").data == b"<b>saved</b>"
 
 
+def _session_key(store: SessionStore, client: Any) -> str:
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    session_id = store.config.id_from_cookie(cookie.value)
+    assert session_id is not None
+    return store.config.key_of(session_id)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        b'{" m":"<script>alert(1)</script>"}',  # Flask's own Markup tag
+        b'{" hm":["<script>alert(1)</script>","forged-signature"]}',  # ours, unsigned
+        b'[{" m":"<script>alert(1)</script>"}]',  # nested
+    ],
+)
+def test_markup_planted_in_redis_is_rendered_escaped(
+    app: Flask, redis_client: redis.Redis, planted: bytes
+) -> None:
+    @app.get("/show")
+    def show() -> str:
+        value = session.get("note")
+        kinds = {type(v).__name__ for v in (value if isinstance(value, list) else [value])}
+        return render_template_string("{{ kinds }} {{ value }}", kinds=sorted(kinds), value=value)
+
+    client = app.test_client()
+    client.get("/set/x/1")
+    redis_client.hset(_session_key(store_of(app), client), "note", planted)
+    page = client.get("/show").data
+    assert b"<script>" not in page and b"&lt;script&gt;" in page
+    assert b"Markup" not in page
+
+
+def test_markup_is_markup_again_only_with_a_signing_key(redis_url: str) -> None:
+    markup = Markup("<b>saved</b>")
+    signed = TaggedJSONCodec(["k1"]).dumps({"m": markup, "t": (1, 2)})
+    assert TaggedJSONCodec(["k1"]).loads(signed.encode()) == {"m": markup, "t": (1, 2)}
+    assert type(TaggedJSONCodec(["k1"]).loads(signed.encode())["m"]) is Markup
+    assert type(TaggedJSONCodec(["k2", "k1"]).loads(signed.encode())["m"]) is Markup  # rotation
+    for reader in (TaggedJSONCodec(["k2"]), TaggedJSONCodec()):
+        value = reader.loads(signed.encode())["m"]
+        assert type(value) is str and value == "<b>saved</b>"
+    unsigned = TaggedJSONCodec().dumps(markup)
+    assert type(TaggedJSONCodec(["k1"]).loads(unsigned.encode())) is str
+    flasks_own = flask.json.tag.TaggedJSONSerializer().dumps(markup)
+    assert type(TaggedJSONCodec(["k1"]).loads(flasks_own.encode())) is str
+
+
+def test_flashed_markup_is_plain_text_without_signing_keys(make_app: AppFactory) -> None:
+    app = make_app(HASHSESSION_SECRET_KEYS=[])
+
+    @app.get("/flash-markup")
+    def flash_markup() -> str:
+        flash(Markup("<b>saved</b>"))
+        return "ok"
+
+    @app.get("/page")
+    def page() -> str:
+        return render_template_string("{% for m in get_flashed_messages() %}{{ m }}{% endfor %}")
+
+    client = app.test_client()
+    client.get("/flash-markup")
+    assert client.get("/page").data == b"&lt;b&gt;saved&lt;/b&gt;"
+
+
 # ------------------------------------------------------------------ Flask-Login
 
 

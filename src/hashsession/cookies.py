@@ -91,6 +91,17 @@ class Signer:
         """Return ``value`` followed by ``.`` and its signature made with the first key."""
         return f"{value}.{self._signature(self._keys[0], value.encode('utf-8'))}"
 
+    def mac(self, message: bytes) -> str:
+        """The signature of ``message`` by the newest key (43 URL-safe characters)."""
+        return self._signature(self._keys[0], message)
+
+    def matches(self, message: bytes, signature: str) -> bool:
+        """Whether ``signature`` is any key's signature of ``message`` (constant time per key)."""
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(self._signature(key, message), signature)
+        return matched
+
     def unsign(self, signed: str) -> str | None:
         """Return the value if ``signed`` carries a valid signature from any key, else ``None``.
 

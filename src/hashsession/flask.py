@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,12 +30,14 @@ from hashsession._extras import missing_extra
 
 try:
     import flask
-    from flask.json.tag import TaggedJSONSerializer
+    from flask.json.tag import JSONTag, TaggedJSONSerializer, TagMarkup
     from flask.sessions import SessionInterface, SessionMixin
+    from markupsafe import Markup
 except ModuleNotFoundError as exc:  # the extra is not installed
     missing_extra(exc, "flask", "hashsession.flask")
 
 from hashsession.config import seconds
+from hashsession.cookies import Signer
 from hashsession.errors import ConfigurationError, DecodeError
 from hashsession.protocol import SessionCore
 from hashsession.scripts import LIFETIME_FIELD
@@ -111,11 +113,74 @@ _KEYED_SETTINGS = {
 }
 
 
+# Signatures of Markup text start with this, so none can pass for a cookie's (ids hold no NUL).
+_MARKUP_CONTEXT = b"hashsession markup\x00"
+
+
+class _TextMarkup(TagMarkup):
+    """Flask's own ``Markup`` tag, read back as plain text: a value found in Redis never
+    becomes ``Markup`` (which Jinja would render unescaped) on its word alone."""
+
+    __slots__ = ()
+
+    def to_python(self, value: Any) -> Any:
+        return value  # plain JSON: a str stays a str
+
+
+class _SignedMarkup(JSONTag):
+    """``Markup`` the app stored itself: its text and an HMAC of it by the newest signing key.
+
+    Read back, it is ``Markup`` again only if a signing key vouches for it; anything else
+    under this tag comes back as plain text (or as it was, when it is not even text).
+    """
+
+    __slots__ = ()
+    key = " hm"
+    serializer: _Serializer
+
+    def check(self, value: Any) -> bool:
+        return self.serializer.signer is not None and callable(getattr(value, "__html__", None))
+
+    def to_json(self, value: Any) -> Any:
+        signer = self.serializer.signer
+        assert signer is not None
+        text = str(value.__html__())
+        return [text, signer.mac(_MARKUP_CONTEXT + text.encode("utf-8"))]
+
+    def to_python(self, value: Any) -> Any:
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
+            return value
+        text, mac = value
+        signer = self.serializer.signer
+        message = _MARKUP_CONTEXT + text.encode("utf-8", "surrogatepass")
+        if signer is not None and isinstance(mac, str) and signer.matches(message, mac):
+            return Markup(text)
+        return text
+
+
+class _Serializer(TaggedJSONSerializer):
+    """Flask's tagged JSON, with ``Markup`` signed on the way in and checked on the way out."""
+
+    default_tags = [
+        tag
+        for default in TaggedJSONSerializer.default_tags
+        for tag in ((_SignedMarkup, _TextMarkup) if default is TagMarkup else (default,))
+    ]
+
+    def __init__(self, signer: Signer | None) -> None:
+        self.signer = signer
+        super().__init__()
+
+
 class TaggedJSONCodec:
     """Flask's own tagged JSON, the format of its cookie sessions.
 
-    Tuples, bytes, datetimes, UUIDs and ``Markup`` come back as they went in;
-    plain values are plain JSON (an int is its decimal text, so increments work).
+    Tuples, bytes, datetimes and UUIDs come back as they went in; plain values are
+    plain JSON (an int is its decimal text, so increments work). ``Markup`` comes back
+    as ``Markup`` only when it carries an HMAC by one of ``secret_keys`` (the store's
+    cookie signing keys, which the Flask adapter passes), so that nothing written to
+    Redis by anyone else can turn into HTML that Jinja renders unescaped; without
+    keys, and for Markup stored without a valid signature, it comes back as ``str``.
     """
 
     name = "flask"
@@ -124,8 +189,9 @@ class TaggedJSONCodec:
     #: edits (``set_in``, ``delete_in``) are optimistic writes.
     in_place: frozenset[str] = frozenset({"list"})
 
-    def __init__(self) -> None:
-        self._serializer = TaggedJSONSerializer()
+    def __init__(self, secret_keys: Sequence[str | bytes] | None = None) -> None:
+        signer = Signer(list(secret_keys)) if secret_keys else None
+        self._serializer = _Serializer(signer)
 
     def dumps(self, value: Any, /) -> str:
         return self._serializer.dumps(value)
@@ -448,7 +514,12 @@ def store_from_config(config: Mapping[str, Any]) -> SessionStore:
         if PREFIX + own in config:
             put(setting, config[PREFIX + own], PREFIX + own)
     codec = config.get(PREFIX + "CODEC", "flask")
-    put("codec", TaggedJSONCodec() if codec == "flask" else codec, PREFIX + "CODEC")
+    if codec == "flask":
+        try:
+            codec = TaggedJSONCodec(settings.get("secret_keys"))
+        except ConfigurationError:  # a bad key: building the store below names its setting
+            codec = TaggedJSONCodec()
+    put("codec", codec, PREFIX + "CODEC")
 
     cookie: dict[str, Any] = {}
     path = config.get("SESSION_COOKIE_PATH") or config.get("APPLICATION_ROOT") or "/"
