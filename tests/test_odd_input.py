@@ -553,12 +553,25 @@ def test_a_timeout_redis_cannot_take_is_refused_before_it_poisons_the_session(
 
 
 def test_a_junk_timeout_planted_in_redis_is_a_backend_error(
-    store: SessionStore, existing: str, redis_client: redis.Redis
+    make_store: StoreFactory, redis_client: redis.Redis
 ) -> None:
+    store = make_store(absolute_ttl=None)  # nothing caps the planted timeout
+    session = store.open(None)
+    session["n"] = 1
+    existing = cookie_of(store, session)
     redis_client.hset(store.open(existing).core.key, "\x00t", b"1" * 300)
     with pytest.raises(BackendError) as info:
         store.open(existing).get("n")  # not a ValueTypeError about key "n"
     assert not isinstance(info.value, ValueTypeError)
+
+
+def test_a_junk_timeout_planted_in_redis_is_capped_by_the_absolute_lifetime(
+    store: SessionStore, existing: str, redis_client: redis.Redis
+) -> None:
+    key = store.open(existing).core.key
+    redis_client.hset(key, "\x00t", b"1" * 300)
+    assert store.open(existing).get("n") == 1  # the default 30-day deadline wins
+    assert 0 < redis_client.pttl(key) <= store.config.absolute_ms
 
 
 @pytest.mark.standalone_only

@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from hashsession import BackendError, LimitExceededError, SessionStore
 from hashsession.aio import AsyncSessionStore
+from hashsession.config import DEFAULT_ABSOLUTE_TTL
 from hashsession.embedded import EmbeddedRedis
 from hashsession.topology import (
     SOCKET_CONNECT_TIMEOUT,
@@ -206,3 +207,63 @@ def test_async_reads_check_the_size_too(redis_url: str, redis_client: redis.Redi
             await store.aclose()
 
     asyncio.run(check())
+
+
+# --------------------------------------------------------------------------- absolute lifetime
+
+DAY = 24 * 3600
+
+
+def test_the_absolute_lifetime_defaults_to_30_days(make_store: Any) -> None:
+    assert DEFAULT_ABSOLUTE_TTL == 30 * DAY
+    assert make_store().config.absolute_ms == 30 * DAY * 1000
+    assert make_store(ttl=7 * DAY).config.absolute_ms == 30 * DAY * 1000
+    # An idle timeout longer than 30 days raises the default cap to it, never below it.
+    assert make_store(ttl=90 * DAY).config.absolute_ms == 90 * DAY * 1000
+    assert make_store(absolute_ttl=None).config.absolute_ms == 0  # explicitly off
+    assert make_store(absolute_ttl=3600).config.absolute_ms == 3600 * 1000
+
+
+def _age(redis_client: redis.Redis, store: SessionStore, cookie: str, days: float) -> None:
+    """Make the session behind ``cookie`` look created ``days`` ago."""
+    key = store.config.key_of(store.config.id_from_cookie(cookie) or "")
+    born = int((time.time() - days * DAY) * 1000)
+    assert redis_client.hset(key, "\x00c", born) == 0  # overwrote the creation time
+
+
+def test_a_session_older_than_30_days_is_gone_by_default(
+    make_store: Any, redis_client: redis.Redis
+) -> None:
+    store = make_store()
+    session = store.open()
+    session["a"] = 1
+    cookie = store.config.cookie_value(session.id or "")
+    _age(redis_client, store, cookie, 29.9)
+    assert store.open_id(cookie).get("a") == 1  # still within its lifetime
+    _age(redis_client, store, cookie, 30.1)
+    later = store.open_id(cookie)
+    assert later.get("a") is None
+    assert redis_client.dbsize() == 0  # deleted on sight, never resurrected
+
+
+def test_absolute_ttl_none_keeps_sessions_while_they_are_used(
+    make_store: Any, redis_client: redis.Redis
+) -> None:
+    store = make_store(absolute_ttl=None)
+    session = store.open()
+    session["a"] = 1
+    cookie = store.config.cookie_value(session.id or "")
+    _age(redis_client, store, cookie, 400)
+    assert store.open_id(cookie).get("a") == 1
+
+
+def test_pyramid_settings_turn_the_absolute_lifetime_off(redis_url: str) -> None:
+    from hashsession.pyramid import store_from_settings
+
+    for text, wanted in (("off", 0), ("", 30 * DAY * 1000), ("3600", 3600 * 1000)):
+        settings = {"hashsession.redis": redis_url, "hashsession.absolute_ttl": text}
+        store = store_from_settings(settings)
+        try:
+            assert store.config.absolute_ms == wanted
+        finally:
+            store.close()

@@ -8,16 +8,34 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from enum import Enum
+from typing import Any, Final, Literal
 
 from hashsession import ids
 from hashsession.codecs import BoundCodec, Codec, bound_codec, resolve_codec
 from hashsession.cookies import CookiePolicy, Signer
 from hashsession.errors import ConfigurationError
 
-__all__ = ["MAX_SECONDS", "KeyLayout", "SessionConfig", "seconds", "user_digest"]
+__all__ = [
+    "DEFAULT_ABSOLUTE_TTL",
+    "MAX_SECONDS",
+    "KeyLayout",
+    "SessionConfig",
+    "seconds",
+    "user_digest",
+]
 
 KeyLayout = Literal["digest", "raw"]
+#: The absolute lifetime a store gets when ``absolute_ttl`` is not given: 30 days (or the
+#: idle timeout, if that is longer). ``absolute_ttl=None`` turns the cap off.
+DEFAULT_ABSOLUTE_TTL = 30 * 24 * 3600
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+_UNSET: Final = _Unset.UNSET
 _RAW_ID = re.compile(r"[!#-+\--:<-\[\]-~]{1,256}")  # printable ASCII cookie octets
 
 
@@ -83,7 +101,7 @@ class SessionConfig:
         *,
         prefix: str = "hs:",
         ttl: int | timedelta = 14 * 24 * 3600,
-        absolute_ttl: int | timedelta | None = None,
+        absolute_ttl: int | timedelta | _Unset | None = _UNSET,
         secret_keys: Sequence[str | bytes] | None = None,
         codec: str | Codec | None = None,
         cookie: CookiePolicy | Mapping[str, Any] | None = None,
@@ -114,7 +132,10 @@ class SessionConfig:
                 "prefix", "holds a lone surrogate, which has no UTF-8 form"
             ) from None
         idle = seconds("ttl", ttl)
-        absolute = seconds("absolute_ttl", absolute_ttl, allow_none=True)
+        if absolute_ttl is _UNSET:  # ASVS 7.3.2: an absolute lifetime unless told otherwise
+            absolute: int | None = max(DEFAULT_ABSOLUTE_TTL, idle or 0)
+        else:
+            absolute = seconds("absolute_ttl", absolute_ttl, allow_none=True)
         if isinstance(secret_keys, (str, bytes)):
             raise ConfigurationError("secret_keys", "must be a list of keys, newest first")
         signer = Signer(list(secret_keys)) if secret_keys is not None else None

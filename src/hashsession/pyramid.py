@@ -406,7 +406,8 @@ def store_from_settings(
     ``adopt_unknown_ids``, ``refresh_cookie``, ``id_factory`` (dotted name) and
     ``cookie_<field>`` for each :class:`~hashsession.CookiePolicy` field. Text is
     coerced; an empty value, or ``None``, means the default (except
-    ``cookie_samesite = None``, which sends ``SameSite=None``); an unknown name or
+    ``cookie_samesite = None``, which sends ``SameSite=None``, and
+    ``absolute_ttl = off``, which turns the 30-day absolute lifetime off); an unknown name or
     bad value raises :class:`~hashsession.ConfigurationError` naming the setting.
     """
     mine = {k[len(prefix) :]: v for k, v in settings.items() if k.startswith(prefix)}
@@ -420,6 +421,9 @@ def store_from_settings(
         setting = prefix + name
         if name == "cookie_samesite" and isinstance(value, str) and value.strip() == "None":
             cookie["samesite"] = "None"  # SameSite=None, not "unset"
+            continue
+        if name == "absolute_ttl" and isinstance(value, str) and value.strip().lower() == "off":
+            out[name] = None  # no absolute lifetime (the default is 30 days)
             continue
         if blank(value) or name == "cookie_on_exception":
             continue
