@@ -182,7 +182,11 @@ def test_cookie_value_is_safe_rejects(value: str) -> None:
 
 
 def test_set_cookie_defaults() -> None:
-    assert CookiePolicy().set_cookie("abc") == "session=abc; Path=/; HttpOnly; SameSite=Lax"
+    policy = CookiePolicy()
+    assert policy.set_cookie("abc") == "session=abc; Path=/; Secure; HttpOnly; SameSite=Lax"
+    # Plain http to a loopback host (development, test clients): no Secure.
+    local = policy.set_cookie("abc", plain_local=True)
+    assert local == "session=abc; Path=/; HttpOnly; SameSite=Lax"
 
 
 def test_set_cookie_every_option() -> None:
@@ -211,7 +215,7 @@ def test_set_cookie_every_option() -> None:
 
 
 def test_set_cookie_minimal_attributes() -> None:
-    policy = CookiePolicy(httponly=False, samesite=None)
+    policy = CookiePolicy(secure=False, httponly=False, samesite=None)
     assert policy.set_cookie("x") == "session=x; Path=/"
 
 
@@ -242,9 +246,10 @@ def test_set_cookie_rejects_unsafe_value(value: str) -> None:
 
 
 def test_delete_cookie_defaults() -> None:
-    assert CookiePolicy().delete_cookie() == (
+    assert CookiePolicy().delete_cookie(plain_local=True) == (
         "session=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax"
     )
+    assert "; Secure; " in CookiePolicy().delete_cookie()
 
 
 def test_delete_cookie_keeps_attributes_and_ignores_max_age() -> None:
@@ -278,7 +283,7 @@ def test_delete_cookie_host_prefix() -> None:
         ({"name": "a(b)"}, "cookie.name"),
         ({"name": "sé"}, "cookie.name"),
         ({"name": 5}, "cookie.name"),
-        ({"name": "__Secure-sid"}, "cookie.name"),
+        ({"name": "__Secure-sid", "secure": False}, "cookie.name"),
         ({"name": "__Host-sid", "secure": True, "path": "/app"}, "cookie.name"),
         ({"path": ""}, "cookie.path"),
         ({"path": "app"}, "cookie.path"),
@@ -293,9 +298,8 @@ def test_delete_cookie_host_prefix() -> None:
         ({"samesite": "lax"}, "cookie.samesite"),
         ({"samesite": "none"}, "cookie.samesite"),
         ({"samesite": "Off"}, "cookie.samesite"),
-        ({"samesite": "None"}, "cookie.samesite"),
         ({"samesite": "None", "secure": False}, "cookie.samesite"),
-        ({"host_prefix": True}, "cookie.host_prefix"),
+        ({"host_prefix": True, "secure": False}, "cookie.host_prefix"),
         ({"host_prefix": True, "secure": True, "path": "/app"}, "cookie.host_prefix"),
         ({"host_prefix": True, "secure": True, "domain": "example.com"}, "cookie.host_prefix"),
         ({"secure": "yes"}, "cookie.secure"),
@@ -434,7 +438,7 @@ def test_coerce_from_dict() -> None:
 
 def test_coerce_dict_is_validated() -> None:
     with pytest.raises(ConfigurationError) as info:
-        CookiePolicy.coerce({"samesite": "None"})
+        CookiePolicy.coerce({"samesite": "None", "secure": False})
     assert info.value.setting == "cookie.samesite"
 
 

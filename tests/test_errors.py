@@ -312,7 +312,7 @@ def test_backend_error_on_a_wrong_type_key(
         ({"cookie": {"samesite": "x"}}, "samesite"),
         ({"cookie": {"nope": 1}}, "cookie"),
         ({"cookie": "session"}, "cookie"),
-        ({"cookie": {"samesite": "None"}}, "samesite"),
+        ({"cookie": {"samesite": "None", "secure": False}}, "samesite"),
         ({"max_keys": 0}, "max_keys"),
         ({"max_keys": "10"}, "max_keys"),
         ({"max_key_length": 0}, "max_key_length"),

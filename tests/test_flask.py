@@ -311,7 +311,11 @@ def test_flask_cookie_hooks_answer_from_the_store(make_app: AppFactory) -> None:
     assert interface.get_cookie_domain(app) is None
     assert interface.get_cookie_samesite(app) == "Lax"
     assert interface.get_cookie_httponly(app) is True
-    assert interface.get_cookie_secure(app) is False
+    assert interface.get_cookie_secure(app) is True  # outside a request: nothing is local
+    with app.test_request_context(base_url="http://localhost"):
+        assert interface.get_cookie_secure(app) is False  # plain http to a loopback host
+    with app.test_request_context(base_url="https://localhost"):
+        assert interface.get_cookie_secure(app) is True
     assert interface.get_cookie_partitioned(app) is False
 
 
@@ -829,7 +833,10 @@ def test_init_app_factory_pattern(redis_url: str) -> None:
         ({"HASHSESSION_COOKIE_SECURE": "yes"}, "HASHSESSION_COOKIE_SECURE"),
         ({"HASHSESSION_COOKIE_SAMESITE": "sideways"}, "HASHSESSION_COOKIE_SAMESITE"),
         ({"SESSION_COOKIE_SAMESITE": "sideways"}, "SESSION_COOKIE_SAMESITE"),
-        ({"HASHSESSION_COOKIE_HOST_PREFIX": True}, "HASHSESSION_COOKIE_HOST_PREFIX"),
+        (
+            {"HASHSESSION_COOKIE_HOST_PREFIX": True, "HASHSESSION_COOKIE_SECURE": False},
+            "HASHSESSION_COOKIE_HOST_PREFIX",
+        ),
         ({"SESSION_COOKIE_PARTITIONED": True}, "SESSION_COOKIE_PARTITIONED"),
         ({"HASHSESSION_PERMANENT": 1}, "HASHSESSION_PERMANENT"),
         ({"HASHSESSION_PERMANENT_LIFETIME": 0}, "HASHSESSION_PERMANENT_LIFETIME"),

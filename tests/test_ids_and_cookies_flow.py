@@ -433,8 +433,11 @@ def test_default_cookie_attributes(store: SessionStore) -> None:
     assert "HttpOnly" in attrs
     assert "SameSite=Lax" in attrs
     assert "Path=/" in attrs
-    assert "Secure" not in attrs
+    assert "Secure" in attrs  # nothing says this is plain http to a loopback host
     assert not any(a.startswith(("Max-Age", "Expires", "Domain")) for a in attrs)
+    local = store.open(None, plain_local=True)
+    local["a"] = 1
+    assert "Secure" not in attributes(set_cookies(store, local)[0])
 
 
 @pytest.mark.parametrize(

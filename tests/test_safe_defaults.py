@@ -22,7 +22,9 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from hashsession import BackendError, LimitExceededError, SessionStore
 from hashsession.aio import AsyncSessionStore
+from hashsession.asgi import SessionMiddleware as AsgiMiddleware
 from hashsession.config import DEFAULT_ABSOLUTE_TTL
+from hashsession.cookies import is_plain_local
 from hashsession.embedded import EmbeddedRedis
 from hashsession.topology import (
     SOCKET_CONNECT_TIMEOUT,
@@ -31,6 +33,7 @@ from hashsession.topology import (
     is_cluster,
     sync_client,
 )
+from hashsession.wsgi import SessionMiddleware as WsgiMiddleware
 
 # --------------------------------------------------------------------------- timeouts
 
@@ -267,3 +270,132 @@ def test_pyramid_settings_turn_the_absolute_lifetime_off(redis_url: str) -> None
             assert store.config.absolute_ms == wanted
         finally:
             store.close()
+
+
+# --------------------------------------------------------------------------- Secure cookies
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "local"),
+    [
+        ("http", "localhost", True),
+        ("http", "localhost:8000", True),
+        ("http", "LOCALHOST.", True),
+        ("http", "app.localhost:5000", True),
+        ("http", "127.0.0.1", True),
+        ("http", "127.12.0.1:8080", True),
+        ("http", "[::1]:8000", True),
+        ("http", "::1", True),
+        ("http", "testserver", True),
+        ("ws", "localhost", True),
+        ("https", "localhost", False),
+        ("https", "127.0.0.1:8443", False),
+        ("http", "example.com", False),
+        ("http", "localhost.example.com", False),
+        ("http", "127.0.0.1.nip.io", False),
+        ("http", "128.0.0.1", False),
+        ("http", "10.0.0.1", False),
+        ("http", "[::2]:80", False),
+        ("http", "", False),
+        ("http", None, False),
+        (None, "localhost", False),
+    ],
+)
+def test_plain_local_means_plain_http_to_a_loopback_host(
+    scheme: str | None, host: str | None, local: bool
+) -> None:
+    assert is_plain_local(scheme, host) is local
+
+
+def _wsgi_set_cookie(store: SessionStore, **environ: Any) -> str:
+    def app(env: dict[str, Any], start_response: Any) -> list[bytes]:
+        env["hashsession"]["a"] = 1
+        start_response("200 OK", [])
+        return [b""]
+
+    headers: list[tuple[str, str]] = []
+    base = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_PORT": "80"}
+    WsgiMiddleware(app, store=store)({**base, **environ}, lambda s, h, e=None: headers.extend(h))
+    (cookie,) = [v for k, v in headers if k == "Set-Cookie"]
+    return cookie
+
+
+@pytest.mark.parametrize(
+    ("environ", "secure"),
+    [
+        ({"wsgi.url_scheme": "http", "HTTP_HOST": "127.0.0.1:8000"}, False),
+        ({"wsgi.url_scheme": "http", "SERVER_NAME": "localhost"}, False),
+        ({"wsgi.url_scheme": "https", "HTTP_HOST": "localhost"}, True),
+        ({"wsgi.url_scheme": "http", "HTTP_HOST": "shop.example"}, True),
+        ({"wsgi.url_scheme": "https", "HTTP_HOST": "shop.example"}, True),  # behind a proxy
+        ({"HTTP_HOST": "localhost"}, True),  # no scheme: not known to be plain http
+    ],
+)
+def test_wsgi_cookies_are_secure_except_on_plain_local_http(
+    make_store: Any, environ: dict[str, Any], secure: bool
+) -> None:
+    cookie = _wsgi_set_cookie(make_store(), **environ)
+    assert ("; Secure" in cookie) is secure
+    assert "; Secure" in _wsgi_set_cookie(make_store(cookie={"secure": True}), **environ)
+    assert "; Secure" not in _wsgi_set_cookie(make_store(cookie={"secure": False}), **environ)
+
+
+def test_prefixed_and_samesite_none_cookies_stay_secure_on_local_http(make_store: Any) -> None:
+    environ = {"wsgi.url_scheme": "http", "HTTP_HOST": "localhost"}
+    for cookie in ({"host_prefix": True}, {"samesite": "None"}, {"name": "__Secure-sid"}):
+        assert "; Secure" in _wsgi_set_cookie(make_store(cookie=cookie), **environ)
+
+
+def test_asgi_cookies_are_secure_except_on_plain_local_http(redis_url: str) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await scope["session"].set("a", 1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def cookie_for(scheme: str, host: bytes | None, server: Any = None) -> str:
+        store = AsyncSessionStore(redis=redis_url, ttl=100)
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        headers = [(b"host", host)] if host is not None else []
+        scope = {"type": "http", "scheme": scheme, "path": "/", "headers": headers}
+        if server is not None:
+            scope["server"] = server
+        try:
+            await AsgiMiddleware(app, store=store)(scope, None, send)
+        finally:
+            await store.aclose()
+        (cookie,) = [v.decode() for k, v in sent[0]["headers"] if k == b"set-cookie"]
+        return cookie
+
+    async def check() -> None:
+        assert "; Secure" not in await cookie_for("http", b"localhost:8000")
+        assert "; Secure" not in await cookie_for("http", None, ("127.0.0.1", 8000))
+        assert "; Secure" in await cookie_for("https", b"localhost:8000")
+        assert "; Secure" in await cookie_for("http", b"shop.example")
+
+    asyncio.run(check())
+
+
+def test_a_store_told_secure_false_warns(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="hashsession"):
+        SessionStore(redis=redis_url).close()
+        SessionStore(redis=redis_url, cookie={"secure": True}).close()
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="hashsession"):
+        SessionStore(redis=redis_url, cookie={"secure": False}).close()
+        asyncio.run(AsyncSessionStore(redis=redis_url, cookie={"secure": False}).aclose())
+    assert len(caplog.records) == 2
+    assert all("without the Secure attribute" in r.getMessage() for r in caplog.records)
+
+
+def test_the_embedded_development_server_is_exempt_from_the_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = SessionStore(redis=None, cookie={"secure": False})
+    try:
+        assert not [r for r in caplog.records if "Secure" in r.getMessage()]
+    finally:
+        store.close()

@@ -1005,7 +1005,8 @@ async def test_async_cookie_after_login_through_an_asgi_app(
 
     transport = httpx.ASGITransport(app=ASGISessionMiddleware(app, store=store))
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        # A loopback host: over plain http, a Secure cookie would not be sent back.
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             anonymous_id = (await client.get("/visit")).text.split("|")[0]
             response = await client.get("/login")
             new_id = response.text.split("|")[0]

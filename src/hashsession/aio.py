@@ -499,6 +499,7 @@ class AsyncSessionStore(StoreBase):
 
     def __init__(self, *, redis: str | AsyncClient | None = None, **settings: Any) -> None:
         super().__init__(**settings)
+        self._check_cookie_security(development=redis is None)
         self._clients = _Clients(redis, reply_timeout(self.config))
         if is_cluster(self._clients.fixed):
             self._on_cluster()
@@ -508,13 +509,19 @@ class AsyncSessionStore(StoreBase):
         """The client for the running event loop (a URL gets one client per loop)."""
         return self._clients.current()
 
-    def open(self, cookie_header: str | None = None) -> AsyncSession:
-        """The session for a request, given its ``Cookie`` header; lazy, costs no round trip."""
-        return self.session_class(self.core_for(cookie_header), self.client)
+    def open(self, cookie_header: str | None = None, *, plain_local: bool = False) -> AsyncSession:
+        """The session for a request, given its ``Cookie`` header; lazy, costs no round trip.
 
-    def open_id(self, cookie_value: str | None) -> AsyncSession:
+        ``plain_local=True`` says the request came over plain http to a loopback host,
+        where the default cookie policy leaves ``Secure`` out.
+        """
+        core = self.core_for(cookie_header, plain_local=plain_local)
+        return self.session_class(core, self.client)
+
+    def open_id(self, cookie_value: str | None, *, plain_local: bool = False) -> AsyncSession:
         """The session for a bare cookie value."""
-        return self.session_class(self.core_for_value(cookie_value), self.client)
+        core = self.core_for_value(cookie_value, plain_local=plain_local)
+        return self.session_class(core, self.client)
 
     async def sessions_of(
         self, user_id: UserId, current: AsyncSession | str | None = None

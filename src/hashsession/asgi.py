@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from hashsession.aio import AsyncSession, AsyncSessionStore
-from hashsession.cookies import CookiePolicy
+from hashsession.cookies import CookiePolicy, is_plain_local
 
 __all__ = ["SessionMiddleware", "session_of"]
 
@@ -66,8 +66,11 @@ class SessionMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        cookie = b"; ".join(v for k, v in scope.get("headers", ()) if k == b"cookie")
-        session = self.store.open(cookie.decode("latin-1") if cookie else None)
+        headers = scope.get("headers", ())
+        cookie = b"; ".join(v for k, v in headers if k == b"cookie")
+        host = next((v for k, v in headers if k == b"host"), b"").decode("latin-1")
+        local = is_plain_local(scope.get("scheme", "http"), host or _server_host(scope))
+        session = self.store.open(cookie.decode("latin-1") if cookie else None, plain_local=local)
         session.core.cookie_policy = self.cookie_policy(scope)
         scope[self.scope_key] = session
         if kind == "websocket":  # no Set-Cookie can be sent: writes need an existing session
@@ -88,6 +91,12 @@ class SessionMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_cookie)
+
+
+def _server_host(scope: Scope) -> str | None:
+    """The host the server listens on (``scope["server"]``), for a request without ``Host``."""
+    server = scope.get("server")
+    return str(server[0]) if server else None
 
 
 def session_of(scope: Scope, scope_key: str = "session") -> AsyncSession:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hashsession._extras import missing_extra
+from hashsession.cookies import environ_is_plain_local
 
 try:
     import bottle  # type: ignore[import-untyped]
@@ -109,7 +110,9 @@ class SessionPlugin:
 
         def with_session(*args: Any, **kwargs: Any) -> Any:
             environ = bottle.request.environ
-            session = store.open(environ.get("HTTP_COOKIE"))
+            session = store.open(
+                environ.get("HTTP_COOKIE"), plain_local=environ_is_plain_local(environ)
+            )
             environ[environ_key] = session
             kwargs[keyword] = session
             try:

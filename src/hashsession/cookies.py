@@ -19,7 +19,14 @@ from typing import Any, Literal
 
 from hashsession.errors import ConfigurationError
 
-__all__ = ["CookiePolicy", "SameSite", "Signer", "cookie_value_is_safe"]
+__all__ = [
+    "CookiePolicy",
+    "SameSite",
+    "Signer",
+    "cookie_value_is_safe",
+    "environ_is_plain_local",
+    "is_plain_local",
+]
 
 SameSite = Literal["Lax", "Strict", "None"]
 
@@ -45,6 +52,39 @@ def cookie_value_is_safe(value: str) -> bool:
     outside ASCII. The empty string is safe.
     """
     return _COOKIE_OCTETS.issuperset(value)
+
+
+def is_plain_local(scheme: str | None, host: str | None) -> bool:
+    """Whether a request came over plain ``http`` to a loopback host.
+
+    Loopback hosts are ``localhost`` and names under ``.localhost``, ``127.0.0.0/8``
+    and ``[::1]``, with or without a port, and ``testserver``, the name Starlette's and
+    Django's test clients use. That is where a ``Secure`` cookie cannot work without
+    TLS (test clients do not send it back) and where a browser's cookie is not the
+    site's, so ``CookiePolicy(secure=None)`` (the default) leaves the flag out there,
+    and only there. An unknown scheme or host counts as not local.
+    """
+    if scheme is None or scheme.lower() not in ("http", "ws") or not host:
+        return False
+    host = host.strip().lower()
+    if host.startswith("["):  # [IPv6] or [IPv6]:port
+        return host.partition("]")[0] == "[::1"
+    name = host.rpartition(":")[0] if host.count(":") == 1 else host
+    if name == "::1":
+        return True
+    name = name.rstrip(".")
+    if name in ("localhost", "testserver") or name.endswith(".localhost"):
+        return True
+    parts = name.split(".")
+    return (
+        len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) < 256 for p in parts)
+    )
+
+
+def environ_is_plain_local(environ: Mapping[str, Any]) -> bool:
+    """:func:`is_plain_local` for a WSGI request (``wsgi.url_scheme`` and its ``Host``)."""
+    host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
+    return is_plain_local(environ.get("wsgi.url_scheme"), host)
 
 
 def _has_control_or_non_ascii(text: str) -> bool:
@@ -146,7 +186,13 @@ class CookiePolicy:
     name: str = "session"
     path: str = "/"
     domain: str | None = None
-    secure: bool = False
+    #: ``True``: always ``Secure``; ``False``: never (the store warns at start-up);
+    #: ``None`` (the default): ``Secure`` except in a response to plain http on a loopback
+    #: host (see :func:`is_plain_local`), which is what development servers and test
+    #: clients use. Settings that browsers only accept with ``Secure`` (``SameSite=None``,
+    #: ``__Host-``/``__Secure-`` names) always send it unless ``secure=False``, which they
+    #: refuse.
+    secure: bool | None = None
     httponly: bool = True
     samesite: SameSite | None = "Lax"
     #: Lifetime in seconds (a :class:`~datetime.timedelta` is converted); ``None`` makes a
@@ -198,7 +244,8 @@ class CookiePolicy:
                     "(write international names in punycode)",
                 )
 
-        _check_bool("secure", self.secure)
+        if self.secure is not None:
+            _check_bool("secure", self.secure)
         _check_bool("httponly", self.httponly)
         _check_bool("host_prefix", self.host_prefix)
         _check_bool("partitioned", self.partitioned)
@@ -212,17 +259,18 @@ class CookiePolicy:
             raise ConfigurationError(
                 "cookie.samesite", f"must be 'Lax', 'Strict', 'None' or None, not {samesite!r}"
             )
-        if samesite == "None" and not self.secure:
-            raise ConfigurationError("cookie.samesite", "SameSite=None requires secure=True")
+        insecure = self.secure is False
+        if samesite == "None" and insecure:
+            raise ConfigurationError("cookie.samesite", "SameSite=None requires Secure")
 
-        if self.host_prefix and not (self.secure and self.path == "/" and self.domain is None):
+        if self.host_prefix and (insecure or self.path != "/" or self.domain is not None):
             raise ConfigurationError(
-                "cookie.host_prefix", "requires secure=True, path='/' and domain=None"
+                "cookie.host_prefix", "requires Secure, path='/' and domain=None"
             )
         # Browsers enforce the same rules on names that carry a prefix themselves.
         lowered = name.lower()
-        if lowered.startswith(("__host-", "__secure-")) and not self.secure:
-            raise ConfigurationError("cookie.name", f"a {name!r} cookie requires secure=True")
+        if lowered.startswith(("__host-", "__secure-")) and insecure:
+            raise ConfigurationError("cookie.name", f"a {name!r} cookie requires Secure")
         if lowered.startswith("__host-") and not (self.path == "/" and self.domain is None):
             raise ConfigurationError(
                 "cookie.name", f"a {name!r} cookie requires path='/' and domain=None"
@@ -247,8 +295,22 @@ class CookiePolicy:
         """The name the browser sees: ``"__Host-" + name`` with ``host_prefix``, else ``name``."""
         return _HOST_PREFIX + self.name if self.host_prefix else self.name
 
-    def _attributes(self, parts: list[str]) -> str:
-        if self.secure:
+    def secure_for(self, plain_local: bool) -> bool:
+        """Whether the cookie carries ``Secure`` in a response to a request that was
+        (``plain_local=True``) or was not plain http to a loopback host."""
+        if self.secure is not None:
+            return self.secure
+        if not plain_local:
+            return True
+        # SameSite=None and prefixed names are refused by browsers without Secure.
+        return (
+            self.samesite == "None"
+            or self.host_prefix
+            or self.name.lower().startswith(("__host-", "__secure-"))
+        )
+
+    def _attributes(self, parts: list[str], plain_local: bool) -> str:
+        if self.secure_for(plain_local):
             parts.append("Secure")
         if self.httponly:
             parts.append("HttpOnly")
@@ -266,10 +328,12 @@ class CookiePolicy:
             parts.append(f"Domain={self.domain.lstrip('.') or self.domain}")
         return parts
 
-    def set_cookie(self, value: str) -> str:
+    def set_cookie(self, value: str, *, plain_local: bool = False) -> str:
         """The value of a ``Set-Cookie`` header that stores ``value``.
 
-        Raises :class:`ValueError` if ``value`` has a character that is not a cookie-octet.
+        ``plain_local`` says the response answers plain http on a loopback host (see
+        :attr:`secure`). Raises :class:`ValueError` if ``value`` has a character that is
+        not a cookie-octet.
         """
         if not cookie_value_is_safe(value):
             raise ValueError("cookie value contains characters not allowed in a cookie")
@@ -279,14 +343,14 @@ class CookiePolicy:
             parts.append(
                 f"Expires={email.utils.formatdate(time.time() + self.max_age, usegmt=True)}"
             )
-        return self._attributes(parts)
+        return self._attributes(parts, plain_local)
 
-    def delete_cookie(self) -> str:
+    def delete_cookie(self, *, plain_local: bool = False) -> str:
         """The value of a ``Set-Cookie`` header that makes the browser drop the cookie."""
         parts = self._head("")
         parts.append("Max-Age=0")
         parts.append(f"Expires={_EPOCH_EXPIRES}")
-        return self._attributes(parts)
+        return self._attributes(parts, plain_local)
 
     def values_from_header(self, header: str | None) -> list[str]:
         """Every value of the session cookie in a request ``Cookie`` header, in order.

@@ -37,7 +37,7 @@ except ModuleNotFoundError as exc:  # the extra is not installed
     missing_extra(exc, "flask", "hashsession.flask")
 
 from hashsession.config import seconds
-from hashsession.cookies import Signer
+from hashsession.cookies import Signer, environ_is_plain_local
 from hashsession.errors import ConfigurationError, DecodeError
 from hashsession.protocol import SessionCore
 from hashsession.scripts import LIFETIME_FIELD
@@ -373,7 +373,10 @@ class HashSessionInterface(SessionInterface):
         self._permanent_cookie = policy
 
     def open_session(self, app: Flask, request: Request) -> FlaskSession:
-        core = self.store.core_for(request.environ.get("HTTP_COOKIE"))
+        environ = request.environ
+        core = self.store.core_for(
+            environ.get("HTTP_COOKIE"), plain_local=environ_is_plain_local(environ)
+        )
         return self.session_class(core, self.store.client, self.options)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
@@ -397,7 +400,7 @@ class HashSessionInterface(SessionInterface):
         if not due:
             return headers
         policy = self._permanent_cookie if session.cookie_is_permanent() else self.store.cookie
-        cookie = policy.set_cookie(core.config.cookie_value(core.id))
+        cookie = policy.set_cookie(core.config.cookie_value(core.id), plain_local=core.plain_local)
         return [("Set-Cookie", cookie), *(h for h in headers if h[0] != "Set-Cookie")]
 
     # Flask's cookie hooks, answered from the store's cookie policy.
@@ -415,7 +418,8 @@ class HashSessionInterface(SessionInterface):
         return self.store.cookie.httponly
 
     def get_cookie_secure(self, app: Flask) -> bool:
-        return self.store.cookie.secure
+        local = flask.has_request_context() and environ_is_plain_local(flask.request.environ)
+        return self.store.cookie.secure_for(local)
 
     def get_cookie_samesite(self, app: Flask) -> str | None:
         return self.store.cookie.samesite
@@ -527,7 +531,7 @@ def store_from_config(config: Mapping[str, Any]) -> SessionStore:
         ("COOKIE_NAME", "SESSION_COOKIE_NAME", "name", "session"),
         ("COOKIE_DOMAIN", "SESSION_COOKIE_DOMAIN", "domain", None),
         ("COOKIE_PATH", "SESSION_COOKIE_PATH", "path", path),
-        ("COOKIE_SECURE", "SESSION_COOKIE_SECURE", "secure", False),
+        ("COOKIE_SECURE", "SESSION_COOKIE_SECURE", "secure", None),
         ("COOKIE_HTTPONLY", "SESSION_COOKIE_HTTPONLY", "httponly", True),
         ("COOKIE_SAMESITE", "SESSION_COOKIE_SAMESITE", "samesite", None),
         ("COOKIE_HOST_PREFIX", "", "host_prefix", False),
@@ -537,6 +541,8 @@ def store_from_config(config: Mapping[str, Any]) -> SessionStore:
         value, key = _either(config, own, flask_key, default)
         if field == "path" and not value:
             value = path
+        if field == "secure" and key == flask_key and value is False:
+            value = None  # Flask's default: Secure except on plain http to a loopback host
         if field == "samesite":
             if value is None and key == flask_key:
                 value = "Lax"  # Flask's default sends no SameSite; ours is Lax

@@ -292,6 +292,7 @@ class SessionCore:
         "live_key",
         "lost",
         "modified",
+        "plain_local",
         "rejected",
         "resign",
         "short",
@@ -339,6 +340,9 @@ class SessionCore:
         #: The cookie was signed by an older key: once the session is known to live, the
         #: response signs it again with the newest (set by the store, see ``resign_due``).
         self.resign = False
+        #: The request came over plain http to a loopback host (set by the adapter): a
+        #: ``CookiePolicy(secure=None)`` cookie then goes without ``Secure``.
+        self.plain_local = False
 
     # ------------------------------------------------------------------ views
 
@@ -1449,20 +1453,21 @@ class SessionCore:
         policy = self.cookie_policy or c.cookie
         if self.lifetime is not None and self.lifetime != (policy.max_age or 0):
             policy = dataclasses.replace(policy, max_age=self.lifetime or None)
+        local = self.plain_local
         if self._state is not State.NEW and self._id is not None:
             if self._id != self._incoming_id or self.lost:
-                return policy.set_cookie(c.cookie_value(self._id))
+                return policy.set_cookie(c.cookie_value(self._id), plain_local=local)
             if self._state is State.LIVE and (
                 self.resign or (policy.max_age and (c.refresh_cookie or self.modified))
             ):
-                return policy.set_cookie(c.cookie_value(self._id))
+                return policy.set_cookie(c.cookie_value(self._id), plain_local=local)
             return None
         # A cookie that does not verify (forged, malformed, or signed with a key this process
         # does not know yet, as in a rolling deploy of a new key) is left alone.
         if self.had_cookie and not self.rejected and (self.invalidated or self.lost):
             if c.adopt_unknown_ids and self._id is not None and not self.invalidated:
                 return None
-            return policy.delete_cookie()
+            return policy.delete_cookie(plain_local=local)
         return None
 
     @property

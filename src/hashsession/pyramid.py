@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hashsession._extras import missing_extra
+from hashsession.cookies import environ_is_plain_local
 
 try:
     from pyramid.events import NewResponse  # type: ignore[import-untyped]
@@ -291,7 +292,10 @@ class SessionFactory:
             self._client.close()
 
     def __call__(self, request: Any) -> PyramidSession:
-        core = self.store.core_for(request.environ.get("HTTP_COOKIE"))
+        environ = request.environ
+        core = self.store.core_for(
+            environ.get("HTTP_COOKIE"), plain_local=environ_is_plain_local(environ)
+        )
         session = self.session_class(core, self.client_for(request))
         if request.environ.get(HEADERS_SENT):  # opened in a streamed body: too late
             core.headers_sent = True
@@ -306,7 +310,9 @@ class SessionFactory:
                 vary = tuple(response.vary or ())
                 if "Cookie" not in vary:
                     response.vary = (*vary, "Cookie")
-            elif not withhold or value == self.store.cookie.delete_cookie():
+            elif not withhold or value == self.store.cookie.delete_cookie(
+                plain_local=session.core.plain_local
+            ):
                 response.headerlist.append((name, value))
         session.core.headers_sent = True  # the headers are final; no cookie can follow
 

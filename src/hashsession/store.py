@@ -87,6 +87,19 @@ class StoreBase:
         except TypeError as exc:  # an unknown keyword
             raise ConfigurationError("settings", str(exc)) from None
 
+    def _check_cookie_security(self, development: bool) -> None:
+        """Log a warning at start-up when session cookies go without ``Secure`` everywhere.
+
+        ``development`` (the embedded server, ``redis=None``) is exempt.
+        """
+        if self.config.cookie.secure is False and not development:
+            log.warning(
+                "hashsession: session cookies are sent without the Secure attribute"
+                " (cookie secure=False), so a browser also sends them over plain http;"
+                " leave secure unset (Secure except on plain http to a loopback host)"
+                " or set it to True"
+            )
+
     def _on_cluster(self) -> None:
         """Sessions live on a Redis Cluster: regenerated ids must keep their key's slot."""
         if self.config.wait_replicas:
@@ -103,27 +116,37 @@ class StoreBase:
         """The cookie policy in force."""
         return self.config.cookie
 
-    def core_for(self, cookie_header: str | None) -> SessionCore:
-        """The sans-I/O session for a request's ``Cookie`` header (no Redis command)."""
+    def core_for(self, cookie_header: str | None, *, plain_local: bool = False) -> SessionCore:
+        """The sans-I/O session for a request's ``Cookie`` header (no Redis command).
+
+        ``plain_local``: the request came over plain http to a loopback host (see
+        :func:`~hashsession.cookies.is_plain_local`); adapters work it out.
+        """
         config = self.config
         values = config.cookie.values_from_header(cookie_header)
+        core = None
         for value in values:
             session_id, stale = config.read_cookie(value)
             if session_id is not None:
                 core = self.core_class(config, session_id, had_cookie=True)
                 core.resign = stale
-                return core
-        if values:
-            log.debug("ignoring a session cookie that is malformed or badly signed")
-        return self.core_class(config, None, had_cookie=bool(values))
+                break
+        else:
+            if values:
+                log.debug("ignoring a session cookie that is malformed or badly signed")
+            core = self.core_class(config, None, had_cookie=bool(values))
+        core.plain_local = plain_local
+        return core
 
-    def core_for_value(self, cookie_value: str | None) -> SessionCore:
+    def core_for_value(self, cookie_value: str | None, *, plain_local: bool = False) -> SessionCore:
         """The sans-I/O session for a bare cookie value (as a framework's cookie jar gives it)."""
         if cookie_value is None:
-            return self.core_class(self.config, None)
-        session_id, stale = self.config.read_cookie(cookie_value)
-        core = self.core_class(self.config, session_id, had_cookie=True)
-        core.resign = stale
+            core = self.core_class(self.config, None)
+        else:
+            session_id, stale = self.config.read_cookie(cookie_value)
+            core = self.core_class(self.config, session_id, had_cookie=True)
+            core.resign = stale
+        core.plain_local = plain_local
         return core
 
     @staticmethod
@@ -146,6 +169,7 @@ class SessionStore(StoreBase):
 
     def __init__(self, *, redis: str | SyncClient | None = None, **settings: Any) -> None:
         super().__init__(**settings)
+        self._check_cookie_security(development=redis is None)
         self._client = connect(redis, reply_timeout(self.config))
         self._owns_pool = not callable(getattr(redis, "execute_command", None))
         if is_cluster(self._client):
@@ -156,13 +180,19 @@ class SessionStore(StoreBase):
         """The redis-py client sessions talk through."""
         return self._client
 
-    def open(self, cookie_header: str | None = None) -> Session:
-        """The session for a request, given its ``Cookie`` header; lazy, costs no round trip."""
-        return self.session_class(self.core_for(cookie_header), self.client)
+    def open(self, cookie_header: str | None = None, *, plain_local: bool = False) -> Session:
+        """The session for a request, given its ``Cookie`` header; lazy, costs no round trip.
 
-    def open_id(self, cookie_value: str | None) -> Session:
+        ``plain_local=True`` says the request came over plain http to a loopback host,
+        where the default cookie policy leaves ``Secure`` out.
+        """
+        core = self.core_for(cookie_header, plain_local=plain_local)
+        return self.session_class(core, self.client)
+
+    def open_id(self, cookie_value: str | None, *, plain_local: bool = False) -> Session:
         """The session for a bare cookie value."""
-        return self.session_class(self.core_for_value(cookie_value), self.client)
+        core = self.core_for_value(cookie_value, plain_local=plain_local)
+        return self.session_class(core, self.client)
 
     def sessions_of(
         self, user_id: UserId, current: Session | str | None = None

@@ -38,6 +38,7 @@ from asyncio import Future
 from collections.abc import Mapping
 
 from hashsession._extras import missing_extra
+from hashsession.cookies import is_plain_local
 
 try:
     from tornado.web import Application, RequestHandler
@@ -102,7 +103,10 @@ class SessionMixin(RequestHandler):
         session = self._hashsession
         if session is None:
             cookie = "; ".join(self.request.headers.get_list("Cookie"))
-            session = self._hashsession = store_for(self.application).open(cookie or None)
+            request = self.request
+            local = is_plain_local(request.protocol, request.host)
+            store = store_for(self.application)
+            session = self._hashsession = store.open(cookie or None, plain_local=local)
             if self._headers_written:  # too late for a cookie: the browser keeps its own
                 session.core.headers_sent = True
         return session

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
+from hashsession.cookies import environ_is_plain_local
 from hashsession.session import Session
 from hashsession.store import SessionStore
 
@@ -45,7 +46,9 @@ class SessionMiddleware:
         self.environ_key = environ_key
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        session = self.store.open(environ.get("HTTP_COOKIE"))
+        session = self.store.open(
+            environ.get("HTTP_COOKIE"), plain_local=environ_is_plain_local(environ)
+        )
         environ[self.environ_key] = session
         started = False
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hashsession._extras import missing_extra
+from hashsession.cookies import is_plain_local
 
 try:
     from tornado.options import define, options
@@ -122,11 +123,13 @@ class SessionHandler(RequestHandler):
         if self._redis_session is None:
             cookie = "; ".join(self.request.headers.get_list("Cookie"))
             store = store_for(self.application)
-            native = store.open(cookie or None)
+            local = is_plain_local(self.request.protocol, self.request.host)
+            native = store.open(cookie or None, plain_local=local)
             if native.core.id is None and native.core.had_cookie:
                 legacy = self._legacy_id(store)
                 if legacy is not None:
-                    native = store.open_id(store.config.cookie_value(legacy))
+                    value = store.config.cookie_value(legacy)
+                    native = store.open_id(value, plain_local=local)
             if self._headers_written:  # too late for a cookie: the browser keeps its own
                 native.core.headers_sent = True
             self._redis_session = RedisSession(native)
