@@ -50,6 +50,9 @@ from topologies import HOST
 
 WAITED = "Redis connection pool full"
 
+#: Per-user features (login, sessions_of, revoke_user) need a key for user digests.
+USER_KEY = "a user key for the burst tests"
+
 
 def address(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
@@ -294,7 +297,7 @@ def test_sync_burst_on_a_pool_of_5(
     client = user_sync_client(topology, topology_deployment, 5)
     # 200 callers on 5 connections: the wait is generous so a loaded CI machine cannot
     # turn a slow queue into a failure (the default's behaviour is the 500/200 bursts').
-    store = SessionStore(redis=client, ttl=100, connection_wait_timeout=120)
+    store = SessionStore(redis=client, ttl=100, user_key=USER_KEY, connection_wait_timeout=120)
     shared = store.open(None)
     shared["started"] = True
     cookie = store.config.cookie_value(shared.id)
@@ -337,7 +340,7 @@ async def test_async_burst_on_a_pool_of_5(
     wait_log: pytest.LogCaptureFixture,
 ) -> None:
     client = user_async_client(topology, topology_deployment, 5)
-    store = AsyncSessionStore(redis=client, ttl=100, connection_wait_timeout=120)
+    store = AsyncSessionStore(redis=client, ttl=100, user_key=USER_KEY, connection_wait_timeout=120)
 
     async def work(i: int) -> None:
         s = store.open_id(cookie)
@@ -441,7 +444,10 @@ def test_a_command_gives_up_after_connection_wait_timeout_unsent(
     one_connection: CountingPool, redis_client: redis.Redis
 ) -> None:
     store = SessionStore(
-        redis=redis.Redis(connection_pool=one_connection), ttl=100, connection_wait_timeout=0.2
+        redis=redis.Redis(connection_pool=one_connection),
+        ttl=100,
+        user_key=USER_KEY,
+        connection_wait_timeout=0.2,
     )
     s = store.open(None)
     s["a"] = 1
@@ -506,7 +512,9 @@ async def test_an_async_command_gives_up_after_connection_wait_timeout_unsent(
     async_one_connection: AsyncCountingPool, redis_client: redis.Redis
 ) -> None:
     client = aioredis.Redis(connection_pool=async_one_connection)
-    store = AsyncSessionStore(redis=client, ttl=100, connection_wait_timeout=timedelta(seconds=0.2))
+    store = AsyncSessionStore(
+        redis=client, ttl=100, user_key=USER_KEY, connection_wait_timeout=timedelta(seconds=0.2)
+    )
     s = store.open(None)
     await s.set("a", 1)
     key = store.config.key_of(s.id)
@@ -534,7 +542,7 @@ async def test_async_cluster_pipeline_resends_only_the_node_that_was_full(
     client = AsyncRedisCluster(
         host=HOST, port=topology_deployment.masters[0].port, max_connections=1
     )
-    store = AsyncSessionStore(redis=client, ttl=100)
+    store = AsyncSessionStore(redis=client, ttl=100, user_key=USER_KEY)
     try:
         await client.initialize()
         keys: list[str] = []

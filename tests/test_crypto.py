@@ -27,6 +27,8 @@ from hashsession.scripts import CREATE, LIVE, OPEN
 K1 = "k1-" + "a" * 40
 K2 = "k2-" + "b" * 40
 K3 = b"\x03" * 32
+#: Per-user features (login) need a key for user digests.
+USER_KEY = "a user key for the sealing tests"
 
 StoreFactory = Callable[..., SessionStore]
 
@@ -58,7 +60,7 @@ VALUES: dict[str, Any] = {
 
 @pytest.fixture
 def sealed(make_store: StoreFactory) -> SessionStore:
-    return sealed_store(make_store)
+    return sealed_store(make_store, user_key=USER_KEY)
 
 
 @pytest.fixture
@@ -472,7 +474,9 @@ def test_sealing_costs_no_extra_round_trip(counted: Any, warm: None) -> None:
 
 @pytest.fixture
 async def async_sealed(redis_url: str) -> Iterator[AsyncSessionStore]:
-    store = AsyncSessionStore(redis=redis_url, ttl=100, codec=SealedCodec([K2, K1]))
+    store = AsyncSessionStore(
+        redis=redis_url, ttl=100, codec=SealedCodec([K2, K1]), user_key=USER_KEY
+    )
     yield store  # type: ignore[misc]
     await store.aclose()
 

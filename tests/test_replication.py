@@ -20,12 +20,14 @@ from hashsession import BackendError, ConfigurationError, NotReplicatedError, Se
 from hashsession.aio import AsyncSessionStore
 
 SENTINEL = pytest.mark.parametrize("topology", ["sentinel"])
+#: Per-user features (login, sessions_of, revoke_user) need a key for user digests.
+USER_KEY = "a user key for the replication tests"
 
 
 @pytest.fixture
 def make(topology_url: str, make_store: StoreFactory) -> StoreFactory:
     """Stores on the topology under test (the suite's factory, pointed there)."""
-    return partial(make_store, redis=topology_url)
+    return partial(make_store, redis=topology_url, user_key=USER_KEY)
 
 
 def live(store: SessionStore, **values: Any) -> tuple[Any, str]:
@@ -133,14 +135,18 @@ def test_off_by_default_and_no_wait_sent(topology_url: str) -> None:
 
 @SENTINEL
 async def test_async_critical_writes_wait(topology_url: str, topology_client: Any) -> None:
-    store = AsyncSessionStore(redis=topology_url, wait_for_replicas=1, wait_timeout=5)
+    store = AsyncSessionStore(
+        redis=topology_url, wait_for_replicas=1, wait_timeout=5, user_key=USER_KEY
+    )
     session = store.open()
     await session.set("n", 1)
     old = session.id
     await session.regenerate()
     await session.login("ann")
     assert session.id != old
-    short = AsyncSessionStore(redis=topology_url, wait_for_replicas=3, wait_timeout=0.02)
+    short = AsyncSessionStore(
+        redis=topology_url, wait_for_replicas=3, wait_timeout=0.02, user_key=USER_KEY
+    )
     doomed = short.open_id(store.config.cookie_value(session.id or ""))
     with pytest.raises(NotReplicatedError) as caught:
         await doomed.invalidate()

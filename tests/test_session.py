@@ -365,8 +365,9 @@ def test_removing_the_last_key_ends_the_session(
 
 
 def test_a_session_with_metadata_or_an_owner_is_not_empty(
-    store: SessionStore, redis_client: redis.Redis
+    make_store: StoreFactory, redis_client: redis.Redis
 ) -> None:
+    store = make_store(user_key="a user key for the session tests")  # login() needs one
     flagged = store.open(None)
     flagged.update(a=1)
     flagged.meta_set("csrf", "token")

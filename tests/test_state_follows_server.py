@@ -38,6 +38,8 @@ from lossy_proxy import LossyProxy
 
 SOCKET_TIMEOUT = 0.5
 DEL = b"\r\nDEL\r\n"
+#: Per-user features (login, sessions_of, revoke_user) need a key for user digests.
+USER_KEY = "a user key for the state tests"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -50,7 +52,7 @@ def direct(redis_server: EmbeddedRedis) -> Iterator[SessionStore]:
     Loaded scripts mean the command a test loses is the one it aims at, never an
     ``EVALSHA`` refused with ``NOSCRIPT`` and resent.
     """
-    store = SessionStore(redis=redis_server.url, ttl=100)
+    store = SessionStore(redis=redis_server.url, ttl=100, user_key=USER_KEY)
     store.client.flushall()
     for script in EVERY:
         store.client.script_load(script.source)
@@ -98,12 +100,13 @@ def live_session(direct: SessionStore, **values: Any) -> tuple[str, str]:
     return direct.config.cookie_value(session.id), session.core.key
 
 
-def owned_keys(client: redis.Redis, user: str) -> set[bytes]:
-    """Every session key in Redis whose owner field names ``user``."""
+def owned_keys(direct: SessionStore, user: str) -> set[bytes]:
+    """Every session key in Redis whose owner field names ``user`` (keyed or legacy)."""
+    client, mine = direct.client, direct.config.owner_values(user)
     return {
         name
         for name in client.scan_iter(count=1000)
-        if client.type(name) == b"hash" and client.hget(name, OWNER_FIELD) == user.encode()
+        if client.type(name) == b"hash" and client.hget(name, OWNER_FIELD) in mine
     }
 
 
@@ -396,7 +399,7 @@ def assert_every_owned_session_indexed(client: redis.Redis, config: Any) -> None
             continue
         owner = client.hget(name, OWNER_FIELD)
         if owner is not None:
-            score = client.zscore(config.index_key(owner), name)
+            score = client.zscore(config.index_of_owner(owner), name)
             assert score is not None, f"{name!r}, owned by {owner!r}, is not in the index"
             assert score >= time.time() * 1000 + client.pttl(name) - 1000
 
@@ -451,7 +454,10 @@ def test_a_login_that_fails_at_any_command_leaves_no_unindexed_session(
     proxy = lossy(LOGIN_MARKS)
     cap = 2 if scenario == "over-the-cap" else None
     store = SessionStore(
-        redis=proxy.url(socket_timeout=SOCKET_TIMEOUT), ttl=100, max_sessions_per_user=cap
+        redis=proxy.url(socket_timeout=SOCKET_TIMEOUT),
+        ttl=100,
+        max_sessions_per_user=cap,
+        user_key=USER_KEY,
     )
     on_path(store, path)
     on_path(direct, path)
@@ -478,7 +484,7 @@ def test_a_login_that_fails_at_any_command_leaves_no_unindexed_session(
             assert len(mine) == 1
             assert len(direct.sessions_of("ann")) <= (cap or 10)
             direct.revoke_user("ann")
-            assert owned_keys(direct.client, "ann") == set()
+            assert owned_keys(direct, "ann") == set()
         else:
             pytest.fail("the login never went through")
         assert lost >= 1  # at least its one command was lost once
@@ -491,7 +497,9 @@ async def test_async_a_login_that_fails_at_any_command_leaves_no_unindexed_sessi
     direct: SessionStore, lossy: Callable[[Any], LossyProxy], path: str
 ) -> None:
     proxy = lossy(LOGIN_MARKS)
-    store = AsyncSessionStore(redis=proxy.url(socket_timeout=SOCKET_TIMEOUT), ttl=100)
+    store = AsyncSessionStore(
+        redis=proxy.url(socket_timeout=SOCKET_TIMEOUT), ttl=100, user_key=USER_KEY
+    )
     on_path(store, path)
     try:
         for lost in range(4):
@@ -513,7 +521,7 @@ async def test_async_a_login_that_fails_at_any_command_leaves_no_unindexed_sessi
             await session.login("ann")
             assert len(direct.sessions_of("ann")) == 1
             direct.revoke_user("ann")
-            assert owned_keys(direct.client, "ann") == set()
+            assert owned_keys(direct, "ann") == set()
         assert lost >= 1
     finally:
         await store.aclose()
@@ -533,7 +541,7 @@ def test_a_failed_revoke_finds_the_sessions_again(
         session["n"] = 1
         session.login("ann")
     proxy = lossy(DEL)
-    store = SessionStore(redis=proxy.url(socket_timeout=SOCKET_TIMEOUT), ttl=100)
+    store = SessionStore(redis=proxy.url(socket_timeout=SOCKET_TIMEOUT), ttl=100, user_key=USER_KEY)
     on_path(store, path)
     try:
         handle = direct.sessions_of("ann")[0].handle
@@ -547,9 +555,9 @@ def test_a_failed_revoke_finds_the_sessions_again(
         assert_every_owned_session_indexed(direct.client, direct.config)
         if how == "revoke_user":
             assert store.revoke_user("ann") == 3
-            assert owned_keys(direct.client, "ann") == set()
+            assert owned_keys(direct, "ann") == set()
         else:
             assert store.revoke(handle) is True
-            assert len(owned_keys(direct.client, "ann")) == 2
+            assert len(owned_keys(direct, "ann")) == 2
     finally:
         store.close()

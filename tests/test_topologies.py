@@ -596,7 +596,11 @@ def test_raw_layout_regenerate_and_login_keep_the_slot(
     topology: str, topology_url: str, admin: Any, factory: Any
 ) -> None:
     store = SessionStore(
-        redis=sync_client(topology_url), key_layout="raw", prefix="app:", id_factory=factory
+        redis=sync_client(topology_url),
+        key_layout="raw",
+        prefix="app:",
+        id_factory=factory,
+        user_key="a user key for the tests",
     )
     session = store.open()
     session["n"] = 1
@@ -619,7 +623,9 @@ def test_raw_layout_regenerate_and_login_keep_the_slot(
 async def test_async_raw_layout_regenerate_and_login(
     topology: str, topology_url: str, admin: Any
 ) -> None:
-    store = AsyncSessionStore(redis=topology_url, key_layout="raw", prefix="app:")
+    store = AsyncSessionStore(
+        redis=topology_url, key_layout="raw", prefix="app:", user_key="a user key for the tests"
+    )
     session = store.open()
     await session.set("n", 1)
     first = session.id

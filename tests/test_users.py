@@ -30,7 +30,6 @@ from hashsession import ConfigurationError, LimitExceededError, Session, Session
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.asgi import SessionMiddleware as ASGISessionMiddleware
 from hashsession.asgi import session_of
-from hashsession.config import user_digest
 from hashsession.protocol import AGAIN
 from hashsession.scripts import (
     CREATED_FIELD,
@@ -45,6 +44,19 @@ pytestmark = pytest.mark.all_topologies
 
 StoreFactory = Callable[..., SessionStore]
 TTL_MS = 100_000  # the stores' idle timeout (make_store's default of 100 s)
+#: The secret the stores here key user digests with (per-user features need one).
+USER_KEY = "a user key for the tests"
+
+
+@pytest.fixture
+def make_store(make_store: StoreFactory) -> StoreFactory:
+    """conftest's ``make_store``, with a ``user_key``."""
+
+    def make(**kwargs: Any) -> SessionStore:
+        kwargs.setdefault("user_key", USER_KEY)
+        return make_store(**kwargs)
+
+    return make
 
 
 # --------------------------------------------------------------------------- helpers
@@ -63,6 +75,18 @@ def cookie_of(store: SessionStore | AsyncSessionStore, session: Session | AsyncS
 
 def index_of(store: SessionStore | AsyncSessionStore, user: str | int) -> str:
     return store.config.index_key(str(user))
+
+
+def owner_of(store: SessionStore | AsyncSessionStore, user: str) -> bytes:
+    """What the owner field holds for ``user``: NUL and the keyed digest."""
+    return store.config.owner_value(user).encode()
+
+
+def index_cost(counted: Counted | AsyncCounter, store: Any, user: str) -> int:
+    """Round trips of the first step of sessions_of/revoke_user: the keyed and the legacy
+    index, in one pipeline (one per node on a Cluster)."""
+    digests = store.config.user_digests(user)
+    return counted.pipeline_cost([store.config.index_key_of(d) for d in digests])
 
 
 def members(client: Any, store: SessionStore | AsyncSessionStore, user: str) -> set[bytes]:
@@ -142,7 +166,7 @@ def test_login_sets_the_owner_under_a_new_id(
     assert later.id not in (None, old_id)
     assert redis_client.exists(old_key) == 0
     stored = redis_client.hgetall(key(later))
-    assert stored[OWNER_FIELD.encode()] == b"ann"
+    assert stored[OWNER_FIELD.encode()] == owner_of(cstore, "ann")
     assert int(stored[SEEN_FIELD.encode()]) <= now_ms()
     good = int(stored[INDEXED_FIELD.encode()])
     assert good >= now_ms() + TTL_MS  # the entry outlasts the session...
@@ -172,7 +196,7 @@ def test_login_of_a_new_session_creates_it_in_two_round_trips(
         session.login(42)
     assert session.id is not None and session.new
     assert len(session) == 0
-    assert redis_client.hget(key(session), OWNER_FIELD) == b"42"
+    assert redis_client.hget(key(session), OWNER_FIELD) == owner_of(cstore, "42")
     assert members(redis_client, cstore, "42") == {key(session).encode()}
     assert [i.current for i in cstore.sessions_of("42", current=session)] == [True]
 
@@ -225,7 +249,7 @@ def test_login_as_someone_else_moves_the_session_between_indexes(
     # LOGIN (with bob's index), INDEX (ann: drop the old key); on a Cluster INDEX (bob) first.
     with counted.expect(3 if apart(cstore) else 2):
         later.login("bob")
-    assert redis_client.hget(key(later), OWNER_FIELD) == b"bob"
+    assert redis_client.hget(key(later), OWNER_FIELD) == owner_of(cstore, "bob")
     assert members(redis_client, cstore, "bob") == {key(later).encode()}
     assert redis_client.exists(index_of(cstore, "ann")) == 0  # emptied, so gone
     assert cstore.open(cookie_of(cstore, later))["a"] == 1  # data kept
@@ -280,8 +304,8 @@ def test_int_and_str_user_ids_name_the_same_user(
     second = store.open(None)
     second.login(7)
     assert members(redis_client, store, "7") == {key(first).encode(), key(second).encode()}
-    assert index_of(store, 7) == store.config.prefix + "u:" + user_digest("7")
-    assert len(user_digest("7")) == 24
+    assert index_of(store, 7) == store.config.prefix + "u:" + store.config.user_tag("7")
+    assert len(store.config.user_tag("7")) == 32
 
 
 # --------------------------------------------------------------------------- sessions_of
@@ -295,11 +319,14 @@ def test_sessions_of_lists_created_and_last_seen(
     two, _ = logged_in(cstore, "ann")
     redis_client.hset(key(one), SEEN_FIELD, now_ms() - 60_000)  # seen a minute ago
     redis_client.hset(key(two), SEEN_FIELD, now_ms() - 30_000)
-    # The index, then one pipeline over both sessions (on a cluster, one per node).
-    with counted.expect(1 + counted.pipeline_cost([key(one), key(two)])):
+    # The indexes (keyed, legacy) in one pipeline, then one pipeline over both sessions
+    # (on a cluster, one per node each).
+    both = counted.pipeline_cost([key(one), key(two)])
+    with counted.expect(index_cost(counted, cstore, "ann") + both):
         infos = cstore.sessions_of("ann")
+    tag = cstore.config.user_tag("ann")
     assert [i.handle for i in infos] == [
-        user_digest("ann") + "." + hashlib.sha1(key(s).encode()).hexdigest() for s in (two, one)
+        tag + "." + hashlib.sha1(key(s).encode()).hexdigest() for s in (two, one)
     ]  # most recently seen first
     for info in infos:
         assert isinstance(info, SessionInfo)
@@ -336,14 +363,14 @@ def test_sessions_of_prunes_vanished_sessions(
         grace_over(redis_client, cstore, "ann")
     # The index, the pipeline (one per node on a cluster), the removal of two dead entries.
     pipeline = counted.pipeline_cost([key(alive), old_key, key(expired)])
-    with counted.expect(1 + pipeline + 1):
+    with counted.expect(index_cost(counted, cstore, "ann") + pipeline + 1):
         infos = cstore.sessions_of("ann")
     assert len(infos) == 1
     assert members(redis_client, cstore, "ann") == {key(alive).encode()}  # ...until pruned
     assert old_key.encode() not in members(redis_client, cstore, "ann")
-    with counted.expect(2):  # one session left: one node
+    with counted.expect(index_cost(counted, cstore, "ann") + 1):  # one session left: one node
         assert len(cstore.sessions_of("ann")) == 1
-    with counted.expect(1):
+    with counted.expect(index_cost(counted, cstore, "nobody")):
         assert cstore.sessions_of("nobody") == []
 
 
@@ -440,10 +467,12 @@ def test_revoke_user_keeps_the_given_session(
     sessions = [logged_in(cstore, "ann")[0] for _ in range(4)]
     other, _ = logged_in(cstore, "bob")
     here = sessions[0]
-    # INDEX names the others, then one pipeline of DEL and the INDEX dropping their entries
-    # (on a cluster, the DEL pipeline costs one per node, and the INDEX follows it).
+    # The indexes (keyed, legacy) name the others, then one pipeline of DEL and the INDEX
+    # dropping their entries (on a cluster, the DEL pipeline costs one per node, and the
+    # INDEX follows it).
     doomed = [key(s) for s in sessions[1:]]
-    with counted.expect(1 + counted.pipeline_cost(doomed) + apart(cstore)):
+    dels = counted.pipeline_cost(doomed)
+    with counted.expect(index_cost(counted, cstore, "ann") + dels + apart(cstore)):
         assert cstore.revoke_user("ann", keep=here) == 3
     assert [redis_client.exists(key(s)) for s in sessions] == [1, 0, 0, 0]
     assert members(redis_client, cstore, "ann") == {key(here).encode()}
@@ -619,7 +648,7 @@ def assert_every_owned_session_indexed(client: Any, store: SessionStore | AsyncS
         owner = client.hget(name, OWNER_FIELD)
         if owner is not None:
             owned += 1
-            index = store.config.index_key(owner)
+            index = store.config.index_of_owner(owner)
             assert client.zscore(index, name) is not None, f"{name!r} is not indexed"
     return owned
 
@@ -725,7 +754,7 @@ def test_an_eviction_between_a_logins_two_steps_leaves_it_indexed(
 async def test_async_races_between_a_logins_two_steps(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    store = AsyncSessionStore(redis=redis_url, ttl=100)
+    store = AsyncSessionStore(redis=redis_url, ttl=100, user_key=USER_KEY)
     on_the_cluster_path(store)
     try:
         session = store.open(None)
@@ -889,7 +918,7 @@ def test_unowned_sessions_keep_their_round_trip_budget(
 @pytest.fixture
 async def astore(redis_url: str, warm: None) -> AsyncIterator[AsyncSessionStore]:
     counter = await AsyncCounter(redis_url).ready()
-    store = AsyncSessionStore(redis=counter.client, ttl=100)
+    store = AsyncSessionStore(redis=counter.client, ttl=100, user_key=USER_KEY)
     store.counter = counter  # type: ignore[attr-defined]
     yield store
     await counter.aclose()
@@ -917,7 +946,7 @@ async def test_async_login(astore: AsyncSessionStore, redis_client: redis.Redis)
     assert counter.count == (2 if apart(astore) else 1)
     assert later.id not in (None, session.id)
     assert redis_client.exists(key(session)) == 0
-    assert redis_client.hget(key(later), OWNER_FIELD) == b"ann"
+    assert redis_client.hget(key(later), OWNER_FIELD) == owner_of(astore, "ann")
     assert await astore.open(cookie_of(astore, later)).get("a") == 1
     fresh = astore.open(None)
     counter = counter_of(astore)
@@ -935,7 +964,8 @@ async def test_async_sessions_of_and_revoke(
     redis_client.hset(key(one), SEEN_FIELD, now_ms() - 60_000)
     counter = counter_of(astore)
     infos = await astore.sessions_of("ann", current=three)
-    assert counter.count == 1 + counter.pipeline_cost([key(s) for s in (one, two, three)])
+    sessions = counter.pipeline_cost([key(s) for s in (one, two, three)])
+    assert counter.count == index_cost(counter, astore, "ann") + sessions
     assert len(infos) == 3 and infos[-1].last_seen < infos[0].last_seen
     assert [i.current for i in infos].count(True) == 1
     assert one.id is not None
@@ -972,7 +1002,7 @@ async def test_async_refresh_and_regenerate(
 
 
 async def test_async_cap_and_concurrent_logins(redis_url: str, redis_client: redis.Redis) -> None:
-    store = AsyncSessionStore(redis=redis_url, ttl=100, max_sessions_per_user=3)
+    store = AsyncSessionStore(redis=redis_url, ttl=100, max_sessions_per_user=3, user_key=USER_KEY)
     try:
 
         async def login() -> str:
@@ -991,7 +1021,7 @@ async def test_async_cap_and_concurrent_logins(redis_url: str, redis_client: red
 async def test_async_cookie_after_login_through_an_asgi_app(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    store = AsyncSessionStore(redis=redis_url, ttl=100)
+    store = AsyncSessionStore(redis=redis_url, ttl=100, user_key=USER_KEY)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         session = session_of(scope)
@@ -1023,7 +1053,7 @@ async def test_async_cookie_after_login_through_an_asgi_app(
 
 def test_a_users_sessions_in_many_slots(redis_url: str, redis_client: Any) -> None:
     """Each session has a slot (on a cluster, a node) of its own; the index spans them."""
-    store = SessionStore(redis=redis_url, ttl=100, max_sessions_per_user=5)
+    store = SessionStore(redis=redis_url, ttl=100, max_sessions_per_user=5, user_key=USER_KEY)
     try:
         sessions = [logged_in(store, "ann")[0] for _ in range(6)]  # one evicted by the cap
         assert len({key_slot(key(s).encode()) for s in sessions}) > 1
@@ -1047,7 +1077,7 @@ def test_a_users_sessions_in_many_slots(redis_url: str, redis_client: Any) -> No
 
 
 async def test_async_a_users_sessions_in_many_slots(redis_url: str, redis_client: Any) -> None:
-    store = AsyncSessionStore(redis=redis_url, ttl=100)
+    store = AsyncSessionStore(redis=redis_url, ttl=100, user_key=USER_KEY)
     try:
         sessions = [(await alogged_in(store, "ann"))[0] for _ in range(4)]
         assert len(await store.sessions_of("ann")) == 4

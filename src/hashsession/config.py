@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from hashsession.errors import ConfigurationError
 __all__ = [
     "DEFAULT_ABSOLUTE_TTL",
     "MAX_SECONDS",
+    "MIN_USER_KEY_BYTES",
     "KeyLayout",
     "SessionConfig",
     "seconds",
@@ -58,9 +60,30 @@ def seconds(setting: str, value: object, *, allow_none: bool = False) -> int | N
 
 
 def user_digest(user: str | bytes) -> str:
-    """24 URL-safe characters naming a user's index: BLAKE2b (18 bytes) of the id's UTF-8."""
+    """The legacy (unkeyed) digest of a user id: BLAKE2b (18 bytes) of its UTF-8, as 24
+    URL-safe characters. Indexes written before ``user_key`` existed are named by it;
+    anyone can compute it, so new data uses :meth:`SessionConfig.user_tag` instead."""
     raw = user.encode("utf-8") if isinstance(user, str) else user
     return base64.urlsafe_b64encode(hashlib.blake2b(raw, digest_size=18).digest()).decode("ascii")
+
+
+#: The context every user digest is computed in, so that it can pass for no other HMAC.
+_USER_CONTEXT = b"hashsession user index\x00"
+#: The shortest ``user_key`` accepted, in bytes.
+MIN_USER_KEY_BYTES = 16
+#: What the owner field of a session holds before the keyed digest of its owner (a
+#: legacy owner field holds the user id itself, which never starts with NUL).
+_KEYED_OWNER = "\x00"
+
+
+def _no_user_key(feature: str) -> ConfigurationError:
+    return ConfigurationError(
+        "user_key",
+        f"{feature} needs a secret to key the digests of user ids (index keys and owner"
+        f" fields in Redis): set user_key to a random secret of at least"
+        f" {MIN_USER_KEY_BYTES} bytes (32 recommended), and keep it: changing it loses the"
+        " per-user index",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +117,10 @@ class SessionConfig:
     same_slot_ids: bool = False
     #: ``codec`` again when it binds values to their field and session (sealing), else None.
     bound_codec: BoundCodec | None = None
+    #: The secret the per-user digests are keyed with (``None``: per-user features refuse).
+    user_key: bytes | None = None
+    #: Also find (and lazily migrate) sessions indexed under unkeyed digests.
+    legacy_user_index: bool = True
 
     @classmethod
     def build(
@@ -118,6 +145,8 @@ class SessionConfig:
         wait_for_replicas: int = 0,
         wait_timeout: float | timedelta = 1.0,
         connection_wait_timeout: float | timedelta = 10.0,
+        user_key: str | bytes | None = None,
+        legacy_user_index: bool = True,
     ) -> SessionConfig:
         """Check every setting, naming the first bad one."""
         # No NUL either: a user's index tells session keys from login markers by it.
@@ -184,6 +213,22 @@ class SessionConfig:
         if id_factory is not None and key_layout != "raw":
             raise ConfigurationError("id_factory", "custom ids need key_layout='raw'")
         resolved = resolve_codec(codec)
+        if isinstance(user_key, str):
+            user_key = user_key.encode("utf-8")
+        if user_key is not None and not isinstance(user_key, (bytes, bytearray)):
+            raise ConfigurationError(
+                "user_key", f"must be str or bytes, not {type(user_key).__name__}"
+            )
+        if user_key is not None and len(user_key) < MIN_USER_KEY_BYTES:
+            raise ConfigurationError(
+                "user_key", f"must be at least {MIN_USER_KEY_BYTES} bytes (a random secret)"
+            )
+        if max_sessions_per_user is not None and user_key is None:
+            raise _no_user_key("max_sessions_per_user")
+        if not isinstance(legacy_user_index, bool):
+            raise ConfigurationError(
+                "legacy_user_index", f"must be True or False, not {legacy_user_index!r}"
+            )
         return cls(
             prefix=prefix,
             idle_ms=idle * 1000,  # type: ignore[operator]
@@ -205,6 +250,8 @@ class SessionConfig:
             wait_replicas=wait_for_replicas,
             wait_timeout_ms=round(wait_timeout * 1000),
             connection_wait=float(connection_wait_timeout),
+            user_key=None if user_key is None else bytes(user_key),
+            legacy_user_index=legacy_user_index,
         )
 
     def in_place(self, kind: str) -> bool:
@@ -246,16 +293,59 @@ class SessionConfig:
             return ids.digest_key(self.prefix, session_id)
         return ids.raw_key(self.prefix, session_id)
 
-    def index_key(self, user: str | bytes) -> str:
-        """The Redis key of a user's session index: ``<prefix>u:`` plus a digest of the id.
+    # the per-user index (see hashsession.users and docs/sessions-per-user.md) ------
 
-        The digest (18-byte BLAKE2b, URL-safe base64) keeps user ids out of key listings.
+    def user_tag(self, user: str) -> str:
+        """The keyed digest of a user id: 32 URL-safe characters, the first 24 bytes of
+        HMAC-SHA256 by ``user_key``. It names the user's index and, after a NUL, fills
+        the owner field, so neither reveals the id to whoever can read Redis.
+
+        Raises :class:`ConfigurationError` naming ``user_key`` when it is not set.
         """
-        return self.index_key_of(user_digest(user))
+        if self.user_key is None:
+            raise _no_user_key("sessions per user")
+        mac = hmac.digest(self.user_key, _USER_CONTEXT + user.encode("utf-8"), "sha256")
+        return base64.urlsafe_b64encode(mac[:24]).decode("ascii")
+
+    def owner_value(self, user: str) -> str:
+        """What a session's owner field holds for ``user``: NUL, then :meth:`user_tag`."""
+        return _KEYED_OWNER + self.user_tag(user)
+
+    def owner_values(self, user: str) -> list[bytes]:
+        """Every owner field value that means ``user``: the keyed one, and the legacy one
+        (the id itself) unless ``legacy_user_index`` is off."""
+        values = [self.owner_value(user).encode("utf-8")]
+        if self.legacy_user_index:
+            values.append(user.encode("utf-8"))
+        return values
+
+    def user_digests(self, user: str) -> list[str]:
+        """The digests naming ``user``'s indexes: keyed, then (unless off) the legacy one."""
+        digests = [self.user_tag(user)]
+        if self.legacy_user_index:
+            digests.append(user_digest(user))
+        return digests
+
+    def index_key(self, user: str) -> str:
+        """The Redis key of a user's session index: ``<prefix>u:`` plus :meth:`user_tag`."""
+        return self.index_key_of(self.user_tag(user))
 
     def index_key_of(self, digest: str) -> str:
-        """The index key named by a digest from :func:`user_digest`."""
+        """The index key named by a digest (:meth:`user_tag`, or a legacy :func:`user_digest`)."""
         return f"{self.prefix}u:{digest}"
+
+    @staticmethod
+    def owner_is_keyed(owner: bytes | str) -> bool:
+        """Whether an owner field value is a keyed digest (else a legacy, plain user id)."""
+        return owner[:1] in (b"\x00", "\x00")
+
+    def index_of_owner(self, owner: bytes | str) -> str:
+        """The index key of the user an owner field value names, keyed or legacy (any
+        bytes give a key: an owner field planted by another client raises nothing)."""
+        raw = owner.encode("utf-8") if isinstance(owner, str) else owner
+        if self.owner_is_keyed(raw):
+            return self.index_key_of(raw[1:].decode("utf-8", "replace"))
+        return self.index_key_of(user_digest(raw))
 
     def cookie_value(self, session_id: str) -> str:
         """What the cookie carries for ``session_id``: the id, signed when keys are set."""

@@ -74,6 +74,7 @@ _REMEMBER_KEY = "_remember"  # Flask-Login's note to set or clear its remember c
 _STORE_KEYS = (
     "REDIS",
     "SECRET_KEYS",
+    "USER_KEY",
     "TTL",
     "ABSOLUTE_TTL",
     "PREFIX",
@@ -104,6 +105,7 @@ _KNOWN_KEYS = frozenset(
 _KEYED_SETTINGS = {
     "redis": "REDIS",
     "secret_keys": "SECRET_KEYS",
+    "user_key": "USER_KEY",
     "ttl": "TTL",
     "absolute_ttl": "ABSOLUTE_TTL",
     "prefix": "PREFIX",
@@ -512,6 +514,8 @@ def store_from_config(config: Mapping[str, Any]) -> SessionStore:
             PREFIX + "SECRET_KEYS",
             "set it or app.secret_key to sign session cookies ([] sends them unsigned)",
         )
+    if config.get(PREFIX + "USER_KEY") is not None:
+        put("user_key", config[PREFIX + "USER_KEY"], PREFIX + "USER_KEY")
     ttl, ttl_key = _either(config, "TTL", "PERMANENT_SESSION_LIFETIME", timedelta(days=31))
     put("ttl", ttl, ttl_key)
     for own, setting in (("ABSOLUTE_TTL", "absolute_ttl"), ("PREFIX", "prefix")):

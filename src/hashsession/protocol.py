@@ -215,6 +215,14 @@ def index_put(
     return index_command(index, "put", cap, spare, len(gone), *gone, len(missing), *missing, *flat)
 
 
+def _text_or_none(raw: bytes) -> str | None:
+    """``raw`` as UTF-8 text, or ``None`` (a legacy owner field another client planted)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def login_marker(new_key: str, old_key: str | None) -> str:
     """The member that marks, in a user's index, a login making ``new_key`` (from ``old_key``).
 
@@ -673,8 +681,25 @@ class SessionCore:
                 )
 
     def _refresh_index(self, owner: bytes, good: int) -> None:
-        assert self._key is not None
-        self._queue(index_put(self.config.index_key(owner), adds=[(good, self._key)]))
+        key = self._key
+        assert key is not None
+        c = self.config
+        user = None if c.owner_is_keyed(owner) else _text_or_none(owner)
+        if user is None or c.user_key is None:
+            self._queue(index_put(c.index_of_owner(owner), adds=[(good, key)]))
+            return
+        # A legacy owner (the user id itself, from before user_key): key it now, then
+        # move the entry to the keyed index, unless the owner changed meanwhile.
+        keyed = c.owner_value(user)
+        expect: Command = (OWNER_FIELD, "1", owner)
+        cas: Command = ("EVALSHA", _CAS, 1, key, c.max_keys, 1, *expect, OWNER_FIELD, "s", keyed)
+
+        def moved(reply: Any) -> None:
+            if reply == 1:
+                self._queue(index_put(c.index_of_owner(keyed), adds=[(good, key)]))
+                self._queue(index_put(c.index_of_owner(owner), [key]))
+
+        self._queue(cas, moved)
 
     def _queue(self, cmd: Command, finish: Callable[[Any], None] | None = None) -> None:
         if self.after is None:
@@ -1210,7 +1235,8 @@ class SessionCore:
             self._learn(reply)
             if len(reply) > 1 and reply[1] is not None:
                 assert old_key is not None
-                self._queue(index_put(c.index_key(reply[1]), [old_key], [(reply[2], new_key)]))
+                index = c.index_of_owner(reply[1])
+                self._queue(index_put(index, [old_key], [(reply[2], new_key)]))
             return None
 
         # Under wait_for_replicas a shortfall still leaves the new id: the master renamed.
@@ -1228,16 +1254,21 @@ class SessionCore:
         or ``CREATE`` makes the session; if that fails, the index holds an entry for a key
         that does not exist, which costs nothing. Then the evicted sessions are deleted
         before they are unindexed (with the old key's entry, when ``user`` owned the
-        session already). When another user owned it, the old key leaves that user's
-        index last (:attr:`after`). Once the headers are out it raises
-        :class:`HeadersSentError`.
+        session already). When another user owned it (or this user, under a legacy owner
+        field from before ``user_key``), the old key leaves that index last
+        (:attr:`after`). Once the headers are out it raises :class:`HeadersSentError`.
+
+        The owner field holds NUL and the keyed digest of ``user``, which also names the
+        index (see :meth:`SessionConfig.user_tag`): without ``user_key`` this raises
+        :class:`ConfigurationError` naming it, before any command.
         """
         self.require_cookie("login()", "the new id needs")
-        self.accessed = self.modified = True
         c = self.config
+        owner = c.owner_value(user)  # the keyed digest; refuses without user_key
+        self.accessed = self.modified = True
         now = _now_ms()
         if c.same_slot_ids:
-            return self._plan_login_apart(user, now)
+            return self._plan_login_apart(user, owner, now)
         cap = c.max_sessions_per_user or 0
         index = c.index_key(user)
         if self._state is State.NEW:  # never under an id the client chose: a new one
@@ -1247,7 +1278,7 @@ class SessionCore:
             good = now + ttl + ttl // 2
             if c.absolute_ms:
                 good = min(good, now + c.absolute_ms)
-            meta = [(OWNER_FIELD, user), (SEEN_FIELD, now), (INDEXED_FIELD, good)]
+            meta = [(OWNER_FIELD, owner), (SEEN_FIELD, now), (INDEXED_FIELD, good)]
             create, created, _ = self._plan_create([], None, meta, now, session_id=new_id)
             assert created is not None and isinstance(create, tuple)
             # CREATE's arguments after its key (ttl, fields) follow LOGIN_NEW's own.
@@ -1256,7 +1287,7 @@ class SessionCore:
             return self._critical((cmd, created, None))
         new_id = c.new_id(like=self._id)
         new_key = c.key_of(new_id)
-        args = (c.idle_ms, now, c.absolute_ms, user, cap)
+        args = (c.idle_ms, now, c.absolute_ms, owner, cap)
         login = ("EVALSHA", LOGIN.sha, 3, self._key, new_key, index, *args)
 
         def logged_in(reply: Any) -> Any:
@@ -1268,14 +1299,15 @@ class SessionCore:
             self._id, self._key = new_id, new_key
             self._enter(State.LIVE)
             before = reply[1]
-            if before is not None and before != user.encode("utf-8") and old_key:
-                self._queue(index_put(c.index_key(before), [old_key]))
+            if before is not None and before != owner.encode("utf-8") and old_key:
+                # another user's index, or this user's legacy one (see legacy_user_index)
+                self._queue(index_put(c.index_of_owner(before), [old_key]))
             return None
 
         # Under wait_for_replicas a shortfall still leaves the new id: the master renamed.
         return self._critical((login, logged_in, None))
 
-    def _plan_login_apart(self, user: str, now: int) -> Step:
+    def _plan_login_apart(self, user: str, owner: str, now: int) -> Step:
         """:meth:`plan_login` on a Cluster: the index entry first, then the session."""
         c = self.config
         indexed, self._indexed = self._indexed, None
@@ -1289,7 +1321,7 @@ class SessionCore:
                 if c.absolute_ms:
                     good = min(good, now + c.absolute_ms)
                 indexed = self._index_first(user, c.new_id(), good, None, now)
-            meta = [(OWNER_FIELD, user), (SEEN_FIELD, now), (INDEXED_FIELD, indexed.good)]
+            meta = [(OWNER_FIELD, owner), (SEEN_FIELD, now), (INDEXED_FIELD, indexed.good)]
             cmd, created, _ = self._plan_create([], None, meta, now, session_id=indexed.id)
             assert created is not None
             entry = indexed
@@ -1306,7 +1338,7 @@ class SessionCore:
         ttl = self._ttl_override or c.idle_ms
         good = now + ttl + ttl // 2
         entry = self._index_first(user, c.new_id(like=self._id), good, self._key, now)
-        args = (c.idle_ms, now, c.absolute_ms, user, entry.good)
+        args = (c.idle_ms, now, c.absolute_ms, owner, entry.good)
         login = ("EVALSHA", LOGIN_APART.sha, 2, self._key, entry.key, *args)
 
         def logged_in(reply: Any) -> Any:
@@ -1354,9 +1386,10 @@ class SessionCore:
         making: it leaves the index only if no live marker says so (``dead``).
         """
         c = self.config
-        same = before is not None and before == entry.user.encode("utf-8")
+        same = before is not None and before == c.owner_value(entry.user).encode("utf-8")
         if before is not None and not same and old_key:
-            self._queue(index_put(c.index_key(before), [old_key]))
+            # another user's index, or this user's legacy one (see legacy_user_index)
+            self._queue(index_put(c.index_of_owner(before), [old_key]))
         index = c.index_key(entry.user)
         ended: list[str | bytes] = [old_key] if same and old_key else []
         dead: list[str | bytes] = []

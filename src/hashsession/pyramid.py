@@ -386,11 +386,20 @@ def resolved(setting: str, resolve: Callable[[Any], Any], value: Any) -> Any:
 
 
 _STORE_INTS = ("ttl", "absolute_ttl", "max_key_length", "max_value_size", "max_keys")
-_STORE_BOOLS = ("adopt_unknown_ids", "refresh_cookie")
+_STORE_BOOLS = ("adopt_unknown_ids", "refresh_cookie", "legacy_user_index")
 _COOKIE_INTS = ("max_age", "max_length")
 _COOKIE_BOOLS = ("secure", "httponly", "host_prefix", "partitioned")
 _COOKIE_TEXTS = ("name", "path", "domain", "samesite")
-_OTHER = ("redis", "secret", "secret_keys", "codec", "id_factory", "prefix", "key_layout")
+_OTHER = (
+    "redis",
+    "secret",
+    "secret_keys",
+    "user_key",
+    "codec",
+    "id_factory",
+    "prefix",
+    "key_layout",
+)
 _KNOWN = frozenset(
     (*_STORE_INTS, *_STORE_BOOLS, *_OTHER, "edit_retries", "edit_timeout", "cookie_on_exception")
 ) | frozenset(f"cookie_{name}" for name in (*_COOKIE_INTS, *_COOKIE_BOOLS, *_COOKIE_TEXTS))
@@ -405,7 +414,8 @@ def store_from_settings(
     """A :class:`~hashsession.SessionStore` from ``prefix``-ed settings (strings from .ini).
 
     ``<prefix>redis`` (URL), ``secret`` (one key) or ``secret_keys`` (several,
-    whitespace-separated, newest first), ``prefix``, ``ttl``, ``absolute_ttl``,
+    whitespace-separated, newest first), ``user_key``, ``legacy_user_index``,
+    ``prefix``, ``ttl``, ``absolute_ttl``,
     ``codec`` (``json``, ``pickle`` or a dotted name), ``max_key_length``,
     ``max_value_size``, ``max_keys``, ``edit_retries``, ``edit_timeout`` (seconds),
     ``key_layout``,
@@ -450,7 +460,7 @@ def store_from_settings(
             out[name] = codec() if isinstance(codec, type) else codec
         elif name == "id_factory":
             out[name] = resolved(setting, resolver, value)
-        elif name in ("redis", "prefix", "key_layout"):
+        elif name in ("redis", "prefix", "key_layout", "user_key"):
             out[name] = value
         elif field in _COOKIE_INTS:
             cookie[field] = as_int(setting, value)

@@ -53,7 +53,8 @@ SIZE_ERROR = "HASHSESSION_SIZE"
 JSON_ERROR = "HASHSESSION_JSON"
 CREATED_FIELD = "\x00c"
 TTL_FIELD = "\x00t"
-#: The owner's user id, as text (set by ``login``).
+#: The owner (set by ``login``): NUL and the keyed digest of the user id (a session logged
+#: in before ``user_key`` existed holds the id itself, until its index entry is refreshed).
 OWNER_FIELD = "\x00u"
 #: When the session was last seen: the first command of each request (ms since the epoch).
 SEEN_FIELD = "\x00s"
@@ -778,11 +779,12 @@ return 1
 )
 
 #: Log a session in, off a Cluster: KEYS are its key, its new key and the user's index;
-#: idle ms, now ms, absolute ms, user id, the user's cap (0: none). Slides, puts the new
-#: key in the index (dropping the old key's entry if the user owned the session already;
-#: deleting and unindexing the sessions beyond the cap), renames, and records the owner,
-#: the visit and the index entry's good-until, all in one atomic step. False if the
-#: session is gone, 0 if the new key exists, else {1, the previous owner or nil, good-until}.
+#: idle ms, now ms, absolute ms, the owner field value (see ``OWNER_FIELD``), the user's
+#: cap (0: none). Slides, puts the new key in the index (dropping the old key's entry if
+#: the session had this owner already; deleting and unindexing the sessions beyond the
+#: cap), renames, and records the owner, the visit and the index entry's good-until, all
+#: in one atomic step. False if the session is gone, 0 if the new key exists, else
+#: {1, the previous owner or nil, good-until}.
 LOGIN = _script(
     "login",
     _HELPERS
@@ -825,11 +827,11 @@ return 1
 #: client has put the new key in the index already (``INDEX`` put, first, with the login's
 #: marker, which keeps that entry from being pruned before this runs), so the session
 #: is never owned without being indexed. KEYS are its key and its new key (same slot);
-#: idle ms, now ms, absolute ms, user id, and that entry's good-until. Slides, renames
-#: and records the owner, the visit and the index entry's good-until. A session whose own
-#: idle timeout would outlast the entry is capped to it (its next request's refresh moves
-#: both along). False if the session is gone, 0 if the new key exists, else {1, the
-#: previous owner or nil, good-until}.
+#: idle ms, now ms, absolute ms, the owner field value (see ``OWNER_FIELD``), and that
+#: entry's good-until. Slides, renames and records the owner, the visit and the index
+#: entry's good-until. A session whose own idle timeout would outlast the entry is capped
+#: to it (its next request's refresh moves both along). False if the session is gone, 0
+#: if the new key exists, else {1, the previous owner or nil, good-until}.
 LOGIN_APART = _script(
     "login_apart",
     _HELPERS
@@ -848,15 +850,22 @@ return {1, before, fresh}
 """,
 )
 
-#: Delete a session and say whose it was: KEYS[1] is its key; ARGV[1] the owner it must
-#: have, or '' for any. False if it is gone, 0 if someone else owns it, else {1, owner or nil}.
+#: Delete a session and say whose it was: KEYS[1] is its key; ARGV the owner field values
+#: it may have (the keyed one, the legacy one), none for any owner. False if it is gone,
+#: 0 if someone else owns it, else {1, owner or nil}.
 REVOKE = _script(
     "revoke",
     r"""
 local k = KEYS[1]
 local m = redis.call('HMGET', k, '\0u', '\0c')
 if not m[2] and redis.call('EXISTS', k) == 0 then return false end
-if ARGV[1] ~= '' and m[1] ~= ARGV[1] then return 0 end
+if #ARGV > 0 then
+  local mine = false
+  for _, v in ipairs(ARGV) do
+    if m[1] == v then mine = true end
+  end
+  if not mine then return 0 end
+end
 redis.call('DEL', k)
 return {1, m[1]}
 """,

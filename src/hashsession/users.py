@@ -4,10 +4,18 @@
 the session to a per-user index: a sorted set at ``<prefix>u:<digest of the
 user id>`` whose members are session *keys* (never ids, so the index reveals
 no usable cookie) scored by the time until which each entry is known to
-outlast its session. Entries are pruned lazily and the index key expires with
-its last entry, so it never grows without bound. Whose session a key is lives
-in the session itself; the index is only a way to find them, and it need not
-share the session's cluster slot.
+outlast its session. The digest, in the key's name and in the owner field, is
+an HMAC keyed with the store's ``user_key`` (see
+:meth:`~hashsession.config.SessionConfig.user_tag`), so whoever can list or
+read Redis learns no user id; without ``user_key`` these features refuse.
+Sessions indexed before ``user_key`` existed (an unkeyed digest, the id itself
+in the owner field) are still found, and are moved to the keyed index the next
+time their entry is refreshed (see ``legacy_user_index``).
+
+Entries are pruned lazily and the index key expires with its last entry, so it
+never grows without bound. Whose session a key is lives in the session itself;
+the index is only a way to find them, and it need not share the session's
+cluster slot.
 
 The store-level operations here are sans-I/O generators ("flows") that yield
 a command (or a list of commands, sent as one non-transactional pipeline) and
@@ -25,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from hashsession.config import SessionConfig, user_digest
+from hashsession.config import SessionConfig
 from hashsession.errors import BackendError
 from hashsession.protocol import BACKEND_ERRORS, Command, SessionView, index_command, index_put
 from hashsession.replication import check, waited
@@ -53,7 +61,8 @@ T = TypeVar("T")
 Flow = Generator[Request, Any, T]
 
 _MAX_USER_ID = 1024
-_HANDLE = re.compile(r"[A-Za-z0-9_-]{24}\.[0-9a-f]{40}")
+# The digest naming the index (32 characters keyed, 24 legacy), a dot, the key's SHA1.
+_HANDLE = re.compile(r"[A-Za-z0-9_-]{24}(?:[A-Za-z0-9_-]{8})?\.[0-9a-f]{40}")
 
 
 def user_text(user_id: UserId) -> str:
@@ -70,15 +79,15 @@ def user_text(user_id: UserId) -> str:
     return text
 
 
-def handle_of(user: str | bytes, key: str | bytes) -> str:
-    """The opaque handle of session ``key`` in ``user``'s index.
+def handle_of(digest: str, key: str | bytes) -> str:
+    """The opaque handle of session ``key`` in the index named by ``digest``.
 
     The digest naming the index, a dot, and the SHA1 of the session key: it lets
     :func:`revoke` find the entry (the ``INDEX`` script compares SHA1s), yet it is
     neither a session id nor a Redis key, so it cannot be used as a cookie.
     """
     raw = key.encode("utf-8") if isinstance(key, str) else key
-    return f"{user_digest(user)}.{hashlib.sha1(raw).hexdigest()}"
+    return f"{digest}.{hashlib.sha1(raw).hexdigest()}"
 
 
 def _is_handle(value: str) -> bool:
@@ -128,33 +137,40 @@ def sessions_of(
 ) -> Flow[list[SessionInfo]]:
     """List ``user_id``'s live sessions, most recently seen first; prune dead entries.
 
-    Two round trips (the index, then one pipeline over the sessions, split per node
-    on a Cluster), and one more when entries of vanished sessions are removed.
+    Two round trips (the indexes, keyed and legacy, in one pipeline, then one pipeline
+    over the sessions; each split per node on a Cluster), and one more when entries of
+    vanished sessions are removed.
     """
     user = user_text(user_id)
-    members: list[bytes] = yield index_command(config.index_key(user), "list")
-    if not members:
+    digests = config.user_digests(user)
+    lists = yield from _each_index(config, digests, "list")
+    found: dict[bytes, list[str]] = {}  # member -> the digests of the indexes holding it
+    for digest, members in zip(digests, lists, strict=True):
+        for member in members or ():
+            found.setdefault(member, []).append(digest)
+    if not found:
         return []
     batch: list[Command] = []
-    for member in members:
+    for member in found:
         batch.append(("HMGET", member, CREATED_FIELD, SEEN_FIELD, OWNER_FIELD))
         batch.append(("PTTL", member))
     replies = yield batch
     now_ms = time.time() * 1000
-    mine = user.encode("utf-8")
+    mine = config.owner_values(user)
     current_key = _key_of_session(config, current)
     current_raw = current_key.encode("utf-8") if current_key else None
     infos: list[SessionInfo] = []
-    dead: list[bytes] = []
-    for n, member in enumerate(members):
+    dead: dict[str, list[bytes]] = {}
+    for n, (member, where) in enumerate(found.items()):
         (created, seen, owner), pttl = replies[2 * n], replies[2 * n + 1]
-        if owner != mine or pttl is None or pttl < 0:  # gone, or not this user's any more
-            dead.append(member)
+        if owner not in mine or pttl is None or pttl < 0:  # gone, or not this user's any more
+            for digest in where:
+                dead.setdefault(digest, []).append(member)
             continue
         born = int(created or 0)
         infos.append(
             SessionInfo(
-                handle=handle_of(user, member),
+                handle=handle_of(where[0], member),
                 created=_when(born),
                 last_seen=_when(int(seen or born)),
                 expires_at=_when(now_ms + pttl),
@@ -162,7 +178,8 @@ def sessions_of(
             )
         )
     if dead:  # but not the entries of logins still making their sessions (see INDEX)
-        yield index_put(config.index_key(user), dead=dead)
+        prunes = [index_put(config.index_key_of(d), dead=members) for d, members in dead.items()]
+        yield prunes[0] if len(prunes) == 1 else prunes
     infos.sort(key=lambda info: info.last_seen, reverse=True)
     return infos
 
@@ -178,23 +195,24 @@ def revoke(config: SessionConfig, id_or_handle: str, user_id: UserId | None = No
         raise TypeError(f"revoke() takes a session id or a handle, not {id_or_handle!r}")
     if _is_handle(id_or_handle):
         digest, sha = id_or_handle.split(".")
-        if user is not None and digest != user_digest(user):
+        if user is not None and digest not in config.user_digests(user):
             return False
         index = config.index_key_of(digest)
         # The session, and the new keys of logins in progress from it (on a Cluster).
         found: list[bytes] | None = yield index_command(index, "find", sha)
         if not found:
             return False
-        replies = yield from _delete(config, index, found)
+        replies = yield from _delete(config, {index: found})
         return any(replies)
     key = _key_of_id(config, id_or_handle)
     if key is None:
         return False
-    (reply,) = yield from _critical(config, [("EVALSHA", REVOKE.sha, 1, key, user or "")])
+    owners = () if user is None else config.owner_values(user)
+    (reply,) = yield from _critical(config, [("EVALSHA", REVOKE.sha, 1, key, *owners)])
     if not reply:  # gone (None), or someone else's (0)
         return False
     if reply[1] is not None:
-        yield index_put(config.index_key(reply[1]), [key])
+        yield index_put(config.index_of_owner(reply[1]), [key])
     return True
 
 
@@ -203,45 +221,71 @@ def revoke_user(
 ) -> Flow[int]:
     """Delete every indexed session of ``user_id`` but ``keep``; how many were live.
 
-    One round trip for the index, one pipeline of ``DEL`` for the sessions (which takes
-    them out of the index too; on a Cluster, one more round trip does). On a Cluster the
-    index also names the logins in progress: their new keys and their old ones are
-    deleted, so such a login cannot bring its session in afterwards.
+    One round trip for the indexes (keyed and legacy, one pipeline; on a Cluster, split
+    per node), one pipeline of ``DEL`` for the sessions (which takes them out of the
+    indexes too; on a Cluster, one more round trip does). On a Cluster the keyed index
+    also names the logins in progress: their new keys and their old ones are deleted, so
+    such a login cannot bring its session in afterwards.
     """
     user = user_text(user_id)
+    digests = config.user_digests(user)
     keep_key, keep_sha = "", ""
     if isinstance(keep, str) and _is_handle(keep):
         digest, sha = keep.split(".")
-        keep_sha = sha if digest == user_digest(user) else ""
+        keep_sha = sha if digest in digests else ""
     else:
         keep_key = _key_of_session(config, keep) or ""
-    index = config.index_key(user)
-    doomed: list[bytes] = yield index_command(index, "drop", keep_key, keep_sha)
+    dropped = yield from _each_index(config, digests, "drop", keep_key, keep_sha)
+    doomed = {
+        config.index_key_of(digest): members
+        for digest, members in zip(digests, dropped, strict=True)
+        if members
+    }
     if not doomed:
         return 0
-    replies = yield from _delete(config, index, doomed)
+    replies = yield from _delete(config, doomed)
     return sum(1 for deleted in replies if deleted)
 
 
-def _delete(config: SessionConfig, index: str, members: list[bytes]) -> Flow[list[Any]]:
-    """Delete the sessions ``members`` (a critical write), then take them out of ``index``.
+def _each_index(config: SessionConfig, digests: list[str], op: str, *args: Any) -> Flow[list[Any]]:
+    """Run ``INDEX op`` on the index of each digest: one command, or one pipeline."""
+    commands = [index_command(config.index_key_of(digest), op, *args) for digest in digests]
+    if len(commands) == 1:
+        return [(yield commands[0])]
+    replies: list[Any] = yield commands
+    return replies
+
+
+def _delete(config: SessionConfig, indexes: dict[str, list[bytes]]) -> Flow[list[Any]]:
+    """Delete the sessions named in ``indexes`` (index key -> members; a critical write),
+    then take them out of those indexes; the ``DEL`` replies, one per session.
 
     Never the other way round: a delete that fails leaves them indexed, so calling
-    again finds them. On one server the deletes and the unindexing go out as one
-    pipeline, run in order; on a Cluster (nodes apart) the unindexing follows the deletes,
-    and an entry whose session the ``DEL`` found missing stays while a login marker says
-    that session is still being made (its old key was among the deletes, so that login
-    fails; if it makes a new session instead, the entry covers it).
+    again finds them. On one server the deletes and the unindexing (one command per
+    index) go out as one pipeline, run in order; on a Cluster (nodes apart) the
+    unindexing follows the deletes, as one more pipeline, and an entry whose session
+    the ``DEL`` found missing stays while a login marker says that session is still
+    being made (its old key was among the deletes, so that login fails; if it makes a
+    new session instead, the entry covers it).
     """
+    members = list(dict.fromkeys(m for found in indexes.values() for m in found))
     deletes: list[Command] = [("DEL", member) for member in members]
     if config.same_slot_ids:
         replies = yield from _critical(config, deletes)
-        ended = [m for m, deleted in zip(members, replies, strict=True) if deleted]
-        dead = [m for m, deleted in zip(members, replies, strict=True) if not deleted]
-        yield index_put(index, ended, dead=dead)
+        deleted = dict(zip(members, replies, strict=True))
+        puts = [
+            index_put(
+                index,
+                [m for m in found if deleted[m]],
+                dead=[m for m in found if not deleted[m]],
+            )
+            for index, found in indexes.items()
+        ]
+        yield puts[0] if len(puts) == 1 else puts
         return replies
-    *replies, _ = yield from _critical(config, [*deletes, index_put(index, members)])
-    return replies
+    puts = [index_put(index, found) for index, found in indexes.items()]
+    out = yield from _critical(config, [*deletes, *puts])
+    return out[: len(deletes)]
 
 
 def _critical(config: SessionConfig, commands: list[Command]) -> Flow[list[Any]]:

@@ -267,7 +267,14 @@ class SessionMiddleware(wsgi.SessionMiddleware):
             redis=client,
             prefix=prefix,
             codec=_TextCodec(loads, dumps),
-            cookie={"name": cookie, "path": "/", "httponly": True, "max_age": TEN_YEARS},
+            # DRSession's cookie never carried Secure (the store warns about that).
+            cookie={
+                "name": cookie,
+                "path": "/",
+                "httponly": True,
+                "max_age": TEN_YEARS,
+                "secure": False,
+            },
             key_layout="raw",
             adopt_unknown_ids=not safe,
             id_factory=factory,
