@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 import webtest
+from pyramid import testing
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound
 from pyramid.interfaces import ISession, ISessionFactory
@@ -604,6 +605,27 @@ def test_cookie_on_exception_false_withholds_new_cookies(
     app.get("/login")
     (expire,) = set_cookies(app.get("/logout_fail", status=500))
     assert "Max-Age=0" in expire
+
+
+@pytest.mark.parametrize("on_exception", [True, False])
+def test_a_request_without_an_exception_attribute_gets_its_cookie(
+    redis_url: str, on_exception: bool
+) -> None:
+    """``pyramid.testing.DummyRequest`` and requests built by scripts have no ``exception``
+    attribute (found by Pyramid's own session tests): the callback treats that as none."""
+    factory = SessionFactory(
+        SessionStore(redis=redis_url, secret_keys=["k1"]), cookie_on_exception=on_exception
+    )
+    try:
+        request = testing.DummyRequest()
+        assert not hasattr(request, "exception")
+        factory(request)["a"] = 1
+        response = Response()
+        for callback in request.response_callbacks:
+            callback(request, response)
+        assert response.headers["Set-Cookie"].startswith("session=")
+    finally:
+        factory.close()
 
 
 def test_an_unhandled_exception_has_no_response_to_carry_the_cookie(

@@ -304,7 +304,9 @@ class SessionFactory:
         return session
 
     def _send_cookie(self, session: PyramidSession, request: Any, response: Any) -> None:
-        withhold = request.exception is not None and not self.cookie_on_exception
+        # A request made outside the router (pyramid.testing.DummyRequest, a script's
+        # request) has no ``exception`` attribute; Pyramid's own factories allow for it.
+        withhold = not self.cookie_on_exception and getattr(request, "exception", None) is not None
         for name, value in session.core.response_headers():
             if name == "Vary":
                 vary = tuple(response.vary or ())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from suites.upstream import COMPATIBILITY, expect_failures, listed
+from suites.upstream import COMPATIBILITY, expect_failures, listed, skip_listed
 
 PAGE = """# Compatibility
 
@@ -73,6 +73,10 @@ def test_marks_go_on_the_listed_class_only() -> None:
     assert inspect.iscoroutinefunction(Ours.__dict__["test_async"])
     assert not hasattr(Upstream.__dict__["test_fails"], "pytestmark")
     assert "test_fails" not in Sibling.__dict__
+    assert skip_listed([Sibling], {"Sibling.test_fails": "why not"}, "here") == set()
+    (skip,) = Sibling.__dict__["test_fails"].pytestmark
+    assert skip.name == "skip" and skip.kwargs == {"reason": "not run (here): why not"}
+    assert not hasattr(Upstream.__dict__["test_fails"], "pytestmark")
 
 
 def test_the_real_page_parses() -> None:

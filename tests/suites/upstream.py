@@ -148,14 +148,30 @@ def expect_failures(classes: Iterable[type], rows: dict[str, str], where: str) -
     nor a sibling class running the same test is marked. Returns the listed ids that name
     no test of ``classes`` (a stale row).
     """
+    return _mark(
+        classes,
+        rows,
+        lambda why: pytest.mark.xfail(reason=f"listed in {where}: {why}", strict=True),
+    )
+
+
+def skip_listed(classes: Iterable[type], rows: dict[str, str], where: str) -> set[str]:
+    """Mark each listed ``Class.test_name`` of ``classes`` ``skip``, with its row's reason.
+
+    For tests deliberately not run (a documented selection): they are reported as skipped,
+    each with its reason. Marks and the return value as in :func:`expect_failures`.
+    """
+    return _mark(classes, rows, lambda why: pytest.mark.skip(reason=f"not run ({where}): {why}"))
+
+
+def _mark(classes: Iterable[type], rows: dict[str, str], mark: Any) -> set[str]:
     left = set(rows)
     for cls in classes:
         for name in dir(cls):
             test_id = f"{cls.__name__}.{name}"
             if test_id not in rows or not name.startswith("test"):
                 continue
-            reason = f"listed in {where}: {rows[test_id]}"
-            setattr(cls, name, pytest.mark.xfail(reason=reason, strict=True)(_wrap(cls, name)))
+            setattr(cls, name, mark(rows[test_id])(_wrap(cls, name)))
             left.discard(test_id)
     return left
 
