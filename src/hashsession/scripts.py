@@ -283,6 +283,19 @@ local function body_of(k, f, open, close, wanted)
   if string.sub(s, j, j) ~= close then return false, {err = 'HASHSESSION_JSON'} end
   return trimmed(s, i + 1, j - 1)
 end
+-- For a write that may create field f (ARGV[a] is the key limit): the body of its array
+-- or object, '' if absent; or false and the reply to give (the session gone: false; a
+-- limit; a value of another kind).
+local function body_to_write(k, a, f, open, close, wanted)
+  local n = redis.call('HLEN', k)
+  if n == 0 then return false, false end
+  local body, bad = body_of(k, f, open, close, wanted)
+  if bad then return false, bad end
+  if body then return body end
+  local full = over(k, n, tonumber(ARGV[a]), {f})
+  if full then return false, full end
+  return ''
+end
 -- Whether nested arrays and objects in body can be skipped by %b (no string in it holds a
 -- bracket or a brace).
 local function nestable(body)
@@ -466,16 +479,9 @@ end""",
 end""",
     # limit, size, field, max_len (0: none), items... -> the list's new length
     "append": r"""function(k, a)
-  local n = redis.call('HLEN', k)
-  if n == 0 then return false end
   local f, cap, first = ARGV[a + 2], tonumber(ARGV[a + 3]), a + 4
-  local body, bad = body_of(k, f, '[', ']', 'list')
-  if bad then return bad end
-  if not body then
-    local full = over(k, n, tonumber(ARGV[a]), {f})
-    if full then return full end
-    body = ''
-  end
+  local body, reply = body_to_write(k, a, f, '[', ']', 'list')
+  if not body then return reply end
   local had, added = count(body), #ARGV - first + 1
   local total = had + added
   if cap > 0 and total > cap then  -- keep the newest cap items
@@ -491,16 +497,10 @@ end""",
 end""",
     # limit, size, field, item -> 1 if appended, 0 if an item of the same text is there
     "add": r"""function(k, a)
-  local n = redis.call('HLEN', k)
-  if n == 0 then return false end
   local f, item = ARGV[a + 2], ARGV[a + 3]
-  local body, bad = body_of(k, f, '[', ']', 'list')
-  if bad then return bad end
-  if not body then
-    local full = over(k, n, tonumber(ARGV[a]), {f})
-    if full then return full end
-    body = ''
-  elseif string.find(body, item, 1, true) then
+  local body, reply = body_to_write(k, a, f, '[', ']', 'list')
+  if not body then return reply end
+  if string.find(body, item, 1, true) then
     if flat(body) then
       if #hits(',' .. body .. ',', item, true) > 0 then return 0 end
     else
@@ -537,17 +537,11 @@ end""",
 end""",
     # limit, size, field, sub-key (as JSON text), value -> 1
     "set_in": r"""function(k, a)
-  local n = redis.call('HLEN', k)
-  if n == 0 then return false end
   local f, sub = ARGV[a + 2], ARGV[a + 3]
   local pair = sub .. ':' .. ARGV[a + 4]
-  local body, bad = body_of(k, f, '{', '}', 'dict')
-  if bad then return bad end
-  if not body then
-    local full = over(k, n, tonumber(ARGV[a]), {f})
-    if full then return full end
-    body = ''
-  elseif string.find(body, sub, 1, true) then
+  local body, reply = body_to_write(k, a, f, '{', '}', 'dict')
+  if not body then return reply end
+  if string.find(body, sub, 1, true) then
     local members = split(body)
     local at = find_key(members, sub)
     if at then
