@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -23,9 +22,10 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+from suites import upstream
+
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "suites"
-COMPATIBILITY = ROOT / "docs" / "compatibility.md"
 HERE = Path(__file__).resolve().parent
 
 
@@ -52,20 +52,6 @@ def source_tree(project: str, wanted: str | None = None) -> Path:
                 tar.extractall(CACHE)
         (tree / ".unpacked").touch()
         return tree
-
-
-def listed_failures(section: str) -> dict[str, str]:
-    """The ``| `test id` | reason |`` rows of ``## section`` in docs/compatibility.md."""
-    rows: dict[str, str] = {}
-    inside = False
-    for line in COMPATIBILITY.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            inside = line[3:].strip() == section
-            continue
-        match = re.match(r"\|\s*`([^`]+)`\s*\|(.*)\|\s*$", line)
-        if inside and match:
-            rows[match.group(1)] = match.group(2).strip()
-    return rows
 
 
 @dataclass
@@ -113,7 +99,7 @@ def run_suite(
 
 def check(run: SuiteRun, section: str, at_least: int) -> None:
     """Every selected test passes, except exactly those listed under ``## section``."""
-    listed = listed_failures(section)
+    listed = upstream.listed(section)
     ran = len(run.outcomes)
     assert ran >= at_least, f"only {ran} tests ran (expected {at_least}+):\n{run.output}"
     unlisted = sorted(run.failed() - listed.keys())
