@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from hashsession import ConflictError, Session, SessionStore
+from threads import run_threads
 
 pytestmark = pytest.mark.all_topologies
 
@@ -26,31 +27,6 @@ def cookie_of(store: SessionStore, session: Session) -> str:
     cookies = [v for k, v in store.response_headers(session) if k == "Set-Cookie"]
     assert len(cookies) == 1, store.response_headers(session)
     return cookies[0].split(";", 1)[0]
-
-
-def run_threads(targets: list[Callable[[], None]], timeout: float = 60) -> None:
-    """Start every target at once (behind a barrier); re-raise the first failure."""
-    barrier = threading.Barrier(len(targets))
-    errors: list[BaseException] = []
-
-    def wrap(target: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                barrier.wait()
-                target()
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        return run
-
-    threads = [threading.Thread(target=wrap(t), daemon=True) for t in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-        assert not t.is_alive(), "a worker thread hung"
-    if errors:
-        raise errors[0]
 
 
 def new_session(store: SessionStore, **data: Any) -> tuple[str, str]:

@@ -10,7 +10,6 @@ topology (see conftest); round trips are counted with ``counted``.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ from hashsession import (
 )
 from hashsession.codecs import FunctionCodec, JSONCodec
 from hashsession.scripts import CREATE, CREATED_FIELD, LIVE, OPEN
+from threads import run_threads
 
 pytestmark = pytest.mark.all_topologies
 
@@ -534,30 +534,6 @@ def test_a_flushed_script_cache_is_survived(
 
 
 # --------------------------------------------------------------------------- concurrency
-
-
-def run_threads(targets: list[Callable[[], None]]) -> None:
-    barrier = threading.Barrier(len(targets))
-    errors: list[BaseException] = []
-
-    def wrap(target: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                barrier.wait()
-                target()
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        return run
-
-    threads = [threading.Thread(target=wrap(t), daemon=True) for t in targets]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-        assert not t.is_alive(), "a worker thread hung"
-    if errors:
-        raise errors[0]
 
 
 def test_sixteen_threads_appending_lose_nothing(store: SessionStore, existing: str) -> None:
