@@ -17,7 +17,9 @@ marked ``standalone_only``. Tests that choose topologies themselves use
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -35,6 +37,10 @@ from topologies import (
     start_cluster,
     start_sentinel,
 )
+
+# A store with no `redis` setting shares a development server per project
+# (hashsession.devserver); the suite's processes keep theirs apart from the developer's.
+os.environ.setdefault("HASHSESSION_DEV_DIR", tempfile.mkdtemp(prefix="hashsession-dev-"))
 
 Deployment = EmbeddedRedis | SentinelSetup | ClusterSetup
 StoreFactory = Callable[..., SessionStore]

@@ -65,9 +65,9 @@ class _Clients:
     def __init__(self, target: str | AsyncClient | None, socket_timeout: float) -> None:
         self.socket_timeout = socket_timeout
         if target is None:
-            from hashsession.embedded import default_server
+            from hashsession.devserver import default_url
 
-            target = default_server().url
+            target = default_url()
         self.url: str | None = None
         self.fixed: AsyncClient | None = None
         if isinstance(target, str):

@@ -245,12 +245,15 @@ class _StartError(RuntimeError):
 
 
 # Watches a server on behalf of its parent: the parent holds the write end of
-# the watchdog's stdin, so when the parent dies in any way (SIGTERM and SIGKILL
-# skip atexit) the read hits end-of-file and the watchdog stops the server and
+# the watchdog's stdin, so when the parent dies in any way (SIGHUP, SIGTERM and
+# SIGKILL skip atexit) the read hits end-of-file and the watchdog stops the server and
 # removes its directory. A normal stop() first writes a newline: stand down.
 # (The directory holds no data, so it goes at once; a dead server may stay a
 # zombie until init reaps it, so the wait for it is bounded.)
+# Both run in sessions of their own, so a signal to the owner's process group
+# (a closed terminal's SIGHUP, SIGTERM to a service) reaches neither.
 _WATCHDOG_SCRIPT = """
+trap '' HUP INT TERM
 read line && exit 0
 kill -TERM "$1" 2>/dev/null
 rm -rf -- "$2"
@@ -273,6 +276,7 @@ def _start_watchdog(pid: int, directory: str) -> subprocess.Popen[bytes] | None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             close_fds=True,
+            start_new_session=True,
         )
     except OSError:  # pragma: no cover - no shell: atexit still covers normal exits
         return None
@@ -521,6 +525,10 @@ class EmbeddedRedis:
                     stderr=subprocess.STDOUT,
                     cwd=directory,
                     close_fds=True,
+                    # Out of the owner's process group: a signal to the group (closing the
+                    # terminal, SIGTERM to a service) must reach the owner alone, so the
+                    # watchdog outlives it long enough to stop the server.
+                    start_new_session=True,
                 )
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)

@@ -40,9 +40,9 @@ def connect(target: str | SyncClient | None, socket_timeout: float | None = None
     reply timeout unless the URL sets one).
     """
     if target is None:
-        from hashsession.embedded import default_server
+        from hashsession.devserver import default_url
 
-        target = default_server().url
+        target = default_url()
     if isinstance(target, str):
         from hashsession.topology import SOCKET_TIMEOUT, sync_client
 
