@@ -1,10 +1,11 @@
-"""A Griffe extension for the documentation site: Sphinx roles in docstrings become links.
+"""A Griffe extension for the documentation site: Sphinx markup in docstrings as Markdown.
 
 The docstrings cross-reference with Sphinx roles (``:class:`Session```,
 ``:meth:`~hashsession.SessionStore.sessions_of```), which Markdown would show as
 literal text. This rewrites each role into an optional mkdocs-autorefs reference: a
 link where the target is rendered in the API reference, plain code where it is not
-(a private module, the standard library), and never a warning either way.
+(a private module, the standard library), and never a warning either way. A literal
+block's ``::`` marker is dropped as Sphinx drops it; the indented block stays code.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ ROLE = re.compile(
     r"`(?P<text>[^`]+)`"
 )
 EXPLICIT_TITLE = re.compile(r"^(?P<title>.+?)\s*<(?P<target>[^<>]+)>$")
+# reStructuredText's literal-block marker, as Sphinx shows it: a line of only "::" goes,
+# "text::" keeps one colon, "text ::" keeps none (the indented block is code to Markdown).
+LITERAL_ALONE = re.compile(r"^[ \t]*::[ \t]*$", re.MULTILINE)
+LITERAL_SPACED = re.compile(r"[ \t]+::[ \t]*$", re.MULTILINE)
+LITERAL_AFTER_TEXT = re.compile(r"(?<=\S)::[ \t]*$", re.MULTILINE)
 
 
 def _target(obj: Object, name: str) -> str | None:
@@ -52,9 +58,16 @@ def _replace(obj: Object, match: re.Match[str]) -> str:
     return f'<autoref identifier="{html.escape(target)}" optional>{code}</autoref>'
 
 
+def _markdown(obj: Object, text: str) -> str:
+    text = ROLE.sub(lambda match: _replace(obj, match), text)
+    text = LITERAL_ALONE.sub("", text)
+    text = LITERAL_SPACED.sub("", text)
+    return LITERAL_AFTER_TEXT.sub(":", text)
+
+
 class SphinxRoles(Extension):
-    """Rewrite Sphinx cross-reference roles in every docstring once the package is loaded."""
+    """Rewrite the Sphinx markup of every docstring into Markdown once the package is loaded."""
 
     def on_object(self, *, obj: Object, **kwargs: Any) -> None:
         if obj.docstring is not None and ":" in obj.docstring.value:
-            obj.docstring.value = ROLE.sub(lambda m: _replace(obj, m), obj.docstring.value)
+            obj.docstring.value = _markdown(obj, obj.docstring.value)
