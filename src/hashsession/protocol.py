@@ -137,6 +137,9 @@ class _Marker(Enum):
 
 
 AGAIN: Final = _Marker.AGAIN
+#: "No value": the default of ``pop`` (raise ``KeyError`` when absent); in a compare-and-set
+#: (``Session.compare_and_set``) it means "absent" in the expected values and "delete" in
+#: the changes.
 MISSING: Final = _Marker.MISSING
 
 _SET, _INCR, _INCR_FLOAT = LIVE["set"].sha, LIVE["incr"].sha, LIVE["incr_float"].sha
