@@ -1,13 +1,11 @@
 """Serve one README framework example on a real server, for tests/test_readme.py.
 
-``python tests/readme_server.py <framework> <code file>`` runs the example's code (already
-pointed at the test's Redis by the test), builds its app the way the README says, serves
-it on a free loopback port and prints ``PORT <n>`` once it accepts connections. It serves
-until it is killed.
-
-The test's Redis URL comes in ``README_REDIS_URL``: a block that names no Redis (one that
-relies on the embedded development server) gets it through ``default_server``, so no
-example ever reaches a server the test did not start.
+``python tests/readme_server.py <framework> <code file>`` runs the example's code as the
+README shows it, builds its app the way the README says, serves it on a free loopback
+port and prints ``PORT <n> REDIS <url>`` once it accepts connections: ``<url>`` is the
+embedded development server the example's store uses, since the examples leave
+``redis`` out. It serves until it is killed. The test gives it a fresh
+``HASHSESSION_DEV_DIR``, so its embedded server is its own.
 
 WSGI apps run on a threaded ``wsgiref`` server (one thread per connection), ASGI on
 uvicorn, Tornado on its own ``HTTPServer``.
@@ -15,7 +13,6 @@ uvicorn, Tornado on its own ``HTTPServer``.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import socketserver
@@ -23,18 +20,6 @@ import sys
 import types
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-
-
-class _Private:
-    """Stands in for the embedded development server: the test's Redis."""
-
-    url = os.environ["README_REDIS_URL"]
-
-
-def _use_the_test_redis() -> None:
-    import hashsession.embedded
-
-    hashsession.embedded.default_server = lambda: _Private()  # type: ignore[assignment,return-value]
 
 
 class _ThreadedWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -55,7 +40,10 @@ def _serve_wsgi(app: Any) -> None:
 
 
 def _ready(port: int) -> None:
-    print(f"PORT {port}", flush=True)
+    """Say where the example keeps its sessions, then where it listens."""
+    from hashsession.embedded import default_server
+
+    print(f"PORT {port} REDIS {default_server().url}", flush=True)  # one line: read at once
 
 
 def _run(code: str, name: str = "readme_example") -> dict[str, Any]:
@@ -142,7 +130,6 @@ if __name__ == "__main__":
     framework, code_file = sys.argv[1], sys.argv[2]
     with open(code_file, encoding="utf-8") as f:
         source = f.read()
-    _use_the_test_redis()
     {
         "wsgi": wsgi,
         "asgi": asgi,

@@ -1,12 +1,22 @@
-"""The README's framework examples lose no update under concurrent requests.
+"""Every python block of README.md runs as written, on a machine with no Redis.
 
-Each framework section's fenced ``python`` blocks are taken from README.md as they are,
-pointed at the test's private redis-server (see :func:`pointed_at`), and served by the
-framework's real server in a child process (``tests/readme_server.py``). One request
-creates a session; then 800 requests carrying its cookie arrive at once, each on a new
-connection: 16 threads x 50 requests for the WSGI frameworks, 200 asyncio tasks x 4
-requests for ASGI and Tornado. Every counter must come out exact: every response reports
-a different count, and the stored session holds each increment and each item added.
+The examples leave ``redis`` out, so each runs on the embedded development server it
+starts, in a child process of its own with a fresh ``HASHSESSION_DEV_DIR`` (so that
+server is the child's own):
+
+- Each framework section's blocks are served by the framework's real server
+  (``tests/readme_server.py``), which reports its embedded server's URL. One request
+  creates a session; then 800 requests carrying its cookie arrive at once, each on a new
+  connection: 16 threads x 50 requests for the WSGI frameworks, 200 asyncio tasks x 4
+  requests for ASGI and Tornado. Every counter must come out exact: every response
+  reports a different count, and the stored session holds each increment and each item.
+- The store API sections run in ``tests/readme_block.py``, which checks what they did.
+- The Sentinel and Cluster block runs here on the test's own deployments, with only the
+  hosts and ports of its URLs replaced by theirs.
+
+A python block no test runs fails :func:`test_every_python_block_of_the_readme_is_run`;
+one that cannot run alone says why in an ``<!-- not run: reason -->`` comment just before
+its fence, and is listed in :data:`NOT_RUN`.
 """
 
 from __future__ import annotations
@@ -29,41 +39,74 @@ from typing import Any
 import pytest
 import redis
 
+from hashsession import SessionStore
+from readme_block import CHECKS, run_block
+from topologies import ClusterSetup, SentinelSetup, admin_client
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = Path(__file__).resolve().parent / "readme_server.py"
+BLOCK = Path(__file__).resolve().parent / "readme_block.py"
 
 THREADS, PER_THREAD = 16, 50
 TASKS, PER_TASK = 200, 4
 HITS = THREADS * PER_THREAD
 assert TASKS * PER_TASK == HITS
 
-#: The Redis URLs the examples may name: all of them the conventional local server.
-LOCAL_REDIS = re.compile(r"redis://localhost(?::6379)?(?:/0)?")
+#: Headings of README blocks marked ``<!-- not run: reason -->``; none today.
+NOT_RUN: tuple[str, ...] = ()
+
+TOPOLOGY_HEADING = "Sentinel and Cluster"
 
 
 # --------------------------------------------------------------------------- README
 
 
+@dataclass(frozen=True)
+class Block:
+    """One fenced ``python`` block of README.md."""
+
+    heading: str  # the ``##`` or ``###`` heading it sits under
+    line: int  # the line of its opening fence
+    code: str
+    not_run: str | None  # the reason an ``<!-- not run: ... -->`` just before it gives
+
+
+def readme_blocks() -> list[Block]:
+    """Every fenced ``python`` block of README.md, in order."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines(keepends=True)
+    blocks: list[Block] = []
+    heading, previous = "", ""  # the last heading; the last line with text before a fence
+    fence: int | None = None  # the line of the open fence, if any
+    reason: str | None = None  # the open block's not-run reason
+    body: list[str] = []
+    for number, line in enumerate(lines, 1):
+        text = line.rstrip()
+        if fence is not None:
+            if text == "```":
+                if lines[fence - 1].rstrip() == "```python":
+                    blocks.append(Block(heading, fence, "".join(body), reason))
+                fence, body = None, []
+            else:
+                body.append(line)
+            continue
+        if text.startswith("```"):
+            assert text in ("```python", "```sh", "```text"), f"README.md:{number}: {text}"
+            fence = number
+            marker = re.fullmatch(r"<!-- not run: (.+?) -->", previous)
+            reason = marker.group(1) if marker else None
+        elif found_heading := re.match(r"#{2,3} (.+)", text):
+            heading = found_heading.group(1).strip()
+        if text:
+            previous = text
+    assert fence is None, f"README.md:{fence}: fence never closed"
+    return blocks
+
+
 def python_blocks(heading: str) -> str:
-    """The fenced ``python`` blocks of the README section ``## <heading>``, joined."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    sections = re.split(r"^## ", text, flags=re.MULTILINE)
-    section = next(s for s in sections if s.splitlines()[0].strip() == heading)
-    blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL)
-    assert blocks, f"no python block under ## {heading}"
+    """The python blocks under the README heading ``heading`` that are run, joined."""
+    blocks = [b.code for b in readme_blocks() if b.heading == heading and b.not_run is None]
+    assert blocks, f"no python block under {heading}"
     return "\n".join(blocks)
-
-
-def pointed_at(code: str, url: str) -> str:
-    """``code`` with every Redis URL it names replaced by ``url``, the test's server.
-
-    A block that names no Redis is left as it is: the server process hands the test's
-    URL to hashsession's embedded-server default instead (``README_REDIS_URL``). Either
-    way nothing reaches port 6379.
-    """
-    out = LOCAL_REDIS.sub(url, code)
-    assert "6379" not in out and "localhost" not in out, out
-    return out
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -196,6 +239,7 @@ EXAMPLES = [
 @dataclass
 class Served:
     port: int
+    redis_url: str  # the embedded server the example's store uses
     log: Path
 
     def tail(self) -> str:
@@ -205,21 +249,33 @@ class Served:
 Serve = Callable[[str, str], Served]
 
 
+def dev_env(tmp_path: Path, name: str) -> dict[str, str]:
+    """The environment for a child running README code: a fresh ``HASHSESSION_DEV_DIR``.
+
+    The embedded default then belongs to that child alone, whether it is a private
+    server per process or one shared through that directory.
+    """
+    dev_dir = tmp_path / f"dev-{name}"
+    dev_dir.mkdir()
+    return {**os.environ, "HASHSESSION_DEV_DIR": str(dev_dir)}
+
+
 @pytest.fixture
-def serve(tmp_path: Path, redis_url: str) -> Iterator[Serve]:
+def serve(tmp_path: Path) -> Iterator[Serve]:
     """Start ``tests/readme_server.py`` for a framework and code. Stopped by pid."""
     procs: list[subprocess.Popen[str]] = []
 
     def start(framework: str, code: str) -> Served:
         code_file = tmp_path / f"{framework}.py"
         code_file.write_text(code, encoding="utf-8")
-        log = (tmp_path / f"{framework}.log").open("w")
+        log_path = tmp_path / f"{framework}.log"
+        log = log_path.open("w")
         proc = subprocess.Popen(
             [sys.executable, str(SERVER), framework, str(code_file)],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={**os.environ, "README_REDIS_URL": redis_url},
+            env=dev_env(tmp_path, framework),
             cwd=tmp_path,
         )
         procs.append(proc)
@@ -229,14 +285,13 @@ def serve(tmp_path: Path, redis_url: str) -> Iterator[Serve]:
             ready, _, _ = select.select([proc.stdout], [], [], 0.5)
             if ready:
                 line = proc.stdout.readline()
-                if line.startswith("PORT "):
-                    return Served(int(line.split()[1]), tmp_path / f"{framework}.log")
+                if line.startswith("PORT "):  # PORT <n> REDIS <url>
+                    _, port, _, redis_url = line.split()
+                    return Served(int(port), redis_url, log_path)
             if proc.poll() is not None:
                 break
         log.flush()
-        raise AssertionError(
-            f"{framework} server did not start:\n{(tmp_path / f'{framework}.log').read_text()}"
-        )
+        raise AssertionError(f"{framework} server did not start:\n{log_path.read_text()}")
 
     yield start
     for proc in procs:
@@ -249,14 +304,17 @@ def serve(tmp_path: Path, redis_url: str) -> Iterator[Serve]:
 
 
 def the_session(client: redis.Redis) -> dict[bytes, bytes]:
-    """The one session hash on the test's server (the burst must not have made others)."""
+    """The one session hash on the example's server (the burst must not have made others)."""
     hashes = [k for k in client.scan_iter() if client.type(k) == b"hash"]
     assert len(hashes) == 1, hashes
     return client.hgetall(hashes[0])  # type: ignore[return-value]
 
 
-def run_example(example: Example, code: str, serve: Serve, client: redis.Redis) -> None:
+def run_example(example: Example, code: str, serve: Serve) -> None:
     served = serve(example.framework, code)
+    # The embedded server: on loopback, never the conventional 6379.
+    assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0|unix://.+", served.redis_url), served
+    assert ":6379/" not in served.redis_url
     port = served.port
     status, headers, body = fetch(port, *example.setup, None)
     assert status in (200, 302, 303), body
@@ -273,7 +331,11 @@ def run_example(example: Example, code: str, serve: Serve, client: redis.Redis) 
         counts = sorted(example.count(b) for b in bodies)
         first = example.first_count
         assert counts == list(range(first, first + HITS))
-    stored = the_session(client)
+    client = redis.Redis.from_url(served.redis_url)
+    try:
+        stored = the_session(client)
+    finally:
+        client.close()
     for name, value in example.stored.items():
         assert json.loads(stored[name.encode()]) == value, name
     if example.cart is not None:
@@ -286,32 +348,96 @@ def run_example(example: Example, code: str, serve: Serve, client: redis.Redis) 
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.framework for e in EXAMPLES])
-def test_readme_example_loses_no_update(
-    example: Example,
-    serve: Serve,
-    redis_url: str,
-    redis_client: redis.Redis,
+def test_readme_example_loses_no_update(example: Example, serve: Serve) -> None:
+    code = python_blocks(example.heading)
+    assert "://" not in code, "framework examples leave redis out (the embedded server)"
+    run_example(example, code, serve)
+
+
+# --------------------------------------------------------------------------- store API
+
+
+@pytest.mark.parametrize("heading", sorted(CHECKS))
+def test_readme_store_example_runs_as_written(heading: str, tmp_path: Path) -> None:
+    code = python_blocks(heading)
+    assert "://" not in code, "store examples leave redis out (the embedded server)"
+    code_file = tmp_path / "example.py"
+    code_file.write_text(code, encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, str(BLOCK), heading, str(code_file)],
+        capture_output=True,
+        text=True,
+        env=dev_env(tmp_path, "block"),
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1:] == [f"CHECKED {heading}"], proc.stdout
+
+
+# --------------------------------------------------------------------------- topologies
+
+
+def hosts_replaced(code: str, hosts: dict[str, str]) -> str:
+    """``code`` with the host list of each ``<scheme>://`` URL replaced by ``hosts[scheme]``.
+
+    Nothing else changes: the service name, database and options stay as written.
+    """
+    seen = []
+
+    def swap(found: re.Match[str]) -> str:
+        seen.append(found.group(1))
+        return f"{found.group(1)}://{hosts[found.group(1)]}"
+
+    out = re.sub(r"([a-z+]+)://([^/?\"]+)", swap, code)
+    assert sorted(seen) == sorted(hosts), seen
+    return out
+
+
+def test_readme_sentinel_and_cluster_example_runs_on_real_topologies(
+    sentinel_setup: SentinelSetup, cluster_setup: ClusterSetup
 ) -> None:
-    code = pointed_at(python_blocks(example.heading), redis_url)
-    run_example(example, code, serve, redis_client)
+    code = python_blocks(TOPOLOGY_HEADING)
+    local = hosts_replaced(
+        code,
+        {
+            "redis+sentinel": ",".join(f"127.0.0.1:{s.port}" for s in sentinel_setup.sentinels),
+            "redis+cluster": ",".join(f"127.0.0.1:{s.port}" for s in cluster_setup.masters),
+        },
+    )
+    steps = run_block(local, {"__name__": "readme_example"})
+    stores = [v for step in steps for v in step.names.values() if isinstance(v, SessionStore)]
+    assert len(stores) == 2, steps
+    for store, deployment in zip(stores, ["sentinel", "cluster"], strict=True):
+        setup = sentinel_setup if deployment == "sentinel" else cluster_setup
+        admin = admin_client(deployment, setup)
+        session = store.open()
+        try:
+            assert session.incr("visits") == 1
+            assert admin.hget(session.core.key, "visits") == b"1", deployment
+        finally:
+            session.invalidate()
+            store.close()
+            admin.close()
 
 
-def test_an_example_that_names_no_redis_uses_the_test_server(
-    serve: Serve, redis_url: str, redis_client: redis.Redis
-) -> None:
-    # The WSGI example with its Redis URL taken out, as when examples rely on the
-    # embedded development default: the server process points that default here.
-    code = python_blocks("Plain WSGI")
-    without = re.sub(r'redis="[^"]*",\s*', "", code)
-    assert without != code and "redis://" not in without
-    assert pointed_at(without, redis_url) == without
-    run_example(EXAMPLES[0], without, serve, redis_client)
+# --------------------------------------------------------------------------- coverage
 
 
-def test_every_framework_section_is_covered() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    headings = {e.heading for e in EXAMPLES}
+def test_every_python_block_of_the_readme_is_run() -> None:
+    blocks = readme_blocks()
+    run = {e.heading for e in EXAMPLES} | set(CHECKS) | {TOPOLOGY_HEADING}
     for name in ("WSGI", "ASGI", "Tornado", "Flask", "Bottle", "Pyramid", "Django"):
-        assert any(name in h for h in headings), name
-    for heading in headings:
-        assert f"\n## {heading}\n" in text
+        assert any(name in h for h in run), name
+    unrun = [
+        f"README.md:{b.line} under {b.heading!r}"
+        for b in blocks
+        if b.not_run is None and b.heading not in run
+    ]
+    assert unrun == [], "add a test that runs these, or an <!-- not run: reason --> comment"
+    for heading in run:  # no test runs a heading the README no longer has
+        assert any(b.heading == heading and b.not_run is None for b in blocks), heading
+    skipped = [b for b in blocks if b.not_run is not None]
+    assert sorted(b.heading for b in skipped) == sorted(NOT_RUN), skipped
+    assert len(blocks) - len(skipped) >= 10

@@ -31,7 +31,7 @@ __all__ = [
 
 HOST = "127.0.0.1"
 TOPOLOGIES = ("standalone", "sentinel", "cluster")
-SERVICE = "hs-master"
+SERVICE = "sessions"  # the service name the README's Sentinel example names
 SLOTS = 16384
 # Long enough that a busy CI machine never makes a node look dead by accident;
 # failure detection is not what these tests exercise on a cluster.
