@@ -41,9 +41,9 @@ def _serve_wsgi(app: Any) -> None:
 
 def _ready(port: int) -> None:
     """Say where the example keeps its sessions, then where it listens."""
-    from hashsession.embedded import default_server
+    from hashsession.devserver import default_url
 
-    print(f"PORT {port} REDIS {default_server().url}", flush=True)  # one line: read at once
+    print(f"PORT {port} REDIS {default_url()}", flush=True)  # one line: read at once
 
 
 def _run(code: str, name: str = "readme_example") -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from hashsession import SessionStore
-from hashsession.devserver import default_url
+from hashsession.devserver import default_url, state_dir
 from hashsession.errors import ConfigurationError
 
 GRACE = 0.5
@@ -156,7 +156,7 @@ def test_processes_of_a_project_share_one_server(env: Env) -> None:
 
 def test_a_reload_keeps_the_data(env: Env) -> None:
     # A reloader stops one child and starts the next within the grace.
-    old, report_old = env.user()
+    old, report_old = env.user(HASHSESSION_DEV_GRACE="5")  # a slow start on a busy machine
     assert ask(old, "set cart 3") == "ok"
     leave(old)
     new, report_new = env.user()
@@ -326,15 +326,27 @@ def test_hashsession_server_refuses_a_second_one(env: Env) -> None:
 # -- settings --------------------------------------------------------------------------
 
 
-def test_a_state_directory_others_can_read_is_refused(
+def test_a_state_directory_others_can_read_is_made_private(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = tmp_path / "state"
-    state.mkdir(mode=0o755)
+    state.mkdir()
     state.chmod(0o755)
     monkeypatch.setenv("HASHSESSION_DEV_DIR", str(state))
+    assert state_dir() == state
+    assert state.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a folder to another user needs root")
+def test_a_state_directory_of_another_user_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 65534, 65534)
+    monkeypatch.setenv("HASHSESSION_DEV_DIR", str(state))
     monkeypatch.setenv("HASHSESSION_DEV_SERVER", "shared")
-    with pytest.raises(ConfigurationError, match=r"HASHSESSION_DEV_DIR: .*chmod 700"):
+    with pytest.raises(ConfigurationError, match=r"HASHSESSION_DEV_DIR: .* must belong"):
         SessionStore()
 
 

@@ -313,7 +313,8 @@ def the_session(client: redis.Redis) -> dict[bytes, bytes]:
 def run_example(example: Example, code: str, serve: Serve) -> None:
     served = serve(example.framework, code)
     # The embedded server: on loopback, never the conventional 6379.
-    assert re.fullmatch(r"redis://127\.0\.0\.1:\d+/0|unix://.+", served.redis_url), served
+    embedded = r"redis://(:[\w-]+@)?127\.0\.0\.1:\d+/0|unix://.+"
+    assert re.fullmatch(embedded, served.redis_url), served
     assert ":6379/" not in served.redis_url
     port = served.port
     status, headers, body = fetch(port, *example.setup, None)

@@ -97,10 +97,10 @@ def state_dir() -> Path:
         base = Path(tempfile.gettempdir()) / f"hashsession-{os.getuid()}"
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = base.stat()
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise ConfigurationError(
-            DIR_ENV, f"{base} must belong to this user and be private to it (chmod 700)"
-        )
+    if info.st_uid != os.getuid():
+        raise ConfigurationError(DIR_ENV, f"{base} must belong to this user")
+    if info.st_mode & 0o077:  # ours but open to others (a umask): close it
+        base.chmod(0o700)
     return base
 
 
