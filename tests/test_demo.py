@@ -17,9 +17,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import urlencode
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.util import setup_testing_defaults
 
 import pytest
@@ -342,7 +343,10 @@ def demo_url(store: SessionStore) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = make_server("127.0.0.1", 0, make_app(store), handler_class=Quiet)
+    class Threading(ThreadingMixIn, WSGIServer):  # a browser's idle preconnect blocks no one
+        daemon_threads = True
+
+    server = make_server("127.0.0.1", 0, make_app(store), Threading, Quiet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"

@@ -87,7 +87,8 @@ h1{margin:.2rem 0 .3rem}
 padding-left:.7rem;margin:0 0 1.2rem}
 .card{background:#fff;border:1px solid var(--line);border-radius:8px;padding:1rem;margin:0 0 1rem}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(15rem,1fr));gap:1rem}
-.cards .card{margin:0}.cards h2{font-size:1.05rem;margin:0 0 .3rem}
+.cards .card{margin:0}.cards h2{font-size:1.05rem;margin:0 0 .3rem;color:var(--accent)}
+a.card{display:block;color:inherit;text-decoration:none}a.card:hover{border-color:var(--ink)}
 .flash{background:#e8f5ee;border:1px solid #b9e0c9;color:var(--ok);border-radius:6px;
 padding:.5rem .8rem;margin:0 0 .6rem}
 .notice{background:#fdf0e6;border-color:#f3cda9;color:#8a4b12}
@@ -101,7 +102,8 @@ form.inline{display:inline}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid var(--line);
 vertical-align:top}
-td code,.mono{font-family:ui-monospace,monospace;font-size:.9rem;word-break:break-all}
+td code{font-family:ui-monospace,monospace;font-size:.9rem;word-break:break-all}
+td:first-child code{white-space:nowrap;word-break:normal}
 tr.reserved td{color:var(--muted)}
 .big{font-size:2.4rem;font-weight:700}
 .score{display:grid;grid-template-columns:1fr 1fr;gap:1rem}
