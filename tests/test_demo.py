@@ -438,7 +438,7 @@ def _sign_in(browser: Any, base: str, user: str) -> None:
 
 def test_two_browsers_as_one_user_and_every_page(browsers: list[Any], demo_url: str) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     alice, other = browsers
     alice.get(f"{demo_url}/")
@@ -487,6 +487,9 @@ def test_two_browsers_as_one_user_and_every_page(browsers: list[Any], demo_url: 
     alice.get(f"{demo_url}/live")
     assert r"\x00u" in alice.page_source and int(_text(alice, "pttl")) > 0
     _shot(alice, "live")
+    shown = _text(alice, "pttl")
+    WebDriverWait(alice, 15).until(lambda b: _text(b, "pttl") != shown)  # the fetch() poll
+    assert 0 < int(_text(alice, "pttl")) < int(shown)  # watching does not slide it
 
     alice.get(f"{demo_url}/race")
     _click(alice, "race")

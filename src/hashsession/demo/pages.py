@@ -14,7 +14,23 @@ from typing import Any
 from hashsession.demo.hashview import RawHash
 from hashsession.users import SessionInfo
 
-__all__ = ["CATALOG", "CSS", "PAGES", "Frame", "render", "short_id"]
+__all__ = [
+    "CATALOG",
+    "CSS",
+    "PAGES",
+    "Frame",
+    "cart_page",
+    "counter_page",
+    "flash_page",
+    "forbidden_page",
+    "home",
+    "live_page",
+    "login_page",
+    "race_page",
+    "render",
+    "sessions_page",
+    "short_id",
+]
 
 #: (path, nav label, the one sentence saying what the page proves), in nav order.
 PAGES: list[tuple[str, str, str]] = [
