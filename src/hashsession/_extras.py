@@ -7,6 +7,7 @@ from typing import NoReturn
 #: Top-level modules each extra brings; only their absence is translated.
 _PROVIDES: dict[str, tuple[str, ...]] = {
     "bottle": ("bottle",),
+    "cli": ("rich",),
     "crypto": ("cryptography",),
     "django": ("django", "asgiref"),
     "flask": ("flask", "werkzeug", "itsdangerous", "markupsafe"),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -46,6 +46,7 @@ __all__ = [
     "arun",
     "handle_of",
     "revoke",
+    "revoke_key",
     "revoke_user",
     "run",
     "sessions_of",
@@ -208,6 +209,16 @@ def revoke(config: SessionConfig, id_or_handle: str, user_id: UserId | None = No
     if key is None:
         return False
     owners = () if user is None else config.owner_values(user)
+    return (yield from revoke_key(config, key, owners))
+
+
+def revoke_key(config: SessionConfig, key: str, owners: Sequence[bytes] = ()) -> Flow[bool]:
+    """Delete the session stored at ``key``, then its owner's index entry; whether it lived.
+
+    For tools that hold a key (a listing of Redis keys) rather than an id. With
+    ``owners`` (owner field values, see :meth:`SessionConfig.owner_values`), only a
+    session one of them owns is deleted. Two round trips when the session had an owner.
+    """
     (reply,) = yield from _critical(config, [("EVALSHA", REVOKE.sha, 1, key, *owners)])
     if not reply:  # gone (None), or someone else's (0)
         return False

@@ -1,0 +1,5 @@
+"""``python -m hashsession.cli``: the ``hashsession`` command."""
+
+from hashsession.cli import main
+
+raise SystemExit(main())
