@@ -98,8 +98,7 @@ def ls(args: argparse.Namespace) -> int:
                 if args.limit is not None and len(rows) >= args.limit:
                     break
         rows = rows[: args.limit]
-    text = "\n".join([ops.ROW_HEADER, *(row.as_text() for row in rows)])
-    emit(args, [row.as_json() for row in rows], text)
+    emit(args, [row.as_json() for row in rows], ops.table(rows))
     return 0
 
 
@@ -113,8 +112,10 @@ def show(args: argparse.Namespace) -> int:
     data = ops.read_session(store.client, store.config, key)
     if data is None:
         raise NotFoundError("no live session there (expired, revoked or never stored)")
-    lines = [f"{name:10} {data[name]}" for name in ("key", "tag", "ttl", "created", "last_seen")]
-    lines.append(f"{'user':10} {data['user_id'] or data['user']}")
+    ttl = "none" if data["ttl"] is None else f"{data['ttl']:.0f} s"
+    lines = [f"{'key':10} {data['key']}", f"{'tag':10} {data['tag']}", f"{'ttl':10} {ttl}"]
+    lines += [f"{name:10} {data[name] or '-'}" for name in ("created", "last_seen")]
+    lines.append(f"{'user':10} {data['user_id'] or data['user'] or '-'}")
     for title in ("fields", "undecoded", "meta"):
         if data[title]:
             lines.append(f"{title}:")

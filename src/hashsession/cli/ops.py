@@ -33,6 +33,7 @@ __all__ = [
     "read_session",
     "resolve",
     "scan",
+    "table",
     "user_sessions",
 ]
 
@@ -147,14 +148,18 @@ class Row:
             "size": self.size,
         }
 
-    def as_text(self) -> str:
+    def as_text(self, width: int) -> str:
         ttl = "-" if self.ttl is None else f"{self.ttl:.0f}s"
         user = self.user_id or self.user or "-"
         created = _iso(self.created) or "-"
-        return f"{self.key}  {ttl:>9}  {self.size or 0:>7}  {created:20}  {user}"
+        return f"{self.key:{width}}  {ttl:>9}  {self.size or 0:>7}  {created:20}  {user}"
 
 
-ROW_HEADER = f"{'KEY':{28 + 4}}  {'TTL':>9}  {'BYTES':>7}  {'CREATED':20}  USER"
+def table(rows: list[Row]) -> str:
+    """``rows`` as aligned text under a header line."""
+    width = max([len("KEY"), *(len(row.key) for row in rows)])
+    header = f"{'KEY':{width}}  {'TTL':>9}  {'BYTES':>7}  {'CREATED':20}  USER"
+    return "\n".join([header, *(row.as_text(width) for row in rows)])
 
 
 def describe_keys(client: Any, layout: Layout, keys: list[str]) -> list[Row]:
