@@ -8,6 +8,7 @@ here imports rich: the commands that need it import it when they run.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hashsession`` command; returns the exit code."""
     from hashsession import __version__
     from hashsession.cli.commands import COMMANDS
-    from hashsession.cli.frame import EXIT_INTERRUPTED, build_parser, describe
+    from hashsession.cli.frame import EXIT_ERROR, EXIT_INTERRUPTED, build_parser, describe
 
     debug = False
     try:
@@ -27,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.command_spec.start(args)  # type: ignore[no-any-return]
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else 0
+    except BrokenPipeError:  # stdout's reader left (``| head``): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except KeyboardInterrupt:
         if debug:
             raise
