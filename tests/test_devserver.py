@@ -267,9 +267,9 @@ def test_the_server_never_outlives_its_owner(env: Env, mode: str, kill: str) -> 
     assert _eventually(lambda: env.state_files() == []), env.state_files()
 
 
-# -- hashsession server ----------------------------------------------------------------
+# -- hashsession server (through the CLI's main) ---------------------------------------
 
-FOREGROUND = "from hashsession.devserver import serve; raise SystemExit(serve())"
+FOREGROUND = "from hashsession.cli import main; raise SystemExit(main(['server']))"
 
 
 def _foreground(env: Env) -> tuple[subprocess.Popen[str], list[str]]:
@@ -299,6 +299,17 @@ def test_hashsession_server_serves_the_project_until_stopped(env: Env, signum: i
     user, report = env.user()
     assert report["server_pid"] == state["server_pid"]
     leave(user)
+    # The operations CLI finds it too, given no --redis.
+    ping = subprocess.run(
+        [sys.executable, "-m", "hashsession", "ping", "--json"],
+        cwd=env.project,
+        env={k: v for k, v in env.vars.items() if k != "HASHSESSION_REDIS"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ping.returncode == 0, ping.stderr
+    assert json.loads(ping.stdout)["server"]
     time.sleep(GRACE * 3)  # users coming and going do not stop a foreground server
     assert _running(int(str(state["server_pid"])))
     os.killpg(server.pid, signum)
@@ -317,8 +328,9 @@ def test_hashsession_server_refuses_a_second_one(env: Env) -> None:
         text=True,
         timeout=60,
     )
-    assert second.returncode != 0
-    assert "already runs at 127.0.0.1:" in second.stderr
+    assert second.returncode == 1
+    (line,) = second.stderr.splitlines()  # one line, no traceback
+    assert line.startswith("hashsession: error: this project's development server already runs at")
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(30)
 

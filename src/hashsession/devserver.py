@@ -16,6 +16,7 @@ The state lives in a directory only this user can read (``HASHSESSION_DEV_DIR``,
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -36,9 +37,18 @@ from typing import Any
 import redis
 
 from hashsession.embedded import EmbeddedRedis, default_server, free_port, server_identity
-from hashsession.errors import ConfigurationError
+from hashsession.errors import ConfigurationError, HashSessionError
 
-__all__ = ["DIR_ENV", "GRACE_ENV", "MODE_ENV", "ServerState", "default_url", "serve"]
+__all__ = [
+    "DIR_ENV",
+    "GRACE_ENV",
+    "MODE_ENV",
+    "ServerRunningError",
+    "ServerState",
+    "default_url",
+    "running_url",
+    "serve",
+]
 
 logger = logging.getLogger("hashsession")
 
@@ -57,6 +67,10 @@ _POLL = 0.1
 _START_TIMEOUT = 20.0
 _PORT_LOW, _PORT_SPAN = 20000, 20000
 _MAX_SOCKET_PATH = 100  # sun_path holds 104-108 bytes
+
+
+class ServerRunningError(HashSessionError):
+    """``hashsession server`` found the project's server running already (it says where)."""
 
 
 @dataclass(frozen=True)
@@ -293,6 +307,16 @@ def default_url() -> str:
         return state.url
 
 
+def running_url() -> str | None:
+    """The URL of the project's development server if one runs now (none is started)."""
+    if os.name != "posix":
+        return None
+    project = _Project.current()
+    with project.locked():
+        state = project.read()
+    return state.url if state is not None else None
+
+
 def _start_keeper(project: _Project) -> ServerState:
     """Start the detached keeper and wait until its server answers (lock held)."""
     with open(project.log, "wb") as log:
@@ -349,19 +373,21 @@ def keep(directory: str) -> int:
 # -- hashsession server ----------------------------------------------------------------
 
 
-def serve(*, announce: Any = print) -> int:
+def serve(*, announce: Any = None) -> int:
     """``hashsession server``: run the project's server in the foreground until a signal.
 
-    Returns the exit status: 0 once stopped, 1 if the project has a server already.
+    Returns 0 once stopped; raises :class:`ServerRunningError` if the project has one.
+    ``announce`` prints each line of the greeting (default: to stdout, flushed).
     """
+    if announce is None:
+        announce = functools.partial(print, flush=True)
     project = _Project.current()
     with project.locked():
         running = project.read()
         if running is not None:
-            raise ConfigurationError(
-                "server",
+            raise ServerRunningError(
                 f"this project's development server already runs at 127.0.0.1:{running.port} "
-                f"(pid {running.pid})",
+                f"(pid {running.pid})"
             )
         server = project.start_server()
         state = _state_of(server, os.getpid(), "foreground", project)

@@ -35,6 +35,12 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def server(args: argparse.Namespace) -> int:
+    from hashsession.devserver import serve
+
+    return serve()
+
+
 # -- read ---------------------------------------------------------------------------------
 
 
@@ -220,6 +226,12 @@ COMMANDS: tuple[Command, ...] = (
         "serve the demo app (embedded Redis by default)",
         demo,
         _demo_arguments,
+        connects=False,
+    ),
+    Command(
+        "server",
+        "run this project's development server in the foreground (port and socket printed)",
+        server,
         connects=False,
     ),
     Command("stats", "count sessions, their memory, TTLs and owners", stats, needs_rich=True),

@@ -172,7 +172,14 @@ class Settings:
 
         url = pick(args.redis, "HASHSESSION_REDIS")
         if url is None:
-            raise UsageError("no Redis to talk to: give --redis URL or set HASHSESSION_REDIS")
+            from hashsession.devserver import running_url
+
+            url = running_url()  # the project's development server, if one runs
+        if not url:
+            raise UsageError(
+                "no Redis to talk to: give --redis URL or set HASHSESSION_REDIS"
+                " (or run it in a project whose development server runs)"
+            )
         keys_text = ",".join(args.secret_key) if args.secret_key else None
         keys_text = pick(keys_text, "HASHSESSION_SECRET_KEYS")
         keys = [k for k in (keys_text or "").split(",") if k] or None
