@@ -7,13 +7,13 @@ shorter Sentinel failover-timeout and cluster-node-timeout set at run time.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 from redis.cluster import ClusterNode, RedisCluster
-from redis.crc import key_slot
 
 from fault_kit import (
     HOST,
@@ -30,6 +30,7 @@ from fault_kit import (
     kill9,
     loaded,
     log,
+    longest,
     make_store,
     role,
     security_rows,
@@ -37,11 +38,14 @@ from fault_kit import (
     window_rows,
 )
 from fault_load import Load, Op, Tally, seed, tally
-from hashsession import ConfigurationError, SessionStore
+from hashsession import BackendError, ConfigurationError, SessionStore
 from hashsession.embedded import EmbeddedRedis
 from topologies import (
     ClusterSetup,
     SentinelSetup,
+    id_tag_in,
+    migrate_slot,
+    owned_slots,
     start_cluster,
     start_sentinel,
     wait_for,
@@ -52,6 +56,8 @@ VICTIMS = 3000  # sessions made before a Sentinel run for those requests
 SENTINEL_FAILOVER_TIMEOUT_MS = 4000
 CLUSTER_NODE_TIMEOUT_MS = 1000
 MIGRATED_SESSIONS = 32
+MOVERS = 4  # threads calling regenerate() and login() in the migrating slot
+USER_KEY = "fault-benchmark-user-key"  # login() needs one; not a secret here
 
 
 # ------------------------------------------------------------- 2. Sentinel
@@ -429,25 +435,77 @@ def cluster_failover_run(setup: ClusterSetup, how: str) -> Run:
     return run
 
 
-def tag_in(config: Any, owner_slots: range) -> tuple[str, int]:
-    """A 4-character id tag whose keys hash to a slot in ``owner_slots``; the tag and slot."""
-    while True:
-        tag = secrets.token_urlsafe(3)
-        slot = key_slot(config.key_of(tag + "x" * 43).encode())
-        if slot in owner_slots:
-            return tag, slot
+class SlotMoves:
+    """Threads changing the ids of sessions in the migrating slot, one session each:
+    ``regenerate()`` and ``login()`` by turns, as sign-ins do. Both are two-key
+    scripts (old and new key, one slot), the kind a migration answers with ASK and
+    TRYAGAIN. Each thread's session takes the new id after each acknowledged call."""
 
+    def __init__(self, store: SessionStore, ids: Sequence[str]) -> None:
+        self.store = store
+        self.chains = [[sid] for sid in ids]  # each thread's ids, oldest first
+        self.ops: list[Op] = []
+        self.examples: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._work, args=(i,), daemon=True, name=f"moves-{i}")
+            for i in range(len(ids))
+        ]
 
-def owned_slots(server: EmbeddedRedis) -> range:
-    client = server.client()
-    try:
-        myid = call(client, "CLUSTER MYID").decode()
-        for first, last, *nodes in call(client, "CLUSTER SLOTS"):
-            if nodes[0][2].decode() == myid:
-                return range(int(first), int(last) + 1)
-    finally:
-        client.close()
-    raise RuntimeError(f"{server!r} owns no slots")
+    def __enter__(self) -> SlotMoves:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    @staticmethod
+    def user(index: int) -> str:
+        return f"mover-{index}"
+
+    def _work(self, index: int) -> None:
+        store, chain = self.store, self.chains[index]
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            kind = "login" if n % 2 else "regenerate"
+            before = chain[-1]
+            session = store.open_id(store.config.cookie_value(before))
+            start = time.monotonic()
+            try:
+                if kind == "login":
+                    session.login(self.user(index))
+                else:
+                    session.regenerate()
+            except Exception as exc:
+                op = Op(kind, start, time.monotonic(), before, None, error=type(exc).__name__)
+                op.backend = isinstance(exc, BackendError)
+                with self._lock:
+                    self.ops.append(op)
+                    self.examples.setdefault(op.label, str(exc))
+                time.sleep(0.01)
+                continue
+            with self._lock:
+                self.ops.append(Op(kind, start, time.monotonic(), before, session.id))
+            if session.id is not None:
+                chain.append(session.id)
+
+    def wrong(self, reader: RedisCluster) -> int:
+        """Sessions whose state is wrong: an old id still works, the last id is missing,
+        or the user's index does not list it."""
+        config, bad = self.store.config, 0
+        for index, chain in enumerate(self.chains):
+            last = chain[-1]
+            exists = [bool(reader.exists(config.key_of(sid))) for sid in chain]
+            bad += sum(exists[:-1]) + (not exists[-1])
+            if len(chain) > 1:
+                listed = self.store.sessions_of(self.user(index), current=last)
+                bad += not any(info.current for info in listed)
+        return bad
 
 
 def migration_run(setup: ClusterSetup) -> Run:
@@ -456,48 +514,60 @@ def migration_run(setup: ClusterSetup) -> Run:
     masters = live_masters(setup)
     source, target = masters[1], masters[2]
     adopt = make_store(setup.url, adopt_unknown_ids=True)
-    tag, slot = tag_in(adopt.config, owned_slots(source))
-    wanted = [tag + secrets.token_urlsafe(32) for _ in range(MIGRATED_SESSIONS)]
-    ids = seed(adopt, MIGRATED_SESSIONS, wanted)
+    tag, slot = id_tag_in(adopt.config, owned_slots(source))
+    wanted = [tag + secrets.token_urlsafe(32) for _ in range(MIGRATED_SESSIONS + MOVERS)]
+    ids = seed(adopt, MIGRATED_SESSIONS + MOVERS, wanted)
     adopt.close()
-    src, dst = source.client(), target.client()
-    src_id = call(src, "CLUSTER MYID").decode()
-    dst_id = call(dst, "CLUSTER MYID").decode()
-    store = make_store(setup.url)
-    moved = batches = 0
-    with loaded(Load(store, ids)) as load:
+    ids, movers = ids[:MIGRATED_SESSIONS], ids[MIGRATED_SESSIONS:]
+    store = make_store(setup.url, user_key=USER_KEY)
+    with loaded(Load(store, ids)) as load, SlotMoves(store, movers) as moves:
         time.sleep(WARM)
         t0 = time.monotonic()
-        call(dst, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
-        call(src, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
-        while keys := call(src, "CLUSTER GETKEYSINSLOT", slot, 2):
-            call(src, "MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys)
-            moved += len(keys)
-            batches += 1
-            time.sleep(0.1)
-        for client in (dst, src):
-            call(client, "CLUSTER SETSLOT", slot, "NODE", dst_id)
-        for other in masters:
-            if other not in (source, target):
-                client = other.client()
-                call(client, "CLUSTER SETSLOT", slot, "NODE", dst_id)
-                client.close()
+        moved, batches = migrate_slot(slot, source, target, masters)
         t1 = time.monotonic()
         load.wait_steady(t1, SETTLE)
         ops = load.stop()
         run.unexpected, run.examples = load.unexpected, load.examples
-    store.close()
-    src.close()
-    dst.close()
+    run.examples.update(moves.examples)
     t = check_cluster(setup, ops, store, ids)
+    reader = cluster_reader(setup)
+    try:
+        wrong = moves.wrong(reader)
+    finally:
+        reader.close()
+    store.close()
     during = [op for op in ops if t0 <= op.start and op.end <= t1]
+    moving = [op for op in moves.ops if op.start <= t1 and op.end >= t0]
     run.tally = t
-    run.facts = {"during_ok": sum(op.ok for op in during), "during": len(during)}
+    run.facts = {
+        "during_ok": sum(op.ok for op in during),
+        "during": len(during),
+        "moves_failed": sum(not op.ok for op in moves.ops),
+        "moves": len(moves.ops),
+        "moving_ok": sum(op.ok for op in moving),
+        "moving": len(moving),
+        "moves_wrong": wrong,
+    }
+    failed_moves = "; ".join(
+        f"{label}: {n}"
+        for label, n in Counter(op.label for op in moves.ops if not op.ok).most_common()
+    )
     run.rows = {
         "keys moved (MIGRATE batches)": f"{moved} ({batches}) in {t1 - t0:.2f} s",
         "operations during the migration: acknowledged / failed": (
             f"{sum(op.ok for op in during)} / {sum(not op.ok for op in during)}"
         ),
+        "regenerate() / login() in the moving slot: acknowledged / failed": (
+            f"{sum(op.ok for op in moves.ops)} / {sum(not op.ok for op in moves.ops)}"
+            + (f" ({failed_moves})" if failed_moves else "")
+        ),
+        "  of which overlapping the migration": (
+            f"{sum(op.ok for op in moving)} / {sum(not op.ok for op in moving)}"
+        ),
+        "  sessions left in a wrong state (old id works, new id missing or unindexed)": (
+            str(wrong)
+        ),
+        "  longest regenerate() / login()": longest(moves.ops),
         **window_rows(ops, t0, run.facts),
         **common_rows(t, ops),
     }
@@ -535,7 +605,11 @@ def scenario_cluster() -> Scenario:
             "applied twice."
             + (
                 f" {r.facts['during_ok']:.0f} operations were acknowledged while the slot was "
-                "moving (ASK redirects followed by redis-py)."
+                "moving (ASK redirects followed by redis-py); of "
+                f"{r.facts['moves']:.0f} `regenerate()`/`login()` calls in that slot "
+                f"({r.facts['moving']:.0f} of them overlapping the migration), "
+                f"{r.facts['moves_failed']:.0f} failed, and {r.facts['moves_wrong']:.0f} "
+                "sessions were left in a wrong state."
                 if "during_ok" in r.facts
                 else ""
             )
@@ -553,7 +627,9 @@ def scenario_cluster() -> Scenario:
         f"{CLUSTER_NODE_TIMEOUT_MS} ms; the store connects by `redis+cluster://` URL; load as "
         f"in 1 over {POOL} sessions spread over all slots (for the migration: "
         f"{MIGRATED_SESSIONS} sessions whose ids carry a tag hashing to the migrated slot, "
-        "moved two keys per `MIGRATE ... KEYS` every 100 ms, then `CLUSTER SETSLOT ... NODE`).",
+        "moved two keys per `MIGRATE ... KEYS` every 100 ms, then `CLUSTER SETSLOT ... NODE`, "
+        f"by `tests/topologies.py` `migrate_slot`; meanwhile {MOVERS} more threads each call "
+        "`regenerate()` and `login()` by turns on a session of their own in that slot).",
         runs,
         notes,
     )

@@ -2,20 +2,23 @@
 
 :func:`start_sentinel` starts one master, one replica and three sentinels;
 :func:`start_cluster` starts three masters with one replica each and joins them
-with ``CLUSTER ADDSLOTS``/``MEET``/``REPLICATE``. Every process listens on a free
-loopback port and is stopped by pid (:meth:`EmbeddedRedis.stop`) in ``stop()``.
+with ``CLUSTER ADDSLOTS``/``MEET``/``REPLICATE``; :func:`migrate_slot` moves one
+slot live from a master to another, as a reshard does. Every process listens on a
+free loopback port and is stopped by pid (:meth:`EmbeddedRedis.stop`) in ``stop()``.
 The fixtures in ``conftest.py`` start each deployment once per pytest process.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 
 from hashsession.embedded import EmbeddedRedis
 
@@ -24,6 +27,10 @@ __all__ = [
     "ClusterSetup",
     "SentinelSetup",
     "admin_client",
+    "id_tag_in",
+    "migrate_slot",
+    "node_id",
+    "owned_slots",
     "start_cluster",
     "start_sentinel",
     "wait_for",
@@ -306,6 +313,80 @@ def start_cluster(masters: int = 3, replicas_per_master: int = 1) -> ClusterSetu
         raise
     setup.started_in = time.monotonic() - begun
     return setup
+
+
+def node_id(server: EmbeddedRedis) -> str:
+    """The cluster node id of ``server`` (``CLUSTER MYID``)."""
+    client = server.client()
+    try:
+        return str(client.execute_command("CLUSTER MYID").decode())
+    finally:
+        client.close()
+
+
+def owned_slots(server: EmbeddedRedis) -> range:
+    """The (first) range of slots the master ``server`` serves."""
+    myid = node_id(server)
+    client = server.client()
+    try:
+        for first, last, *nodes in client.execute_command("CLUSTER SLOTS"):
+            if nodes[0][2].decode() == myid:
+                return range(int(first), int(last) + 1)
+    finally:
+        client.close()
+    raise RuntimeError(f"{server!r} owns no slots")
+
+
+def id_tag_in(config: Any, slots: range) -> tuple[str, int]:
+    """A 4-character session id tag whose keys (under ``config``, a store's
+    ``SessionConfig``) hash to a slot in ``slots``; the tag and that slot."""
+    while True:
+        tag = secrets.token_urlsafe(3)
+        slot = key_slot(config.key_of(tag + "x" * 43).encode())
+        if slot in slots:
+            return tag, slot
+
+
+def migrate_slot(
+    slot: int,
+    source: EmbeddedRedis,
+    target: EmbeddedRedis,
+    others: Iterable[EmbeddedRedis] = (),
+    *,
+    batch: int = 2,
+    pause: float = 0.1,
+) -> tuple[int, int]:
+    """Move ``slot`` from the master ``source`` to the master ``target`` while it is in use.
+
+    As a reshard does: ``CLUSTER SETSLOT ... IMPORTING`` on the target, ``MIGRATING``
+    on the source, ``MIGRATE ... KEYS`` of ``batch`` keys at a time with ``pause``
+    seconds between batches, then ``SETSLOT ... NODE`` on the target, the source and
+    ``others`` (the other masters). The keys moved and the batches.
+    """
+    src, dst = source.client(), target.client()
+    moved = batches = 0
+    try:
+        src_id, dst_id = node_id(source), node_id(target)
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+            src.execute_command("MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            batches += 1
+            time.sleep(pause)
+        for client in (dst, src):
+            client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        for other in others:
+            if other not in (source, target):
+                client = other.client()
+                try:
+                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    client.close()
+    finally:
+        src.close()
+        dst.close()
+    return moved, batches
 
 
 # -- clients that see the whole deployment ------------------------------------

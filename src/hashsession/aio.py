@@ -114,7 +114,7 @@ class AsyncSession(SessionView):
     async def _send(self, cmd: Command | list[Command], key: str | None) -> Any:
         if isinstance(cmd, list):  # a write and its WAIT, or deletes and their unindexing
             try:
-                return await apipeline(self._client, cmd, self._core.config.connection_wait)
+                return await apipeline(self._client, cmd, *self._core.config.patience)
             except BACKEND_ERRORS as exc:
                 raise self._core.error(exc, key) from exc
         try:
@@ -125,7 +125,7 @@ class AsyncSession(SessionView):
     async def _resend(self, cmd: Command, key: str | None, exc: Exception) -> Any:
         """As :meth:`Session._resend <hashsession.Session._resend>`."""
         try:
-            return await aresend(self._client, cmd, exc, self._core.config.connection_wait)
+            return await aresend(self._client, cmd, exc, *self._core.config.patience)
         except BACKEND_ERRORS as error:
             raise self._core.error(error, key) from error
 
@@ -531,7 +531,7 @@ class AsyncSessionStore(StoreBase):
         ``current`` (a session or an id) is flagged ``current=True`` in the list.
         """
         return await arun(
-            self.client, sessions_of(self.config, user_id, current), self.config.connection_wait
+            self.client, sessions_of(self.config, user_id, current), *self.config.patience
         )
 
     async def revoke(self, id_or_handle: str, *, user_id: UserId | None = None) -> bool:
@@ -540,7 +540,7 @@ class AsyncSessionStore(StoreBase):
         With ``user_id``, only a session of that user is deleted.
         """
         return await arun(
-            self.client, revoke(self.config, id_or_handle, user_id), self.config.connection_wait
+            self.client, revoke(self.config, id_or_handle, user_id), *self.config.patience
         )
 
     async def revoke_user(self, user_id: UserId, keep: AsyncSession | str | None = None) -> int:
@@ -549,7 +549,7 @@ class AsyncSessionStore(StoreBase):
         "Log out everywhere else"; returns how many live sessions were deleted.
         """
         return await arun(
-            self.client, revoke_user(self.config, user_id, keep), self.config.connection_wait
+            self.client, revoke_user(self.config, user_id, keep), *self.config.patience
         )
 
     async def aclose(self) -> None:

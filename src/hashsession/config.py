@@ -19,6 +19,7 @@ from hashsession.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_ABSOLUTE_TTL",
+    "DEFAULT_MIGRATION_RETRY",
     "MAX_SECONDS",
     "MIN_USER_KEY_BYTES",
     "KeyLayout",
@@ -40,6 +41,10 @@ class _Unset(Enum):
 _UNSET: Final = _Unset.UNSET
 _RAW_ID = re.compile(r"[!#-+\--:<-\[\]-~]{1,256}")  # printable ASCII cookie octets
 
+
+#: Seconds a command a migrating Redis Cluster slot refuses is sent again for, by default
+#: (the ``migration_retry_timeout`` setting).
+DEFAULT_MIGRATION_RETRY = 5.0
 
 #: The longest timeout or lifetime accepted (1000 years): its milliseconds, added to now,
 #: stay exact in the scripts' Lua numbers and within what Redis' PEXPIRE takes.
@@ -113,6 +118,8 @@ class SessionConfig:
     wait_timeout_ms: int = 1000
     #: Seconds a command waits for a free connection when the client's pool is full.
     connection_wait: float = 10.0
+    #: Seconds a command a migrating Cluster slot refuses (ASK, TRYAGAIN) is sent again.
+    migration_retry: float = DEFAULT_MIGRATION_RETRY
     #: Set by the store on a Redis Cluster: a regenerated raw id keeps its key's slot.
     same_slot_ids: bool = False
     #: ``codec`` again when it binds values to their field and session (sealing), else None.
@@ -145,6 +152,7 @@ class SessionConfig:
         wait_for_replicas: int = 0,
         wait_timeout: float | timedelta = 1.0,
         connection_wait_timeout: float | timedelta = 10.0,
+        migration_retry_timeout: float | timedelta = DEFAULT_MIGRATION_RETRY,
         user_key: str | bytes | None = None,
         legacy_user_index: bool = True,
     ) -> SessionConfig:
@@ -198,6 +206,16 @@ class SessionConfig:
             )
         if not 0 <= connection_wait_timeout <= 3600:
             raise ConfigurationError("connection_wait_timeout", "must be from 0 to 3600 seconds")
+        if isinstance(migration_retry_timeout, timedelta):
+            migration_retry_timeout = migration_retry_timeout.total_seconds()
+        if isinstance(migration_retry_timeout, bool) or not isinstance(
+            migration_retry_timeout, (int, float)
+        ):
+            raise ConfigurationError(
+                "migration_retry_timeout", f"must be seconds, not {migration_retry_timeout!r}"
+            )
+        if not 0 <= migration_retry_timeout <= 3600:
+            raise ConfigurationError("migration_retry_timeout", "must be from 0 to 3600 seconds")
         if isinstance(edit_timeout, timedelta):
             edit_timeout = edit_timeout.total_seconds()
         if isinstance(edit_timeout, bool) or not isinstance(edit_timeout, (int, float)):
@@ -250,9 +268,16 @@ class SessionConfig:
             wait_replicas=wait_for_replicas,
             wait_timeout_ms=round(wait_timeout * 1000),
             connection_wait=float(connection_wait_timeout),
+            migration_retry=float(migration_retry_timeout),
             user_key=None if user_key is None else bytes(user_key),
             legacy_user_index=legacy_user_index,
         )
+
+    @property
+    def patience(self) -> tuple[float, float]:
+        """What :mod:`hashsession.transport` waits for, in seconds: a free connection
+        (``connection_wait_timeout``), a migrating slot (``migration_retry_timeout``)."""
+        return self.connection_wait, self.migration_retry
 
     def in_place(self, kind: str) -> bool:
         """Whether the codec lets the value edits change a ``kind`` value on the server.

@@ -419,7 +419,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
     def _redis(self, *command: Any) -> Any:
         store = self._store
         try:
-            return send(store.client, command, store.config.connection_wait)
+            return send(store.client, command, *store.config.patience)
         except RedisError as exc:
             raise BackendError(f"Redis failed: {exc}") from exc
 

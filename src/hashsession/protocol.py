@@ -237,8 +237,9 @@ def login_marker(new_key: str, old_key: str | None) -> str:
 
 def marker_grace_ms(config: SessionConfig) -> int:
     """How long a login's marker holds: 30 s, plus room for both of the login's commands
-    to wait ``connection_wait_timeout`` for a connection."""
-    return LOGIN_GRACE_MS + int(2000 * config.connection_wait)
+    to wait ``connection_wait_timeout`` for a connection, and for its second to wait
+    ``migration_retry_timeout`` for a migrating slot."""
+    return LOGIN_GRACE_MS + int(2000 * config.connection_wait + 1000 * config.migration_retry)
 
 
 def session_reference(key: str) -> str:

@@ -90,7 +90,7 @@ class Session(SessionView, MutableMapping[str, Any]):
     def _send(self, cmd: Command | list[Command], key: str | None) -> Any:
         if isinstance(cmd, list):  # a write and its WAIT, or deletes and their unindexing
             try:
-                return pipeline(self._client, cmd, self._core.config.connection_wait)
+                return pipeline(self._client, cmd, *self._core.config.patience)
             except BACKEND_ERRORS as exc:
                 raise self._core.error(exc, key) from exc
         try:
@@ -102,7 +102,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         """After ``cmd`` raised ``exc``: its reply if sending it again is safe and works
         (see :mod:`hashsession.transport`), else the session's error for ``key``."""
         try:
-            return resend(self._client, cmd, exc, self._core.config.connection_wait)
+            return resend(self._client, cmd, exc, *self._core.config.patience)
         except BACKEND_ERRORS as error:
             raise self._core.error(error, key) from error
 

@@ -201,27 +201,21 @@ class SessionStore(StoreBase):
 
         ``current`` (a session or an id) is flagged ``current=True`` in the list.
         """
-        return run(
-            self.client, sessions_of(self.config, user_id, current), self.config.connection_wait
-        )
+        return run(self.client, sessions_of(self.config, user_id, current), *self.config.patience)
 
     def revoke(self, id_or_handle: str, *, user_id: UserId | None = None) -> bool:
         """Delete one session, by id or by a :class:`SessionInfo` handle; whether it lived.
 
         With ``user_id``, only a session of that user is deleted.
         """
-        return run(
-            self.client, revoke(self.config, id_or_handle, user_id), self.config.connection_wait
-        )
+        return run(self.client, revoke(self.config, id_or_handle, user_id), *self.config.patience)
 
     def revoke_user(self, user_id: UserId, keep: Session | str | None = None) -> int:
         """Delete every session of ``user_id`` except ``keep`` (a session, id or handle).
 
         "Log out everywhere else"; returns how many live sessions were deleted.
         """
-        return run(
-            self.client, revoke_user(self.config, user_id, keep), self.config.connection_wait
-        )
+        return run(self.client, revoke_user(self.config, user_id, keep), *self.config.patience)
 
     def close(self) -> None:
         """Close the Redis connections this store opened (the pool too, if it built one)."""

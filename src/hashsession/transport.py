@@ -21,6 +21,16 @@ sent again:
   a connection is free, for up to the store's ``connection_wait_timeout``
   (10 s by default); then :class:`~hashsession.BackendError` says so.
 
+- A slot being migrated (a Redis Cluster reshard): a command naming two keys
+  (``regenerate()``'s rename, ``login()``'s ``LOGIN_APART``) gets ``ASK`` while
+  one of them has moved to the new node, and ``TRYAGAIN`` whenever the two are
+  not on one node, which lasts until the slot is moved. redis-py follows a few
+  of these redirects, then raises ``ClusterError("TTL exhausted.")``. Each of
+  them is a refusal before the command runs (redis-py follows nothing else), so
+  the command is sent again, after pauses growing from 5 ms to 100 ms, for up
+  to the store's ``migration_retry_timeout`` (5 s by default); then
+  :class:`~hashsession.BackendError` names that setting.
+
 Waiting commands queue per client, first come first served, and only the first
 :data:`POLLERS` of them try the pool again, after short random pauses growing
 from 0.1 ms to 5 ms; the others sleep until one of those is done. So a burst of
@@ -59,13 +69,30 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import MaxConnectionsError, NoScriptError
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    MaxConnectionsError,
+    NoScriptError,
+    TryAgainError,
+)
 
+from hashsession.config import DEFAULT_MIGRATION_RETRY
 from hashsession.errors import BackendError
 from hashsession.protocol import BACKEND_ERRORS, Command
 from hashsession.scripts import with_source
 
-__all__ = ["POLLERS", "Patience", "apipeline", "aresend", "asend", "pipeline", "resend", "send"]
+__all__ = [
+    "POLLERS",
+    "Patience",
+    "apipeline",
+    "aresend",
+    "asend",
+    "never_ran",
+    "pipeline",
+    "resend",
+    "send",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +102,11 @@ POLLERS = 16
 _FIRST_PAUSE = 0.0002
 # ...up to this.
 _LONGEST_PAUSE = 0.005
+# Pauses before sending again a command refused while its slot moves: random up to
+# this, doubling each time...
+_FIRST_MOVING_PAUSE = 0.005
+# ...up to this.
+_LONGEST_MOVING_PAUSE = 0.1
 # Commands that name no key (only ever sent to one server, never in a cluster pipeline).
 _KEYLESS = frozenset({"WAIT", "PING", "PUBLISH"})
 
@@ -177,17 +209,31 @@ class Patience:
 
     One per command or pipeline: it counts ``limit`` seconds down from the first
     time it finds the pool full, holds one of the client's :data:`POLLERS` turns
-    while it tries the pool again, and resends a script with its source at most
-    once. :meth:`done` gives the turn back.
+    while it tries the pool again, resends a script with its source at most
+    once, and resends a command a migrating slot refused for ``moving`` seconds
+    from the first refusal. :meth:`done` gives the turn back.
     """
 
-    __slots__ = ("client", "deadline", "limit", "next_pause", "sourced", "turn")
+    __slots__ = (
+        "client",
+        "deadline",
+        "limit",
+        "moving",
+        "moving_deadline",
+        "moving_pause",
+        "next_pause",
+        "sourced",
+        "turn",
+    )
 
-    def __init__(self, client: Any, limit: float) -> None:
+    def __init__(self, client: Any, limit: float, moving: float = DEFAULT_MIGRATION_RETRY) -> None:
         self.client = client
         self.limit = limit
         self.deadline: float | None = None
         self.next_pause = _FIRST_PAUSE
+        self.moving = moving
+        self.moving_deadline: float | None = None
+        self.moving_pause = _FIRST_MOVING_PAUSE
         self.sourced = False
         self.turn: _Turns | _AsyncTurns | None = None
 
@@ -199,6 +245,8 @@ class Patience:
             return with_source(cmd), 0.0
         if isinstance(exc, MaxConnectionsError):
             return cmd, self.pause(exc)
+        if never_ran(exc):
+            return cmd, self.moving_wait(exc)
         raise exc
 
     def again_all(
@@ -210,7 +258,32 @@ class Patience:
             return [with_source(cmd) for cmd in commands], 0.0
         if isinstance(exc, MaxConnectionsError):
             return commands, self.pause(exc)
+        if never_ran(exc):
+            return commands, self.moving_wait(exc)
         raise exc
+
+    def moving_wait(self, exc: Exception) -> float:
+        """Seconds to wait before sending again a command a migrating slot refused;
+        :class:`BackendError` once ``migration_retry_timeout`` is spent."""
+        now = time.monotonic()
+        if self.moving_deadline is None:
+            self.moving_deadline = now + self.moving
+            log.debug(
+                "Redis Cluster slot moving (%s): sending again for up to %g s"
+                " (migration_retry_timeout)",
+                exc,
+                self.moving,
+            )
+        left = self.moving_deadline - now
+        if left <= 0:
+            raise BackendError(
+                f"the Redis Cluster kept refusing the command for"
+                f" {self.moving:g} s: its keys' slot is being migrated ({exc}); raise the"
+                " store's migration_retry_timeout if a slot takes longer to move"
+            ) from exc
+        pause = random.uniform(0.5, 1.0) * self.moving_pause
+        self.moving_pause = min(2 * self.moving_pause, _LONGEST_MOVING_PAUSE)
+        return min(pause, left)
 
     def pause(self, exc: MaxConnectionsError) -> float | None:
         """Seconds to wait before trying a full pool again, ``None`` for "wait for a
@@ -262,6 +335,18 @@ class Patience:
         )
 
 
+def never_ran(exc: BaseException) -> bool:
+    """Whether ``exc`` says a Redis Cluster refused the command before running it
+    because the slot of its keys is moving (or the client's slot map was stale).
+
+    ``TRYAGAIN``, ``ASK`` and ``MOVED`` replies come before a command runs, and
+    redis-py's "TTL exhausted" means every one of its tries got one of them.
+    """
+    if isinstance(exc, (TryAgainError, AskError)):  # MovedError is an AskError
+        return True
+    return isinstance(exc, ClusterError) and "TTL exhausted" in str(exc)
+
+
 def _size_of(client: Any) -> str:
     pool = getattr(client, "connection_pool", None)
     size = getattr(pool, "max_connections", None)
@@ -269,12 +354,12 @@ def _size_of(client: Any) -> str:
 
 
 def _unsent(replies: list[Any]) -> list[int]:
-    """Positions of pipeline replies that say their command found the pool full (and so
-    was never sent); the first other error reply is raised."""
+    """Positions of pipeline replies that say their command never ran: it found the
+    pool full, or a migrating slot refused it; the first other error reply is raised."""
     unsent: list[int] = []
     for n, reply in enumerate(replies):
         if isinstance(reply, Exception):
-            if not isinstance(reply, MaxConnectionsError):
+            if not isinstance(reply, MaxConnectionsError) and not never_ran(reply):
                 raise reply
             unsent.append(n)
     return unsent
@@ -307,19 +392,21 @@ def _parts(client: Any, commands: list[Command]) -> list[list[int]] | None:
 # --------------------------------------------------------------------------- sync
 
 
-def send(client: Any, cmd: Command, wait: float) -> Any:
+def send(client: Any, cmd: Command, wait: float, moving: float = DEFAULT_MIGRATION_RETRY) -> Any:
     """Send ``cmd`` on ``client``, resending it when that is safe (see the module)."""
     try:
         return client.execute_command(*cmd)
     except BACKEND_ERRORS as exc:
-        return resend(client, cmd, exc, wait)
+        return resend(client, cmd, exc, wait, moving)
 
 
-def resend(client: Any, cmd: Command, exc: Exception, wait: float) -> Any:
+def resend(
+    client: Any, cmd: Command, exc: Exception, wait: float, moving: float = DEFAULT_MIGRATION_RETRY
+) -> Any:
     """The reply of ``cmd`` sent again after its send raised ``exc``, waiting up to
-    ``wait`` seconds for a free connection; raises when it must not be sent again, or
-    still failed."""
-    patience = Patience(client, wait)
+    ``wait`` seconds for a free connection and ``moving`` seconds for a migrating slot;
+    raises when it must not be sent again, or still failed."""
+    patience = Patience(client, wait, moving)
     try:
         return _resend(client, cmd, exc, patience)
     finally:
@@ -344,13 +431,16 @@ def _sleep(patience: Patience, pause: float | None, exc: Exception) -> None:
         time.sleep(pause)
 
 
-def pipeline(client: Any, commands: list[Command], wait: float) -> list[Any]:
+def pipeline(
+    client: Any, commands: list[Command], wait: float, moving: float = DEFAULT_MIGRATION_RETRY
+) -> list[Any]:
     """Send ``commands`` as one non-transactional pipeline (one round trip per node).
 
     A full pool is waited for (on a cluster, then one node at a time), and a script
-    the server does not know is sent with its source. Raises the first error reply.
+    the server does not know is sent with its source, and a command a migrating slot
+    refused is sent again alone. Raises the first error reply.
     """
-    patience = Patience(client, wait)
+    patience = Patience(client, wait, moving)
     try:
         return _pipeline(client, commands, patience, isinstance(client, RedisCluster))
     finally:
@@ -390,17 +480,21 @@ def _send_pipeline(client: Any, commands: list[Command]) -> list[Any]:
 # --------------------------------------------------------------------------- asyncio
 
 
-async def asend(client: Any, cmd: Command, wait: float) -> Any:
+async def asend(
+    client: Any, cmd: Command, wait: float, moving: float = DEFAULT_MIGRATION_RETRY
+) -> Any:
     """The asyncio twin of :func:`send`."""
     try:
         return await client.execute_command(*cmd)
     except BACKEND_ERRORS as exc:
-        return await aresend(client, cmd, exc, wait)
+        return await aresend(client, cmd, exc, wait, moving)
 
 
-async def aresend(client: Any, cmd: Command, exc: Exception, wait: float) -> Any:
+async def aresend(
+    client: Any, cmd: Command, exc: Exception, wait: float, moving: float = DEFAULT_MIGRATION_RETRY
+) -> Any:
     """The asyncio twin of :func:`resend`."""
-    patience = Patience(client, wait)
+    patience = Patience(client, wait, moving)
     try:
         return await _aresend(client, cmd, exc, patience)
     finally:
@@ -425,7 +519,9 @@ async def _asleep(patience: Patience, pause: float | None, exc: Exception) -> No
         await asyncio.sleep(pause)
 
 
-async def apipeline(client: Any, commands: list[Command], wait: float) -> list[Any]:
+async def apipeline(
+    client: Any, commands: list[Command], wait: float, moving: float = DEFAULT_MIGRATION_RETRY
+) -> list[Any]:
     """The asyncio twin of :func:`pipeline`; a cluster pipeline goes as one per node,
     each waited for on its own."""
     parts = None
@@ -437,9 +533,9 @@ async def apipeline(client: Any, commands: list[Command], wait: float) -> list[A
         else:
             parts = _parts(client, commands)
     if parts is None:
-        return await _apipeline_part(client, commands, wait)
+        return await _apipeline_part(client, commands, wait, moving)
     results = await asyncio.gather(
-        *(_apipeline_part(client, [commands[n] for n in part], wait) for part in parts),
+        *(_apipeline_part(client, [commands[n] for n in part], wait, moving) for part in parts),
         return_exceptions=True,  # every part settles before an error is raised
     )
     replies: list[Any] = [None] * len(commands)
@@ -451,8 +547,10 @@ async def apipeline(client: Any, commands: list[Command], wait: float) -> list[A
     return replies
 
 
-async def _apipeline_part(client: Any, commands: list[Command], wait: float) -> list[Any]:
-    patience = Patience(client, wait)
+async def _apipeline_part(
+    client: Any, commands: list[Command], wait: float, moving: float
+) -> list[Any]:
+    patience = Patience(client, wait, moving)
     try:
         while True:
             try:

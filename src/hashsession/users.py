@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from hashsession.config import SessionConfig
+from hashsession.config import DEFAULT_MIGRATION_RETRY, SessionConfig
 from hashsession.errors import BackendError
 from hashsession.protocol import BACKEND_ERRORS, Command, SessionView, index_command, index_put
 from hashsession.replication import check, waited
@@ -322,9 +322,10 @@ def _error(exc: Exception) -> BackendError:
     return BackendError(f"Redis failed on a user's session index: {exc}")
 
 
-def run(client: Any, flow: Flow[T], wait: float) -> T:
+def run(client: Any, flow: Flow[T], wait: float, moving: float = DEFAULT_MIGRATION_RETRY) -> T:
     """Drive ``flow`` on a sync redis-py client (or cluster client); a full connection
-    pool is waited for up to ``wait`` seconds per request (see :mod:`hashsession.transport`)."""
+    pool is waited for up to ``wait`` seconds per request, a migrating Cluster slot up to
+    ``moving`` seconds (see :mod:`hashsession.transport`)."""
     reply: Any = None
     while True:
         try:
@@ -333,14 +334,16 @@ def run(client: Any, flow: Flow[T], wait: float) -> T:
             return stop.value  # type: ignore[no-any-return]
         try:
             if isinstance(request, list):
-                reply = pipeline(client, request, wait)
+                reply = pipeline(client, request, wait, moving)
             else:
-                reply = send(client, request, wait)
+                reply = send(client, request, wait, moving)
         except BACKEND_ERRORS as exc:
             raise _error(exc) from exc
 
 
-async def arun(client: Any, flow: Flow[T], wait: float) -> T:
+async def arun(
+    client: Any, flow: Flow[T], wait: float, moving: float = DEFAULT_MIGRATION_RETRY
+) -> T:
     """The asyncio twin of :func:`run`, on a ``redis.asyncio`` client (or cluster client)."""
     reply: Any = None
     while True:
@@ -350,8 +353,8 @@ async def arun(client: Any, flow: Flow[T], wait: float) -> T:
             return stop.value  # type: ignore[no-any-return]
         try:
             if isinstance(request, list):
-                reply = await apipeline(client, request, wait)
+                reply = await apipeline(client, request, wait, moving)
             else:
-                reply = await asend(client, request, wait)
+                reply = await asend(client, request, wait, moving)
         except BACKEND_ERRORS as exc:
             raise _error(exc) from exc
