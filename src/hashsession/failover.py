@@ -173,7 +173,10 @@ class Watch:
         ``ahead``: seen promoted by the listener itself, not announced by the sentinels
         yet (the callbacks hear of it again, with ``ahead=False``, once they do).
         """
+        replicas = self._replicas_of(address) if address != self.master else None
         with self._lock:
+            if replicas is not None and self.master is not None:
+                self.replicas = replicas
             confirmed = not ahead and self.ahead == address
             self.ahead = address if ahead else None
             old = self.master
@@ -303,16 +306,30 @@ class Watch:
         else:  # a replica came, went or changed: count them again
             self._refresh()
 
-    def _await_promotion(self, candidate: Address) -> None:
-        """Poll ``candidate`` (being promoted) and switch to it once it is a master."""
-        client = redis.Redis(
-            host=candidate[0],
-            port=candidate[1],
+    def _server(self, address: Address) -> redis.Redis:
+        return redis.Redis(
+            host=address[0],
+            port=address[1],
             socket_timeout=0.5,
             socket_connect_timeout=0.5,
             retry=Retry(NoBackoff(), 0),
             **self._server_options,
         )
+
+    def _replicas_of(self, address: Address) -> int | None:
+        """How many replicas the master at ``address`` has connected (``ROLE``), if it says."""
+        client = self._server(address)
+        try:
+            role: Any = client.execute_command("ROLE")  # type: ignore[no-untyped-call]
+            return len(role[2]) if _text(role[0]) == "master" else None
+        except (redis.RedisError, OSError, IndexError, TypeError):
+            return None
+        finally:
+            client.close()
+
+    def _await_promotion(self, candidate: Address) -> None:
+        """Poll ``candidate`` (being promoted) and switch to it once it is a master."""
+        client = self._server(candidate)
         deadline = time.monotonic() + _PROMOTION_WAIT
         try:
             while time.monotonic() < deadline and not self._stop.is_set():
