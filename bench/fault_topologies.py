@@ -308,9 +308,9 @@ def sentinel_notes(runs: Sequence[Run]) -> list[str]:
         r.tally.invalidations_lost + r.tally.regenerations_undone for r in unguarded if r.tally
     )
     notes.append(
-        f"Without an explicit `wait_for_replicas` (the store's defaults), {undone} acknowledged invalidations/regenerations were "
-        "undone by these failovers (an undone invalidation is a logged-out session that "
-        "works again; an undone regeneration leaves the pre-login id valid)."
+        "Without an explicit `wait_for_replicas` (the store's defaults), "
+        f"{undone} acknowledged invalidations/regenerations were undone by these failovers "
+        "(an undone invalidation is a logged-out session that works again; an undone regeneration leaves the pre-login id valid)."
     )
     skipped = [r for r in runs if r.error]
     if skipped:
