@@ -310,7 +310,8 @@ def sentinel_notes(runs: Sequence[Run]) -> list[str]:
     notes.append(
         "Without an explicit `wait_for_replicas` (the store's defaults), "
         f"{undone} acknowledged invalidations/regenerations were undone by these failovers "
-        "(an undone invalidation is a logged-out session that works again; an undone regeneration leaves the pre-login id valid)."
+        "(an undone invalidation is a logged-out session that works again; an undone "
+        "regeneration leaves the pre-login id valid)."
     )
     skipped = [r for r in runs if r.error]
     if skipped:
