@@ -503,6 +503,7 @@ class AsyncSessionStore(StoreBase):
         self._clients = _Clients(redis, reply_timeout(self.config))
         if is_cluster(self._clients.fixed):
             self._on_cluster()
+        self._unwatch = self._follow(self._clients.fixed)
 
     @property
     def client(self) -> AsyncClient:
@@ -553,8 +554,17 @@ class AsyncSessionStore(StoreBase):
         )
 
     async def aclose(self) -> None:
-        """Close the running loop's client; one built from a URL also drops its pool."""
+        """Close the running loop's client; one built from a URL also drops its pool.
+
+        On Sentinel, the store stops following the master (the listener thread ends
+        with the last store using it).
+        """
         client = self.client
+        self._unwatch()
+        for other in list(self._clients.per_loop.values()):
+            unwatch = getattr(getattr(other, "connection_pool", None), "unwatch", None)
+            if unwatch is not None:
+                unwatch()
         if self._clients.url is not None and isinstance(client, aioredis.Redis):
             # Built with a pool of our own, which Redis.aclose() alone leaves connected.
             await client.aclose(close_connection_pool=True)

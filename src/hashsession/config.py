@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from hashsession import ids
 from hashsession.codecs import BoundCodec, Codec, bound_codec, resolve_codec
@@ -32,6 +32,12 @@ KeyLayout = Literal["digest", "raw"]
 #: The absolute lifetime a store gets when ``absolute_ttl`` is not given: 30 days (or the
 #: idle timeout, if that is longer). ``absolute_ttl=None`` turns the cap off.
 DEFAULT_ABSOLUTE_TTL = 30 * 24 * 3600
+
+
+class ReplicaView(Protocol):
+    """Anything that says how many replicas a critical write should wait for now."""
+
+    def wanted(self, asked: int = 1) -> int: ...
 
 
 class _Unset(Enum):
@@ -116,6 +122,12 @@ class SessionConfig:
     #: Replicas that must confirm a critical write (``WAIT``), and how long to wait, in ms.
     wait_replicas: int = 0
     wait_timeout_ms: int = 1000
+    #: ``wait_for_replicas="auto"``: on Sentinel, wait for one replica whenever the
+    #: sentinels know a healthy one (the store sets ``replica_view``); elsewhere, none.
+    wait_auto: bool = False
+    #: What tells an ``"auto"`` store how many replicas to wait for (a Sentinel
+    #: :class:`~hashsession.failover.Watch`), set by the store; ``None`` elsewhere.
+    replica_view: ReplicaView | None = None
     #: Seconds a command waits for a free connection when the client's pool is full.
     connection_wait: float = 10.0
     #: Seconds a command a migrating Cluster slot refuses (ASK, TRYAGAIN) is sent again.
@@ -149,7 +161,7 @@ class SessionConfig:
         edit_retries: int | None = None,
         edit_timeout: float | timedelta = 5.0,
         max_sessions_per_user: int | None = None,
-        wait_for_replicas: int = 0,
+        wait_for_replicas: int | Literal["auto"] = "auto",
         wait_timeout: float | timedelta = 1.0,
         connection_wait_timeout: float | timedelta = 10.0,
         migration_retry_timeout: float | timedelta = DEFAULT_MIGRATION_RETRY,
@@ -181,7 +193,7 @@ class SessionConfig:
             ("max_value_size", max_value_size, 1),
             ("max_keys", max_keys, 1),
             ("edit_retries", 1 if edit_retries is None else edit_retries, 1),
-            ("wait_for_replicas", wait_for_replicas, 0),
+            ("wait_for_replicas", 0 if wait_for_replicas == "auto" else wait_for_replicas, 0),
             (
                 "max_sessions_per_user",
                 1 if max_sessions_per_user is None else max_sessions_per_user,
@@ -265,7 +277,8 @@ class SessionConfig:
             edit_retries=edit_retries,
             edit_timeout=float(edit_timeout),
             max_sessions_per_user=max_sessions_per_user,
-            wait_replicas=wait_for_replicas,
+            wait_replicas=0 if wait_for_replicas == "auto" else wait_for_replicas,
+            wait_auto=wait_for_replicas == "auto",
             wait_timeout_ms=round(wait_timeout * 1000),
             connection_wait=float(connection_wait_timeout),
             migration_retry=float(migration_retry_timeout),
@@ -278,6 +291,17 @@ class SessionConfig:
         """What :mod:`hashsession.transport` waits for, in seconds: a free connection
         (``connection_wait_timeout``), a migrating slot (``migration_retry_timeout``)."""
         return self.connection_wait, self.migration_retry
+
+    def replicas_to_wait(self) -> int:
+        """Replicas the next critical write waits for (``WAIT``); 0: it does not wait."""
+        view = self.replica_view
+        if view is None:
+            return self.wait_replicas
+        return view.wanted(self.wait_replicas or 1)
+
+    def may_wait(self) -> bool:
+        """Whether critical writes may ever wait for replicas with these settings."""
+        return bool(self.wait_replicas or self.replica_view is not None)
 
     def in_place(self, kind: str) -> bool:
         """Whether the codec lets the value edits change a ``kind`` value on the server.

@@ -275,9 +275,12 @@ class _Indexed:
 WAIT_FENCE: Command = ("PUBLISH", "__hashsession__:wait", "")
 
 
-def wait_commands(config: SessionConfig) -> list[Command]:
-    """What follows a critical write under ``wait_for_replicas``: the fence, then ``WAIT``."""
-    return [WAIT_FENCE, ("WAIT", config.wait_replicas, config.wait_timeout_ms)]
+def wait_commands(config: SessionConfig, replicas: int | None = None) -> list[Command]:
+    """What follows a critical write under ``wait_for_replicas``: the fence, then ``WAIT``
+    for ``replicas`` (by default, as many as the settings ask for now)."""
+    if replicas is None:
+        replicas = config.replicas_to_wait()
+    return [WAIT_FENCE, ("WAIT", replicas, config.wait_timeout_ms)]
 
 
 class SessionCore:
@@ -1456,19 +1459,20 @@ class SessionCore:
         self.short = None
         c = self.config
         cmd, finish, value = step
-        if not c.wait_replicas or cmd is None:
+        wanted = c.replicas_to_wait()
+        if not wanted or cmd is None:
             return step
         assert not isinstance(cmd, list)
 
         def waited(replies: Any) -> Any:
             reply, confirmed = replies[0], replies[-1]
-            if confirmed < c.wait_replicas:
-                self.short = NotReplicatedError(c.wait_replicas, confirmed)
+            if confirmed < wanted:
+                self.short = NotReplicatedError(wanted, confirmed)
                 if hold:
                     return None
             return reply if finish is None else finish(reply)
 
-        return [cmd, *wait_commands(c)], waited, value
+        return [cmd, *wait_commands(c, wanted)], waited, value
 
     def settle(self) -> None:
         """Raise the :class:`NotReplicatedError` of the last critical step, if it fell short."""

@@ -8,6 +8,10 @@ behind their write, in the same round trip and on the same connection (WAIT
 counts that connection's writes; :func:`hashsession.transport.pipeline` sends
 both), and raise :class:`NotReplicatedError` when fewer than N replicas
 confirmed in time. Other writes never wait.
+
+``wait_for_replicas="auto"`` (the default) waits for one replica on Sentinel
+whenever the sentinels know a healthy one (see :mod:`hashsession.failover`), and
+never elsewhere.
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ from hashsession.protocol import Command, wait_commands
 __all__ = ["check", "waited"]
 
 
-def waited(config: SessionConfig, commands: list[Command]) -> list[Command]:
-    """``commands`` followed by the fence and the ``WAIT`` the settings ask for
+def waited(config: SessionConfig, commands: list[Command], wanted: int) -> list[Command]:
+    """``commands`` followed by the fence and the ``WAIT`` for ``wanted`` replicas
     (:data:`~hashsession.protocol.WAIT_FENCE`)."""
-    return [*commands, *wait_commands(config)]
+    return [*commands, *wait_commands(config, wanted)]
 
 
-def check(config: SessionConfig, replicas: int) -> None:
-    """Raise :class:`NotReplicatedError` if ``replicas`` fall short of the setting."""
-    if replicas < config.wait_replicas:
-        raise NotReplicatedError(config.wait_replicas, replicas)
+def check(wanted: int, replicas: int) -> None:
+    """Raise :class:`NotReplicatedError` if ``replicas`` fall short of ``wanted``."""
+    if replicas < wanted:
+        raise NotReplicatedError(wanted, replicas)

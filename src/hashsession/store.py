@@ -9,6 +9,7 @@ request's ``Cookie`` header and, when the response starts,
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +68,7 @@ def reply_timeout(config: SessionConfig) -> float:
     """The reply timeout of a client built from a URL: 10 s, or longer than a ``WAIT``."""
     from hashsession.topology import SOCKET_TIMEOUT
 
-    if not config.wait_replicas:
+    if not config.wait_replicas and not config.wait_auto:
         return SOCKET_TIMEOUT
     return max(SOCKET_TIMEOUT, config.wait_timeout_ms / 1000 + 2)
 
@@ -99,6 +100,17 @@ class StoreBase:
                 " leave secure unset (Secure except on plain http to a loopback host)"
                 " or set it to True"
             )
+
+    def _follow(self, client: Any) -> Callable[[], Any]:
+        """On Sentinel: follow the master's switches (see :mod:`hashsession.failover`) and,
+        under ``wait_for_replicas="auto"``, let the sentinels' view set the ``WAIT``;
+        returns what to call when the store is closed."""
+        from hashsession.failover import follow
+
+        watch, unwatch = follow(client)
+        if watch is not None and self.config.wait_auto:
+            self.config = replace(self.config, replica_view=watch)
+        return unwatch
 
     def _on_cluster(self) -> None:
         """Sessions live on a Redis Cluster: regenerated ids must keep their key's slot."""
@@ -174,6 +186,7 @@ class SessionStore(StoreBase):
         self._owns_pool = not callable(getattr(redis, "execute_command", None))
         if is_cluster(self._client):
             self._on_cluster()
+        self._unwatch = self._follow(self._client)
 
     @property
     def client(self) -> SyncClient:
@@ -220,6 +233,7 @@ class SessionStore(StoreBase):
     def close(self) -> None:
         """Close the Redis connections this store opened (the pool too, if it built one)."""
         client = self.client
+        self._unwatch()
         client.close()
         if self._owns_pool and isinstance(client, redis.Redis):
             client.connection_pool.disconnect()

@@ -47,8 +47,6 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
-from redis.asyncio.sentinel import Sentinel as AsyncSentinel
-from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import parse_url as parse_redis_url
@@ -61,9 +59,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from hashsession.errors import BackendError, ConfigurationError
+from hashsession.failover import master_client
 
 __all__ = [
     "SOCKET_CONNECT_TIMEOUT",
@@ -130,14 +128,6 @@ class _Cluster(RedisCluster):
             return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
         except (ValueError, AttributeError) as exc:
             raise RedisConnectionError(f"connection closed under the command: {exc!r}") from exc
-
-
-class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
-    """Sentinel's pool for the master, waiting for a free connection instead of failing."""
-
-
-class _AsyncBlockingSentinelPool(AsyncSentinelPool, aioredis.BlockingConnectionPool):
-    """The asyncio twin of :class:`_BlockingSentinelPool`."""
 
 
 class _BoundedAsyncCluster(AsyncRedisCluster):
@@ -328,15 +318,15 @@ def sync_client(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> SyncClie
         return redis.Redis(connection_pool=pool)
     if topology.kind == "sentinel":
         assert topology.service is not None
-        sentinel = Sentinel(
-            list(topology.nodes),
-            sentinel_kwargs=_timeouts(topology.sentinel_options, socket_timeout),
-        )
-        master: redis.Redis = sentinel.master_for(
+        master: redis.Redis = master_client(
+            "sync",
+            topology.nodes,
             topology.service,
-            connection_pool_class=_BlockingSentinelPool,
-            **_sync_connection_options(),
-            **_pool_options(_timeouts(topology.options, socket_timeout)),
+            _timeouts(topology.sentinel_options, socket_timeout),
+            {
+                **_sync_connection_options(),
+                **_pool_options(_timeouts(topology.options, socket_timeout)),
+            },
         )
         return master
     # Only a cluster client given a URL hands each node the pool class we ask for, so
@@ -379,15 +369,15 @@ def async_client(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> AsyncCl
         return aioredis.Redis(connection_pool=pool)
     if topology.kind == "sentinel":
         assert topology.service is not None
-        sentinel = AsyncSentinel(
-            list(topology.nodes),
-            sentinel_kwargs=_timeouts(topology.sentinel_options, socket_timeout),
-        )
-        master: aioredis.Redis = sentinel.master_for(
+        master: aioredis.Redis = master_client(
+            "asyncio",
+            topology.nodes,
             topology.service,
-            connection_pool_class=_AsyncBlockingSentinelPool,
-            **_async_connection_options(),
-            **_pool_options(_timeouts(topology.options, socket_timeout)),
+            _timeouts(topology.sentinel_options, socket_timeout),
+            {
+                **_async_connection_options(),
+                **_pool_options(_timeouts(topology.options, socket_timeout)),
+            },
         )
         return master
     options = {

@@ -305,13 +305,14 @@ def _critical(config: SessionConfig, commands: list[Command]) -> Flow[list[Any]]
     Raises :class:`~hashsession.NotReplicatedError` (after the write) when too few
     replicas confirmed it.
     """
-    if not config.wait_replicas:
+    wanted = config.replicas_to_wait()
+    if not wanted:
         if len(commands) == 1:
             return [(yield commands[0])]
         replies: list[Any] = yield commands
         return replies
-    *replies, _fence, replicas = yield waited(config, commands)
-    check(config, replicas)
+    *replies, _fence, replicas = yield waited(config, commands, wanted)
+    check(wanted, replicas)
     return replies
 
 
