@@ -70,9 +70,9 @@ LIFETIME_FIELD = "\x00k"
 # `fresh`, the good-until a new index entry would get; `live` is the session key now;
 # `keep`, the session's own cookie lifetime, if it has one.
 _STATE = r"""
-local owner, good, fresh, live, keep = false, 0, 0, false, false
-"""
-_FIELDS = r"""-- Whether the session holds nothing but the core's own bookkeeping (created, timeout,
+local owner, good, fresh, live, keep = false, 0, 0, false, false"""
+_FIELDS = r"""
+-- Whether the session holds nothing but the core's own bookkeeping (created, timeout,
 -- seen, indexed): no user key and no adapter metadata (an owner, flash, CSRF token...).
 local function bare(k)
   for _, f in ipairs(redis.call('HKEYS', k)) do
@@ -99,9 +99,9 @@ local function over(k, n, lim, fields, removed)
     end
   end
   return false
-end
-"""
-_SLIDE = r"""-- Slide the TTL; for an owned session, note the visit and whether its index entry is due
+end"""
+_SLIDE = r"""
+-- Slide the TTL; for an owned session, note the visit and whether its index entry is due
 -- (it must always outlast the session: it gets idle * 1.5, refreshed once idle / 2 is used up).
 local function slide(k, idle, now, abs, force)
   local m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i', '\0k')
@@ -744,6 +744,7 @@ LIVE: dict[str, Script] = {
 LIVE["touch"] = _live_reporting("touch")
 LIVE["rename"] = _live_reporting("rename")
 
+
 def _branches(names: list[str]) -> str:
     ordered = sorted(names, key=lambda n: _FIRST.index(n) if n in _FIRST else len(_FIRST))
     return "\n".join(
@@ -756,7 +757,8 @@ def _open_source() -> str:
     """``OPEN``: slide, then one branch per operation, so that a call defines only what the
     operation it runs needs (a read: its own closure; a write: the field helpers too; a
     value edit: the JSON helpers too), not a table of every operation."""
-    helped = [n for n in _OPS if n not in VALUE_OPS and re.search(r"\b(bare|users|over)\(", _OPS[n])]
+    uses_fields = re.compile(r"\b(bare|users|over)\(")
+    helped = [n for n in _OPS if n not in VALUE_OPS and uses_fields.search(_OPS[n])]
     plain = [n for n in _OPS if n not in VALUE_OPS and n not in helped]
     edits = ",\n".join(f"  [{name!r}] = {_OPS[name]}" for name in VALUE_OPS)
     return (
@@ -771,6 +773,7 @@ local name, r = ARGV[4], nil
         + _branches(plain)
         + "\nelse\n"
         + _FIELDS
+        + "\n"
         + _branches(helped)
         + "\nelse\n"
         + _JSON
