@@ -283,7 +283,7 @@ class SessionCore:
         "_id",
         "_incoming_id",
         "_indexed",
-        "_key",
+        "_keyc",
         "_provisional",
         "_state",
         "_ttl_override",
@@ -312,7 +312,9 @@ class SessionCore:
         self.config = config
         self._id = session_id
         self._incoming_id = session_id
-        self._key = config.key_of(session_id) if session_id is not None else None
+        # The Redis key, worked out when first needed ("": not yet): a request that never
+        # touches its session pays no key digest.
+        self._keyc: str | None = "" if session_id is not None else None
         self._state = State.PENDING if session_id is not None else State.NEW
         #: The Redis key while the session is LIVE (checked and slid in this request), else
         #: ``None``: the sessions' fast paths send plain commands only when it is set.
@@ -353,6 +355,18 @@ class SessionCore:
         self.plain_local = False
 
     # ------------------------------------------------------------------ views
+
+    @property
+    def _key(self) -> str | None:
+        key = self._keyc
+        if key == "":
+            assert self._id is not None
+            key = self._keyc = self.config.key_of(self._id)
+        return key
+
+    @_key.setter
+    def _key(self, key: str | None) -> None:
+        self._keyc = key
 
     @property
     def id(self) -> str | None:
