@@ -339,7 +339,7 @@ class Bench:
             "set": ("EVALSHA", LIVE["set"].sha, 1, key, self.max_keys, FIELD, self.enc),
             "get": ("HGET", key, FIELD),
             "in": ("HEXISTS", key, FIELD),
-            "delete": ("HDEL", key, FIELD),
+            "delete": ("EVALSHA", LIVE["delete"].sha, 1, key, FIELD),
             "incr": ("EVALSHA", LIVE["incr"].sha, 1, key, self.max_keys, COUNTER, 1),
         }
 
@@ -648,6 +648,7 @@ class StubClient:
         self.replies = {
             ("EVALSHA", LIVE["set"].sha): 1,
             ("EVALSHA", LIVE["incr"].sha): 7,
+            ("EVALSHA", LIVE["delete"].sha): 1,
             ("EVALSHA", OPEN.sha): [enc],
             ("HGET",): enc,
             ("HEXISTS",): 1,
