@@ -347,7 +347,8 @@ class Bench:
         """EVALSHA OPEN as SessionCore._open builds it for a first get (now in ms changes)."""
         c = self.store.config
         now = int(time.time() * 1000)
-        return ("EVALSHA", OPEN.sha, 1, key, c.idle_ms, now, c.absolute_ms, "get", FIELD)
+        idle, absolute = b"%d" % c.idle_ms, b"%d" % c.absolute_ms
+        return ("EVALSHA", OPEN.sha, 1, key, idle, b"%d" % now, absolute, b"get", FIELD)
 
     def timed(self, impl: str, op: str, client: redis.Redis | None = None) -> Timed:
         """The callable that performs one ``op`` through ``impl`` (optionally on ``client``)."""

@@ -725,7 +725,10 @@ class SessionCore:
         assert self._key is not None
         c = self.config
         head = ("EVALSHA", OPEN.sha, 1 + len(keys), self._key, *keys)
-        return (*head, c.idle_ms, _now_ms(), c.absolute_ms, op, *args)
+        # Numbers and the op name as bytes: redis-py passes bytes through untouched, so
+        # packing the request's first command costs less (see docs/benchmarks.md).
+        now = b"%d" % _now_ms()
+        return (*head, b"%d" % c.idle_ms, now, b"%d" % c.absolute_ms, op.encode(), *args)
 
     def _opened(self, reply: Any) -> Any:
         if reply is None:
