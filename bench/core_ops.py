@@ -509,8 +509,8 @@ def verify_commands(b: Bench, url: str) -> None:
             or len(got[0]) != len(want)
             or got[0][:5] != want[:5]
             or got[0][6:] != want[6:]
-            or type(got[0][5]) is not int
-            or abs(got[0][5] - want[5]) > 5000
+            or type(got[0][5]) is not bytes
+            or abs(int(got[0][5]) - int(want[5])) > 5000
         ):
             problems.append(f"{FIRST}: Session sent {got!r}, expected {want!r}")
     finally:
