@@ -339,7 +339,7 @@ class Bench:
             "set": ("EVALSHA", LIVE["set"].sha, 1, key, self.max_keys, FIELD, self.enc),
             "get": ("HGET", key, FIELD),
             "in": ("HEXISTS", key, FIELD),
-            "delete": ("HDEL", key, FIELD),
+            "delete": ("EVALSHA", LIVE["delete"].sha, 1, key, FIELD),
             "incr": ("EVALSHA", LIVE["incr"].sha, 1, key, self.max_keys, COUNTER, 1),
         }
 
@@ -347,7 +347,8 @@ class Bench:
         """EVALSHA OPEN as SessionCore._open builds it for a first get (now in ms changes)."""
         c = self.store.config
         now = int(time.time() * 1000)
-        return ("EVALSHA", OPEN.sha, 1, key, c.idle_ms, now, c.absolute_ms, "get", FIELD)
+        idle, absolute = b"%d" % c.idle_ms, b"%d" % c.absolute_ms
+        return ("EVALSHA", OPEN.sha, 1, key, idle, b"%d" % now, absolute, b"get", FIELD)
 
     def timed(self, impl: str, op: str, client: redis.Redis | None = None) -> Timed:
         """The callable that performs one ``op`` through ``impl`` (optionally on ``client``)."""
@@ -508,8 +509,8 @@ def verify_commands(b: Bench, url: str) -> None:
             or len(got[0]) != len(want)
             or got[0][:5] != want[:5]
             or got[0][6:] != want[6:]
-            or type(got[0][5]) is not int
-            or abs(got[0][5] - want[5]) > 5000
+            or type(got[0][5]) is not bytes
+            or abs(int(got[0][5]) - int(want[5])) > 5000
         ):
             problems.append(f"{FIRST}: Session sent {got!r}, expected {want!r}")
     finally:
@@ -648,6 +649,7 @@ class StubClient:
         self.replies = {
             ("EVALSHA", LIVE["set"].sha): 1,
             ("EVALSHA", LIVE["incr"].sha): 7,
+            ("EVALSHA", LIVE["delete"].sha): 1,
             ("EVALSHA", OPEN.sha): [enc],
             ("HGET",): enc,
             ("HEXISTS",): 1,

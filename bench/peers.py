@@ -37,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -86,6 +87,8 @@ class Side:
     venv: Venv | None
     module: str
     ids: str = "*"
+    #: A checkout's ``src`` to import hashsession from instead of this one (``--baseline``).
+    src: str | None = None
 
 
 FLASK_1 = ["Flask==1.1.4", "Werkzeug==0.16.1", "Jinja2==2.11.3", "MarkupSafe==2.0.1"]
@@ -129,6 +132,18 @@ SIDES = [
 
 
 # ------------------------------------------------------------------ venvs
+
+
+def baseline_side(rev: str) -> Side:
+    """hashsession at git revision ``rev`` (its ``src`` exported to a scratch directory),
+    measured as a peer labelled ``hashsession @ <rev>``: before and after in one run."""
+    out = Path(tempfile.mkdtemp(prefix="hashsession-baseline-"))
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "src"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    ids = "hashsession,hs-wsgi,hs-asgi"
+    return Side(f"hashsession @ {rev}", None, "hashsession_peer.py", ids, str(out / "src"))
 
 
 def _pip_error(output: str) -> str:
@@ -192,6 +207,8 @@ class WorkerProc:
             side.ids,
         ]
         env = dict(os.environ, PYTHONPATH=str(HERE), PYTHONDONTWRITEBYTECODE="1")
+        if side.src:  # an earlier hashsession, labelled apart (see hashsession_peer.LIBRARY)
+            env.update(PYTHONPATH=f"{side.src}:{HERE}", HASHSESSION_BENCH_LIBRARY=side.label)
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
@@ -806,12 +823,19 @@ def main() -> int:
         default=os.environ.get("BENCH_PYTHON") or getattr(sys, "_base_executable", sys.executable),
         help="interpreter for the peer venvs",
     )
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="a git revision: also measure hashsession as it was there, side by side",
+    )
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     sides = [s for s in SIDES if not only or s.label in only or s.venv is None]
+    if args.baseline:
+        sides.append(baseline_side(args.baseline))
 
     from core_ops import busy_loops, usable_cpus
 

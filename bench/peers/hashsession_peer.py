@@ -9,6 +9,7 @@ the integration label and notes say so.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,9 @@ from peerkit import (
 )
 
 HS_DISTS = ("hashsession", "redis")
+#: The library name in the tables; ``peers.py --baseline`` runs an earlier hashsession
+#: under another name, so that it is measured as a peer beside this one.
+LIBRARY = os.environ.get("HASHSESSION_BENCH_LIBRARY", "hashsession")
 
 
 class HsDialect(Dialect):
@@ -105,7 +109,7 @@ def core_bench(url: str) -> Any:
 class HsOps(Contender):
     """The per-operation tables for hashsession (not an app of its own)."""
 
-    library = "hashsession"
+    library = LIBRARY
     integration = "Session API (sync)"
     kind = ""
     framework = ""
@@ -252,7 +256,7 @@ class RawApp(Contender):
 
 
 class HsWsgi(Contender):
-    library = "hashsession"
+    library = LIBRARY
     integration = "hashsession.wsgi.SessionMiddleware, bare WSGI app"
     kind = "wsgi"
     memory = True
@@ -264,7 +268,7 @@ class HsWsgi(Contender):
 
 
 class HsAsgi(Contender):
-    library = "hashsession"
+    library = LIBRARY
     integration = "hashsession.asgi.SessionMiddleware, bare ASGI app"
     kind = "asgi"
     framework = "ASGI"
@@ -280,7 +284,7 @@ class HsAsgi(Contender):
 
 
 class HsStarlette(Contender):
-    library = "hashsession"
+    library = LIBRARY
     integration = "hashsession.asgi.SessionMiddleware under Starlette"
     kind = "asgi"
     framework = "Starlette"
@@ -300,7 +304,7 @@ class HsStarlette(Contender):
 
 
 class HsFlask(Contender):
-    library = "hashsession"
+    library = LIBRARY
     kind = "wsgi"
     framework = "Flask"
     dists = (*HS_DISTS, "flask")
@@ -338,7 +342,7 @@ class HsFlask(Contender):
 
 
 class HsBottle(Contender):
-    library = "hashsession"
+    library = LIBRARY
     kind = "wsgi"
     framework = "Bottle"
     dists = (*HS_DISTS, "bottle")
@@ -370,7 +374,7 @@ class HsBottle(Contender):
 
 
 class HsPyramid(Contender):
-    library = "hashsession"
+    library = LIBRARY
     kind = "wsgi"
     framework = "Pyramid"
     dists = (*HS_DISTS, "pyramid")
@@ -407,7 +411,7 @@ class HsPyramid(Contender):
 
 
 class HsTornado(Contender):
-    library = "hashsession"
+    library = LIBRARY
     kind = "tornado"
     framework = "Tornado"
     floor = "async"

@@ -22,12 +22,9 @@ from hashsession.errors import ConfigurationError, ValueTypeError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
-    DELETE_SHA,
     I64_MAX,
     I64_MIN,
-    INCR_SHA,
     MISSING,
-    SET_SHA,
     After,
     Command,
     SessionCore,
@@ -171,13 +168,12 @@ class AsyncSession(SessionView):
         """The value under ``key``, or ``default``; one ``HGET``."""
         core = self._core
         field = core.field(key)
-        live = core.live_key
-        if live is not None:  # the fast path of a live session: the plain command
-            core.accessed = True
+        cmd = core.ready_get(field)
+        if cmd is not None:  # the fast path of a live session: the plain command
             try:
-                raw = await self._execute("HGET", live, field)
+                raw = await self._execute(*cmd)
             except BACKEND_ERRORS as exc:
-                raw = await self._resend(("HGET", live, field), field, exc)
+                raw = await self._resend(cmd, field, exc)
         else:
             raw = await self._run(core.plan_get, field, field)
         return default if raw is None else core.decode(field, raw)
@@ -186,13 +182,12 @@ class AsyncSession(SessionView):
         """Whether ``key`` is set (``key in session``); one ``HEXISTS``."""
         core = self._core
         field = core.field(key)
-        live = core.live_key
-        if live is not None:
-            core.accessed = True
+        cmd = core.ready_has(field)
+        if cmd is not None:
             try:
-                return bool(await self._execute("HEXISTS", live, field))
+                return bool(await self._execute(*cmd))
             except BACKEND_ERRORS as exc:
-                return bool(await self._resend(("HEXISTS", live, field), field, exc))
+                return bool(await self._resend(cmd, field, exc))
         return bool(await self._run(core.plan_has, field, field))
 
     async def keys(self) -> list[str]:
@@ -231,13 +226,9 @@ class AsyncSession(SessionView):
         core = self._core
         field = core.field(key)
         raw = core.encode(field, value)
-        live = core.live_key
-        if live is not None:
-            core.accessed = core.modified = True
-            cmd = ("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw)
-            if await self._send(cmd, field) is not None:
-                return
-            core.vanished()
+        cmd = core.ready_set(field, raw)
+        if cmd is not None and core.written(await self._send(cmd, field)):
+            return
         await self._run(core.plan_set, field, [(field, raw)])
 
     async def update(self, other: Any = (), /, **kwargs: Any) -> None:
@@ -252,18 +243,13 @@ class AsyncSession(SessionView):
         """Remove ``key`` if present; whether it was."""
         core = self._core
         field = core.field(key)
-        live = core.live_key
-        if live is not None:
-            core.accessed = True
-            cmd = ("EVALSHA", DELETE_SHA, 1, live, field)
+        cmd = core.ready_delete(field)
+        if cmd is not None:
             try:
                 reply = await self._execute(*cmd)
             except BACKEND_ERRORS as exc:
                 reply = await self._resend(cmd, field, exc)
-            deleted = bool(core.emptied(reply))
-            if deleted:
-                core.modified = True
-            return deleted
+            return core.deleted(reply)
         return bool(await self._run(core.plan_delete, field, field))
 
     async def incr(self, key: str, amount: int = 1) -> int:
@@ -293,14 +279,11 @@ class AsyncSession(SessionView):
 
     async def _hincr(self, field: str, amount: int | float) -> Any:
         core = self._core
-        live = core.live_key
-        if live is not None and type(amount) is int:
-            core.accessed = core.modified = True
-            cmd = ("EVALSHA", INCR_SHA, 1, live, core.config.max_keys, field, amount)
+        cmd = core.ready_incr(field, amount)
+        if cmd is not None:
             reply = await self._send(cmd, field)
-            if reply is not None:
+            if core.written(reply):
                 return reply
-            core.vanished()
         return await self._run(core.plan_incr, field, field, amount)
 
     async def setdefault(self, key: str, default: Any = None) -> Any:

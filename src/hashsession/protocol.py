@@ -290,7 +290,7 @@ class SessionCore:
         "_id",
         "_incoming_id",
         "_indexed",
-        "_key",
+        "_keyc",
         "_provisional",
         "_state",
         "_ttl_override",
@@ -319,7 +319,9 @@ class SessionCore:
         self.config = config
         self._id = session_id
         self._incoming_id = session_id
-        self._key = config.key_of(session_id) if session_id is not None else None
+        # The Redis key, worked out when first needed ("": not yet): a request that never
+        # touches its session pays no key digest.
+        self._keyc: str | None = "" if session_id is not None else None
         self._state = State.PENDING if session_id is not None else State.NEW
         #: The Redis key while the session is LIVE (checked and slid in this request), else
         #: ``None``: the sessions' fast paths send plain commands only when it is set.
@@ -360,6 +362,18 @@ class SessionCore:
         self.plain_local = False
 
     # ------------------------------------------------------------------ views
+
+    @property
+    def _key(self) -> str | None:
+        key = self._keyc
+        if key == "":
+            assert self._id is not None
+            key = self._keyc = self.config.key_of(self._id)
+        return key
+
+    @_key.setter
+    def _key(self, key: str | None) -> None:
+        self._keyc = key
 
     @property
     def id(self) -> str | None:
@@ -639,13 +653,70 @@ class SessionCore:
 
     # ---------------------------------------------------------- state changes
 
+    # ------------------------------------------------------- ready commands
+    # The one place that decides the fast path of both shells: while the session is
+    # LIVE (checked and slid in this request), the plain command a single-key operation
+    # needs, built without a plan or a closure; ``None``: run the operation's plan.
+
+    def ready_get(self, field: str) -> Command | None:
+        """``HGET`` of ``field`` while live, else ``None``."""
+        key = self.live_key
+        if key is None:
+            return None
+        self.accessed = True
+        return ("HGET", key, field)
+
+    def ready_has(self, field: str) -> Command | None:
+        """``HEXISTS`` of ``field`` while live, else ``None``."""
+        key = self.live_key
+        if key is None:
+            return None
+        self.accessed = True
+        return ("HEXISTS", key, field)
+
+    def ready_set(self, field: str, raw: bytes) -> Command | None:
+        """The live ``set`` script for one field while live, else ``None``; see :meth:`written`."""
+        key = self.live_key
+        if key is None:
+            return None
+        self.accessed = self.modified = True
+        return ("EVALSHA", _SET, 1, key, self.config.max_keys, field, raw)
+
+    def ready_incr(self, field: str, amount: int | float) -> Command | None:
+        """The live ``incr`` script for an int amount while live, else ``None``; see
+        :meth:`written`."""
+        key = self.live_key
+        if key is None or type(amount) is not int:
+            return None
+        self.accessed = self.modified = True
+        return ("EVALSHA", _INCR, 1, key, self.config.max_keys, field, amount)
+
+    def ready_delete(self, field: str) -> Command | None:
+        """The live ``delete`` script while live, else ``None``; see :meth:`deleted`."""
+        key = self.live_key
+        if key is None:
+            return None
+        self.accessed = True
+        return ("EVALSHA", _DELETE, 1, key, field)
+
+    def written(self, reply: Any) -> bool:
+        """Whether a ready write found the session; if not, it starts afresh and the
+        operation's plan (run next) creates it."""
+        if reply is not None:
+            return True
+        self._lose()
+        return False
+
+    def deleted(self, reply: Any) -> bool:
+        """The result of a ready delete (ending a session it emptied, as :meth:`emptied`)."""
+        gone = bool(self.emptied(reply))
+        if gone:
+            self.modified = True
+        return gone
+
     def _enter(self, state: State) -> None:
         self._state = state
         self.live_key = self._key if state is State.LIVE else None
-
-    def vanished(self) -> None:
-        """A fast-path write found the session gone: start afresh (the next plan creates it)."""
-        self._lose()
 
     def _lose(self) -> _Marker:
         """The session vanished (expired, invalidated, never existed): start afresh."""
@@ -661,7 +732,10 @@ class SessionCore:
         assert self._key is not None
         c = self.config
         head = ("EVALSHA", OPEN.sha, 1 + len(keys), self._key, *keys)
-        return (*head, c.idle_ms, _now_ms(), c.absolute_ms, op, *args)
+        # Numbers and the op name as bytes: redis-py passes bytes through untouched, so
+        # packing the request's first command costs less (see docs/benchmarks.md).
+        now = b"%d" % _now_ms()
+        return (*head, b"%d" % c.idle_ms, now, b"%d" % c.absolute_ms, op.encode(), *args)
 
     def _opened(self, reply: Any) -> Any:
         if reply is None:

@@ -21,6 +21,7 @@ index entry is due for a refresh (``INDEX``, on the index key).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -68,8 +69,9 @@ LIFETIME_FIELD = "\x00k"
 # slide() sets `owner` (and `good`) when the owner's index entry must be rewritten, and
 # `fresh`, the good-until a new index entry would get; `live` is the session key now;
 # `keep`, the session's own cookie lifetime, if it has one.
-_HELPERS = r"""
-local owner, good, fresh, live, keep = false, 0, 0, false, false
+_STATE = r"""
+local owner, good, fresh, live, keep = false, 0, 0, false, false"""
+_FIELDS = r"""
 -- Whether the session holds nothing but the core's own bookkeeping (created, timeout,
 -- seen, indexed): no user key and no adapter metadata (an owner, flash, CSRF token...).
 local function bare(k)
@@ -97,7 +99,8 @@ local function over(k, n, lim, fields, removed)
     end
   end
   return false
-end
+end"""
+_SLIDE = r"""
 -- Slide the TTL; for an owned session, note the visit and whether its index entry is due
 -- (it must always outlast the session: it gets idle * 1.5, refreshed once idle / 2 is used up).
 local function slide(k, idle, now, abs, force)
@@ -139,6 +142,7 @@ local function report(k, r)
   return {r, owner, good, keep}
 end
 """
+_HELPERS = _STATE + _FIELDS + _SLIDE
 
 # The per-user index (see INDEX): put entries in it, prune it, keep its TTL.
 # Besides session keys it holds the markers of logins in progress on a Cluster (see
@@ -740,25 +744,55 @@ LIVE: dict[str, Script] = {
 LIVE["touch"] = _live_reporting("touch")
 LIVE["rename"] = _live_reporting("rename")
 
-#: The first command of a request: idle ms, now ms, absolute ms, op name, op args.
-#: Answers false when the session is gone, else an array with the op's reply, followed by
-#: the owner and the index entry's new good-until when that entry is due for a refresh.
-OPEN = _script(
-    "open",
-    _HELPERS
-    + _JSON
-    + "local ops = {\n"
-    + ",\n".join(f"  [{name!r}] = {body}" for name, body in _OPS.items())
-    + "\n}\n"
-    + r"""
+
+def _branches(names: list[str]) -> str:
+    ordered = sorted(names, key=lambda n: _FIRST.index(n) if n in _FIRST else len(_FIRST))
+    return "\n".join(
+        f"{'if' if n == 0 else 'elseif'} name == {name!r} then r = ({_OPS[name]})(k, 5)"
+        for n, name in enumerate(ordered)
+    )
+
+
+def _open_source() -> str:
+    """``OPEN``: slide, then one branch per operation, so that a call defines only what the
+    operation it runs needs (a read: its own closure; a write: the field helpers too; a
+    value edit: the JSON helpers too), not a table of every operation."""
+    uses_fields = re.compile(r"\b(bare|users|over)\(")
+    helped = [n for n in _OPS if n not in VALUE_OPS and uses_fields.search(_OPS[n])]
+    plain = [n for n in _OPS if n not in VALUE_OPS and n not in helped]
+    edits = ",\n".join(f"  [{name!r}] = {_OPS[name]}" for name in VALUE_OPS)
+    return (
+        _STATE
+        + _SLIDE
+        + r"""
 local k = KEYS[1]
 live = k
 if not slide(k, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])) then return false end
-local r = ops[ARGV[4]](k, 5)
-if type(r) == 'table' and r.err then return r end
+local name, r = ARGV[4], nil
+"""
+        + _branches(plain)
+        + "\nelse\n"
+        + _FIELDS
+        + "\n"
+        + _branches(helped)
+        + "\nelse\n"
+        + _JSON
+        + "local ops = {\n"
+        + edits
+        + "\n}\nr = ops[name](k, 5)\nend\nend\n"
+        + r"""if type(r) == 'table' and r.err then return r end
 return report(live, r)
-""",
-)
+"""
+    )
+
+
+#: The operations a request most often starts with, tested first by ``OPEN``.
+_FIRST = ("get", "set", "has", "incr", "delete", "all", "hmget", "keys")
+
+#: The first command of a request: idle ms, now ms, absolute ms, op name, op args.
+#: Answers false when the session is gone, else an array with the op's reply, followed by
+#: the owner and the index entry's new good-until when that entry is due for a refresh.
+OPEN = _script("open", _open_source())
 
 #: A brand-new session: ttl ms, then field/value pairs (metadata included). 1, or 0 if taken.
 CREATE = _script(

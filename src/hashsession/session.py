@@ -20,12 +20,9 @@ from hashsession.errors import ConfigurationError, ValueTypeError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
-    DELETE_SHA,
     I64_MAX,
     I64_MIN,
-    INCR_SHA,
     MISSING,
-    SET_SHA,
     After,
     Command,
     SessionCore,
@@ -152,14 +149,13 @@ class Session(SessionView, MutableMapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         core = self._core
         field = core.field(key)
-        live = core.live_key
         snapshot = self._snapshot
-        if live is not None and snapshot is None:
-            core.accessed = True
+        cmd = core.ready_get(field) if snapshot is None else None
+        if cmd is not None:
             try:
-                raw = self._execute("HGET", live, field)
+                raw = self._execute(*cmd)
             except BACKEND_ERRORS as exc:
-                raw = self._resend(("HGET", live, field), field, exc)
+                raw = self._resend(cmd, field, exc)
         else:
             raw = snapshot.pop(field, None) if snapshot is not None else None
             if raw is None:
@@ -181,14 +177,13 @@ class Session(SessionView, MutableMapping[str, Any]):
         """The value under ``key``, or ``default``; one ``HGET``."""
         core = self._core
         field = core.field(key)
-        live = core.live_key
-        if live is not None:
+        cmd = core.ready_get(field)
+        if cmd is not None:
             self._snapshot = None
-            core.accessed = True
             try:
-                raw = self._execute("HGET", live, field)
+                raw = self._execute(*cmd)
             except BACKEND_ERRORS as exc:
-                raw = self._resend(("HGET", live, field), field, exc)
+                raw = self._resend(cmd, field, exc)
         else:
             raw = self._run(core.plan_get, field, field)
         return default if raw is None else core.decode(field, raw)
@@ -196,14 +191,13 @@ class Session(SessionView, MutableMapping[str, Any]):
     def __contains__(self, key: object) -> bool:
         core = self._core
         field = core.field(key)
-        live = core.live_key
-        if live is not None:
+        cmd = core.ready_has(field)
+        if cmd is not None:
             self._snapshot = None
-            core.accessed = True
             try:
-                return bool(self._execute("HEXISTS", live, field))
+                return bool(self._execute(*cmd))
             except BACKEND_ERRORS as exc:
-                return bool(self._resend(("HEXISTS", live, field), field, exc))
+                return bool(self._resend(cmd, field, exc))
         return bool(self._run(core.plan_has, field, field))
 
     def __iter__(self) -> Iterator[str]:
@@ -268,18 +262,15 @@ class Session(SessionView, MutableMapping[str, Any]):
 
     def _set(self, field: str, raw: bytes) -> None:
         core = self._core
-        live = core.live_key
-        if live is not None:
+        cmd = core.ready_set(field, raw)
+        if cmd is not None:
             self._snapshot = None
-            core.accessed = core.modified = True
             try:
-                reply = self._execute("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw)
+                reply = self._execute(*cmd)
             except BACKEND_ERRORS as exc:
-                cmd = ("EVALSHA", SET_SHA, 1, live, core.config.max_keys, field, raw)
                 reply = self._resend(cmd, field, exc)
-            if reply is not None:
+            if core.written(reply):
                 return
-            core.vanished()
         self._run(core.plan_set, field, [(field, raw)])
 
     def _incr(self, field: str, amount: int | float) -> Any:
@@ -295,15 +286,12 @@ class Session(SessionView, MutableMapping[str, Any]):
 
     def _hincr(self, field: str, amount: int | float) -> Any:
         core = self._core
-        live = core.live_key
-        if live is not None and type(amount) is int:
+        cmd = core.ready_incr(field, amount)
+        if cmd is not None:
             self._snapshot = None
-            core.accessed = core.modified = True
-            cmd = ("EVALSHA", INCR_SHA, 1, live, core.config.max_keys, field, amount)
             reply = self._send(cmd, field)
-            if reply is not None:
+            if core.written(reply):
                 return reply
-            core.vanished()
         return self._run(core.plan_incr, field, field, amount)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
@@ -322,19 +310,14 @@ class Session(SessionView, MutableMapping[str, Any]):
         """Remove ``key`` if present; whether it was."""
         core = self._core
         field = core.field(key)
-        live = core.live_key
-        if live is not None:
+        cmd = core.ready_delete(field)
+        if cmd is not None:
             self._snapshot = None
-            core.accessed = True
-            cmd = ("EVALSHA", DELETE_SHA, 1, live, field)
             try:
                 reply = self._execute(*cmd)
             except BACKEND_ERRORS as exc:
                 reply = self._resend(cmd, field, exc)
-            deleted = bool(core.emptied(reply))
-            if deleted:
-                core.modified = True
-            return deleted
+            return core.deleted(reply)
         return bool(self._run(core.plan_delete, field, field))
 
     def incr(self, key: str, amount: int = 1) -> int:

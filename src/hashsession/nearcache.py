@@ -1,0 +1,243 @@
+"""A near cache of session fields, kept true by Redis's client-side tracking (issue 17).
+
+Foundation only: not wired to the stores yet, and no store setting enables it.
+
+:class:`NearCache` is a bounded LRU of session keys, each holding the raw values of the
+fields this process read. :class:`Tracker` keeps one dedicated connection per server on
+which Redis's server-assisted client tracking is on in broadcast mode for the store's
+prefix (``CLIENT TRACKING on REDIRECT <own id> BCAST PREFIX <prefix>``, then
+``SUBSCRIBE __redis__:invalidate``; RESP2, Redis 6.0+ and Valkey): every change to a
+session key anywhere (a write, a delete, an expiry, ``FLUSHALL``) sends its key (or nil
+for a flush) there, and the cache forgets it.
+
+Never stale: a reader calls :meth:`Tracker.drain` before it answers from the cache,
+which applies every invalidation already received; Redis queues the invalidation
+before the reply to the write that caused it, so a change acknowledged before a request
+starts is seen by it. While the link is down (killed, server restarted, failed over)
+the cache is empty and off (:meth:`NearCache.stamp` is ``None``) until the link is back.
+Values read before an invalidation cannot land in the cache after it: a reader takes a
+:meth:`~NearCache.stamp` before sending its read and :meth:`~NearCache.put` drops the
+value if any invalidation (or an outage) came in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "NearCache", "Tracker"]
+
+log = logging.getLogger("hashsession.nearcache")
+
+#: Sessions kept at most (least recently used dropped first).
+DEFAULT_MAX_ENTRIES = 10_000
+#: Bytes of field names and values kept at most, counted as their lengths plus
+#: :data:`_ENTRY_COST` per session and :data:`_FIELD_COST` per field.
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+_ENTRY_COST = 200
+_FIELD_COST = 80
+
+_CHANNEL = b"__redis__:invalidate"
+
+
+class NearCache:
+    """Raw field values of session keys, least recently used dropped past the bounds.
+
+    Thread-safe. ``get`` answers ``(True, raw)`` for a cached field (``raw`` is ``None``
+    when the field is known to be missing) and ``(False, None)`` otherwise.
+    """
+
+    def __init__(
+        self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("max_entries and max_bytes must be positive")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, dict[str, bytes | None]] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._bytes = 0
+        #: Bumped by every invalidation and outage; a put carries the value it read before.
+        self._generation = 0
+        self._on = False
+
+    @property
+    def on(self) -> bool:
+        """Whether the cache serves and takes values (the tracking link is up)."""
+        return self._on
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Sessions held and the bytes they are counted as."""
+        with self._lock:
+            return len(self._entries), self._bytes
+
+    def stamp(self) -> int | None:
+        """Taken before sending a read whose reply may be cached; ``None`` while off."""
+        return self._generation if self._on else None
+
+    def get(self, key: str, field: str) -> tuple[bool, bytes | None]:
+        if not self._on:
+            return False, None
+        with self._lock:
+            fields = self._entries.get(key)
+            if fields is None or field not in fields:
+                return False, None
+            self._entries.move_to_end(key)
+            return True, fields[field]
+
+    def put(self, key: str, field: str, raw: bytes | None, stamp: int | None) -> bool:
+        """Keep ``raw`` for ``field`` unless the cache changed since ``stamp``; whether kept."""
+        cost = len(field) + (len(raw) if raw is not None else 0) + _FIELD_COST
+        with self._lock:
+            if stamp is None or stamp != self._generation or not self._on:
+                return False
+            fields = self._entries.get(key)
+            if fields is None:
+                fields = self._entries[key] = {}
+                self._sizes[key] = _ENTRY_COST
+                self._bytes += _ENTRY_COST
+            else:
+                self._entries.move_to_end(key)
+                old = fields.get(field)
+                if field in fields:
+                    cost -= len(field) + (len(old) if old is not None else 0) + _FIELD_COST
+            fields[field] = raw
+            self._sizes[key] += cost
+            self._bytes += cost
+            while len(self._entries) > self.max_entries or (
+                self._bytes > self.max_bytes and len(self._entries) > 1
+            ):
+                gone, _ = self._entries.popitem(last=False)
+                self._bytes -= self._sizes.pop(gone)
+            return True
+
+    def forget(self, keys: list[bytes] | None) -> None:
+        """Drop ``keys`` (``None``: everything, as after ``FLUSHALL``)."""
+        with self._lock:
+            self._generation += 1
+            if keys is None:
+                self._drop_all()
+                return
+            for raw in keys:
+                key = raw.decode("utf-8", "surrogateescape")
+                if self._entries.pop(key, None) is not None:
+                    self._bytes -= self._sizes.pop(key)
+
+    def switch(self, on: bool) -> None:
+        """Turn the cache on (the link is up) or off (it is down: empty it)."""
+        with self._lock:
+            self._generation += 1
+            self._on = on
+            if not on:
+                self._drop_all()
+
+    def _drop_all(self) -> None:
+        self._entries.clear()
+        self._sizes.clear()
+        self._bytes = 0
+
+
+class Tracker:
+    """The tracking link of one server: invalidations in, :class:`NearCache` kept true.
+
+    ``connect`` makes a new RESP2 redis-py ``Connection`` to the server (any auth or
+    TLS it needs included). :meth:`drain` applies what arrived, without blocking; a
+    daemon thread drains every ``interval`` seconds too, and reconnects a lost link.
+    """
+
+    def __init__(
+        self,
+        cache: NearCache,
+        connect: Callable[[], Any],
+        prefix: str,
+        *,
+        interval: float = 0.05,
+    ) -> None:
+        self.cache = cache
+        self.prefix = prefix
+        self.interval = interval
+        self._connect = connect
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Tracker:
+        """Open the link (raising if the server refuses it) and start the thread."""
+        with self._lock:
+            self._open()
+        self._thread = threading.Thread(target=self._run, name="hashsession-tracker", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the thread, close the link and empty the cache."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            self._drop()
+
+    def drain(self) -> bool:
+        """Apply every invalidation received so far; whether the link is up."""
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                return False
+            try:
+                while conn.can_read(timeout=0):
+                    self._handle(conn.read_response())
+            except Exception as exc:  # the link broke: the cache cannot be trusted
+                log.warning("near cache: tracking link lost (%s); cache off until it is back", exc)
+                self._drop()
+                return False
+            return True
+
+    def _open(self) -> None:
+        conn = self._connect()
+        try:
+            conn.connect()
+            conn.send_command("CLIENT", "ID")
+            own = conn.read_response()
+            conn.send_command(
+                "CLIENT", "TRACKING", "on", "REDIRECT", own, "BCAST", "PREFIX", self.prefix
+            )
+            conn.read_response()
+            conn.send_command("SUBSCRIBE", _CHANNEL)
+            conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._conn = conn
+        self.cache.switch(True)
+
+    def _drop(self) -> None:
+        self.cache.switch(False)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing a link that may be broken
+                conn.disconnect()
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, list) and len(message) == 3 and message[0] == b"message":
+            keys = message[2]
+            self.cache.forget(None if keys is None else list(keys))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.drain():
+                continue
+            with self._lock:
+                if self._conn is not None or self._stop.is_set():
+                    continue
+                try:
+                    self._open()
+                    log.info("near cache: tracking link back; cache on")
+                except Exception as exc:
+                    log.debug("near cache: reconnecting the tracking link failed: %s", exc)

@@ -1,0 +1,216 @@
+"""The near cache's foundation (hashsession.nearcache) against a real private server.
+
+Writes come from another process; the tracking link is killed with CLIENT KILL; FLUSHALL
+and expiry must empty what they touch. No wall-clock assertion: waits are bounded polls.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from hashsession.embedded import EmbeddedRedis
+from hashsession.nearcache import NearCache, Tracker
+
+PREFIX = "hs:"
+
+WRITER = r"""
+import sys, redis
+r = redis.Redis.from_url(sys.argv[1])
+for line in sys.stdin:
+    op, key, n = line.split()
+    if op == "set":
+        r.hset(key, "cart", n)
+    else:
+        r.delete(key)
+    print("ok", flush=True)
+"""
+
+
+@pytest.fixture
+def server(make_server: Callable[..., EmbeddedRedis]) -> EmbeddedRedis:
+    return make_server()
+
+
+@pytest.fixture
+def tracked(server: EmbeddedRedis) -> Iterator[tuple[NearCache, Tracker]]:
+    pool = redis.ConnectionPool.from_url(server.url, protocol=2)
+    cache = NearCache()
+    tracker = Tracker(cache, pool.make_connection, PREFIX, interval=0.02).start()
+    try:
+        yield cache, tracker
+    finally:
+        tracker.close()
+        pool.disconnect()
+
+
+def cached(cache: NearCache, key: str) -> bool:
+    return cache.get(key, "cart")[0]
+
+
+def fill(cache: NearCache, key: str) -> None:
+    assert cache.put(key, "cart", b"[1]", cache.stamp())
+    assert cached(cache, key)
+
+
+def until(check: Callable[[], bool], tracker: Tracker, limit: float = 10.0) -> bool:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        tracker.drain()
+        if check():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_a_write_or_logout_in_another_process_is_seen_1_ms_after_its_ack(
+    server: EmbeddedRedis, tracked: tuple[NearCache, Tracker]
+) -> None:
+    cache, tracker = tracked
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, server.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert writer.stdin is not None and writer.stdout is not None
+    reader = server.client()
+    stale = kept_after_change = 0
+    try:
+        for n in range(400):
+            key = f"{PREFIX}{n % 7}"
+            stamp = cache.stamp()  # a reader fills the cache from a real read
+            assert cache.put(key, "cart", reader.hget(key, "cart"), stamp)
+            writer.stdin.write(f"{'set' if n % 4 else 'del'} {key} {n}\n")  # write or logout
+            writer.stdin.flush()
+            assert writer.stdout.readline().strip() == "ok"  # acknowledged
+            time.sleep(0.001)
+            tracker.drain()  # what a request does before answering from the cache
+            hit, raw = cache.get(key, "cart")
+            stale += hit and raw != reader.hget(key, "cart")
+            kept_after_change += hit and n % 4 != 0  # every set changes the value
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=10)
+    assert (stale, kept_after_change) == (0, 0)
+
+
+def test_a_value_read_before_an_invalidation_is_not_kept(
+    server: EmbeddedRedis, tracked: tuple[NearCache, Tracker]
+) -> None:
+    cache, tracker = tracked
+    stamp = cache.stamp()  # taken before the read is sent
+    server.client().hset(f"{PREFIX}a", "cart", "[9]")  # a change lands meanwhile
+    assert until(lambda: cache.stamp() != stamp, tracker)
+    assert not cache.put(f"{PREFIX}a", "cart", b"[1]", stamp)
+    assert not cached(cache, f"{PREFIX}a")
+
+
+def test_keys_outside_the_prefix_do_not_invalidate(
+    server: EmbeddedRedis, tracked: tuple[NearCache, Tracker]
+) -> None:
+    cache, tracker = tracked
+    fill(cache, f"{PREFIX}a")
+    before = cache.stamp()
+    admin = server.client()
+    admin.set("other", "1")
+    admin.set(f"{PREFIX}marker", "1")  # in the prefix: its invalidation follows the other's
+    assert until(lambda: cache.stamp() != before, tracker)
+    assert cached(cache, f"{PREFIX}a")
+
+
+def test_flushall_empties_the_cache(
+    server: EmbeddedRedis, tracked: tuple[NearCache, Tracker]
+) -> None:
+    cache, tracker = tracked
+    for n in range(5):
+        fill(cache, f"{PREFIX}{n}")
+    server.client().flushall()
+    assert until(lambda: cache.size[0] == 0, tracker)
+    assert cache.on
+
+
+def test_expiry_is_seen(server: EmbeddedRedis, tracked: tuple[NearCache, Tracker]) -> None:
+    cache, tracker = tracked
+    admin = server.client()
+    admin.hset(f"{PREFIX}e", "cart", "[1]")
+    admin.pexpire(f"{PREFIX}e", 30)
+    assert until(lambda: cache.stamp() is not None, tracker)
+    fill(cache, f"{PREFIX}e")
+    assert until(lambda: not cached(cache, f"{PREFIX}e"), tracker)
+
+
+def test_a_killed_tracking_link_empties_the_cache_until_it_is_back(
+    server: EmbeddedRedis, tracked: tuple[NearCache, Tracker]
+) -> None:
+    cache, tracker = tracked
+    fill(cache, f"{PREFIX}a")
+    admin = server.client()
+    assert admin.client_kill_filter(_type="pubsub") == 1
+    # Nothing may be served from the moment the link is found dead ...
+    seen_off = until(lambda: not cache.on, tracker)
+    assert seen_off
+    assert cache.size == (0, 0)
+    assert cache.stamp() is None
+    assert not cache.put(f"{PREFIX}a", "cart", b"[1]", cache.stamp())
+    # ... and the thread brings it back; invalidations then flow again.
+    assert until(lambda: cache.on, tracker)
+    fill(cache, f"{PREFIX}a")
+    admin.hset(f"{PREFIX}a", "cart", "[3]")
+    assert until(lambda: not cached(cache, f"{PREFIX}a"), tracker)
+
+
+def test_a_restarted_server_turns_the_cache_off_then_on(
+    make_server: Callable[..., EmbeddedRedis],
+) -> None:
+    server = make_server()
+    pool = redis.ConnectionPool.from_url(server.url, protocol=2)
+    cache = NearCache()
+    tracker = Tracker(cache, pool.make_connection, PREFIX, interval=0.02).start()
+    try:
+        fill(cache, f"{PREFIX}a")
+        port = server.port
+        server.stop()
+        assert until(lambda: not cache.on, tracker)
+        assert cache.size == (0, 0)
+        make_server(port=port)
+        assert until(lambda: cache.on, tracker)
+    finally:
+        tracker.close()
+        pool.disconnect()
+
+
+def test_least_recently_used_sessions_go_first() -> None:
+    cache = NearCache(max_entries=3)
+    cache.switch(True)
+    for key in ("a", "b", "c"):
+        assert cache.put(key, "f", b"1", cache.stamp())
+    assert cache.get("a", "f") == (True, b"1")  # a is now the most recent
+    assert cache.put("d", "f", None, cache.stamp())  # known missing: cached as None
+    assert [cache.get(k, "f")[0] for k in "abcd"] == [True, False, True, True]
+    assert cache.get("d", "f") == (True, None)
+
+
+def test_the_byte_bound_holds() -> None:
+    cache = NearCache(max_bytes=2000)
+    cache.switch(True)
+    for n in range(50):
+        cache.put(f"k{n}", "f", b"x" * 100, cache.stamp())
+    held, size = cache.size
+    assert size <= 2000
+    assert 1 <= held < 50
+    assert cache.get("k49", "f") == (True, b"x" * 100)
+
+
+def test_an_off_cache_serves_nothing(server: EmbeddedRedis) -> None:
+    cache = NearCache()
+    assert cache.stamp() is None
+    assert not cache.put("k", "f", b"1", 0)
+    assert cache.get("k", "f") == (False, None)
+    with pytest.raises(ValueError):
+        NearCache(max_entries=0)
