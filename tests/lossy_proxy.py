@@ -128,10 +128,7 @@ class LossyProxy:
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             link = _Link(client, server)
-            for pump in (self._upstream, self._downstream):
-                thread = threading.Thread(target=pump, args=(link,), daemon=True)
-                link.threads.append(thread)
-                thread.start()
+            # Listed before a byte flows, so a drop_all() right after a reply sees it.
             with self._lock:
                 closed = self._closed
                 if not closed:
@@ -140,6 +137,10 @@ class LossyProxy:
             if closed:
                 link.close()
                 return
+            for pump in (self._upstream, self._downstream):
+                thread = threading.Thread(target=pump, args=(link,), daemon=True)
+                link.threads.append(thread)
+                thread.start()
 
     def _upstream(self, link: _Link) -> None:
         """Client to server; the first command after arming marks its link as losing."""

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -297,7 +298,8 @@ def test_a_bad_url_is_one_line_and_exit_2() -> None:
     done = _process("ls", env={"HASHSESSION_REDIS": "http://example.invalid/"})
     assert done.returncode == 2 and done.stdout == ""
     assert "bad Redis URL" in _one_line_error(done.stderr)
-    done = _process("stats")  # no URL at all
+    nowhere = tempfile.mkdtemp(prefix="hs-cli-dev-")  # no development server runs here
+    done = _process("stats", env={"HASHSESSION_DEV_DIR": nowhere})  # no URL at all
     assert done.returncode == 2 and "HASHSESSION_REDIS" in _one_line_error(done.stderr)
     done = _process("stats", "--no-such-flag")
     assert done.returncode == 2 and "--no-such-flag" in _one_line_error(done.stderr)
