@@ -85,19 +85,29 @@ class Env:
         }
         self.children: list[subprocess.Popen[str]] = []
 
-    def user(self, **extra: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
-        """Start a user process; its report once it has connected."""
+    def spawn(
+        self, *command: str, cwd: Path | None = None, stdout: int = subprocess.PIPE, **extra: str
+    ) -> subprocess.Popen[str]:
+        """Start ``python <command>`` in the project, in a process group of its own (as a
+        terminal would give it); stopped at the end of the test."""
         child = subprocess.Popen(
-            [sys.executable, "-c", USER],
-            cwd=self.project,
+            [sys.executable, *command],
+            cwd=cwd or self.project,
             env={**self.vars, **extra},
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
-            start_new_session=True,  # its own process group, as a terminal would give it
+            start_new_session=True,
         )
         self.children.append(child)
+        return child
+
+    def user(
+        self, cwd: Path | None = None, **extra: str
+    ) -> tuple[subprocess.Popen[str], dict[str, object]]:
+        """Start a user process; its report once it has connected."""
+        child = self.spawn("-c", USER, cwd=cwd, **extra)
         assert child.stdout is not None
         line = child.stdout.readline()
         assert line, child.stderr.read() if child.stderr else ""
@@ -178,18 +188,7 @@ def test_the_server_stops_once_its_last_user_is_gone(env: Env) -> None:
 
 
 def test_processes_starting_at_once_start_one_server(env: Env) -> None:
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", USER],
-            cwd=env.project,
-            env=env.vars,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(6)
-    ]
-    env.children += children
+    children = [env.spawn("-c", USER) for _ in range(6)]
     reports = [json.loads(child.stdout.readline()) for child in children if child.stdout]
     assert len({report["server_pid"] for report in reports}) == 1
     for child in children:
@@ -200,17 +199,7 @@ def test_projects_do_not_share(env: Env, tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.mkdir()
     here, report_here = env.user()
-    there = subprocess.Popen(
-        [sys.executable, "-c", USER],
-        cwd=other,
-        env=env.vars,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    env.children.append(there)
-    assert there.stdout is not None
-    report_there = json.loads(there.stdout.readline())
+    there, report_there = env.user(cwd=other)
     assert report_there["server_pid"] != report_here["server_pid"]
     leave(here)
     leave(there)
@@ -273,16 +262,7 @@ FOREGROUND = "from hashsession.cli import main; raise SystemExit(main(['server']
 
 
 def _foreground(env: Env) -> tuple[subprocess.Popen[str], list[str]]:
-    server = subprocess.Popen(
-        [sys.executable, "-c", FOREGROUND],
-        cwd=env.project,
-        env=env.vars,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    env.children.append(server)
+    server = env.spawn("-c", FOREGROUND)
     assert server.stdout is not None
     lines = [server.stdout.readline() for _ in range(4)]
     assert lines[-1], server.stderr.read() if server.stderr else ""
@@ -440,17 +420,8 @@ def test_uvicorn_workers_share_sessions(env: Env) -> None:
 
     (env.project / "app.py").write_text(ASGI_APP)
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "app:app", "--workers", "2", "--port", str(port)]
-    server = subprocess.Popen(
-        command,
-        cwd=env.project,
-        env=env.vars,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    env.children.append(server)
+    command = ["-m", "uvicorn", "app:app", "--workers", "2", "--port", str(port)]
+    server = env.spawn(*command, stdout=subprocess.DEVNULL)
     _wait_for_http(port, server)
     cookie: str | None = None
     counts, workers = [], set()
@@ -470,17 +441,8 @@ def test_a_flask_reload_keeps_the_session(env: Env) -> None:
     app_file = env.project / "app.py"
     app_file.write_text(FLASK_APP)
     port = free_port()
-    command = [sys.executable, "-m", "flask", "--app", "app", "run", "--debug", "--port", str(port)]
-    server = subprocess.Popen(
-        command,
-        cwd=env.project,
-        env={**env.vars, "HASHSESSION_DEV_GRACE": "3"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    env.children.append(server)
+    command = ["-m", "flask", "--app", "app", "run", "--debug", "--port", str(port)]
+    server = env.spawn(*command, stdout=subprocess.DEVNULL, HASHSESSION_DEV_GRACE="3")
     _wait_for_http(port, server)
     first, cookie = _get(port, None)
     assert first["visits"] == 1
