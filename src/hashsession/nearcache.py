@@ -28,12 +28,20 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import ConnectionError, ResponseError
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "DEFAULT_REFRESH_SHARE", "NearCache", "Tracker"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_REFRESH_SHARE",
+    "NearCache",
+    "NearLink",
+    "Tracker",
+]
 
 log = logging.getLogger("hashsession.nearcache")
 
@@ -304,3 +312,13 @@ class Tracker:
                     log.info("near cache: tracking link back; cache on")
                 except Exception as exc:
                     log.debug("near cache: reconnecting the tracking link failed: %s", exc)
+
+
+@dataclass(frozen=True)
+class NearLink:
+    """A store's near cache as its sessions use it: the cache, its tracking link, and
+    the refresh share in thousandths of the idle timeout (as ``OPEN_NEAR`` takes it)."""
+
+    cache: NearCache
+    tracker: Tracker
+    share: bytes
