@@ -8,9 +8,10 @@ Redis's server-assisted client tracking is on in broadcast mode for the store's 
 (``CLIENT TRACKING on BCAST PREFIX <prefix> NOLOOP``, Redis 6.0+ and Valkey): every
 change to a session key made by any other connection (a write, a delete, an expiry,
 ``FLUSHALL``) pushes its key (or nil for a flush) there, and the cache forgets it. The
-sessions' TTL refreshes are sent on that same link (:meth:`Tracker.execute`): thanks to
-``NOLOOP`` they do not invalidate what they have just read, while a change by anyone else
-in the same instant still does (Redis names the last writer of each key it reports).
+sessions' TTL refreshes are sent on that same link (:meth:`Tracker.execute`). ``NOLOOP``
+spares plain commands sent there; a script's writes still come back (the server runs
+them as its own script client), so the slide a refresh makes invalidates the session
+once and the next request reads it again: two round trips per refresh share.
 
 Never stale: a reader calls :meth:`Tracker.drain` before it answers from the cache,
 which applies every invalidation already received; Redis queues the invalidation
@@ -28,11 +29,13 @@ import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ConnectionError, ResponseError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+
+from hashsession.scripts import with_source
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -264,9 +267,13 @@ class Tracker:
                 raise ConnectionError("the near cache's tracking link is down")
             try:
                 conn.send_command(*args)
-                return conn.read_response()
+                try:
+                    return conn.read_response()
+                except NoScriptError:  # the server forgot it: once more, with its source
+                    conn.send_command(*with_source(args))
+                    return conn.read_response()
             except ResponseError:
-                raise  # an error reply (NOSCRIPT...): the link itself is fine
+                raise  # an error reply: the link itself is fine
             except Exception:
                 self._drop()
                 raise
@@ -278,9 +285,7 @@ class Tracker:
             if str(getattr(conn, "protocol", 2)) != "3":
                 raise ValueError("the tracking link needs a RESP3 connection (protocol=3)")
             conn._parser.set_invalidation_push_handler(self._handle)
-            conn.send_command(
-                "CLIENT", "TRACKING", "on", "BCAST", "PREFIX", self.prefix, "NOLOOP"
-            )
+            conn.send_command("CLIENT", "TRACKING", "on", "BCAST", "PREFIX", self.prefix, "NOLOOP")
             conn.read_response()
         except BaseException:
             conn.disconnect()

@@ -60,7 +60,6 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from hashsession.config import SessionConfig
 from hashsession.cookies import CookiePolicy
-from hashsession.nearcache import NearLink, Tracker
 from hashsession.errors import (
     BackendError,
     ConflictError,
@@ -73,6 +72,7 @@ from hashsession.errors import (
     NotReplicatedError,
     ValueTypeError,
 )
+from hashsession.nearcache import NearLink, Tracker
 from hashsession.scripts import (
     CREATE,
     CREATED_FIELD,
@@ -791,8 +791,8 @@ class SessionCore:
         c = self.config
         now = _now_ms()
         b = b"%d"
-        cmd = ("EVALSHA", OPEN_NEAR.sha, 1, key, b % c.idle_ms, b % now, b % c.absolute_ms)
-        cmd += (near.share, op.encode(), field)
+        cmd: Command = ("EVALSHA", OPEN_NEAR.sha, 1, key, b % c.idle_ms, b % now)
+        cmd += (b % c.absolute_ms, near.share, op.encode(), field)
         self.link = near.tracker
 
         def opened(reply: Any) -> Any:

@@ -797,8 +797,8 @@ OPEN = _script("open", _open_source())
 
 #: The first read of a request served by the near cache (``get`` or ``has`` of one field):
 #: idle ms, now ms, absolute ms, refresh share in thousandths, op name, field. It slides
-#: the TTL only when at least that share of the idle timeout has passed since the last
-#: slide (told by the TTL left), so a TTL refresh costs one round trip per share. Answers
+#: the TTL only when at least 7/8 of that share of the idle timeout has passed since the
+#: last slide (told by the TTL left), so a TTL refresh costs one round trip per share. Answers
 #: false when the session is gone, else ``{r, owner or nil, good, lifetime or nil, due}``:
 #: due is how many ms from now the session may be served without asking (no slide due,
 #: and never past its expiry).
@@ -820,15 +820,16 @@ if abs > 0 and m[1] then
   if rest <= 0 then ended = true elseif rest < target then target = rest end
 end
 local cut = math.floor(own * tonumber(ARGV[4]) / 1000)
-if ended or left < 0 or left <= target - cut then
+-- (slack: an eighth of the share, so a client whose clock runs a little ahead of the
+-- server's still finds the slide due, instead of coming back for it a moment later)
+if ended or left < 0 or left <= target - cut + math.floor(cut / 8) then
   left = slide(k, idle, now, abs)
   if not left then return false end
   if owner and redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
 else
   keep = m[3]
 end
-local r
-if ARGV[5] == 'get' then r = redis.call('HGET', k, ARGV[6]) else r = redis.call('HEXISTS', k, ARGV[6]) end
+local r = redis.call(ARGV[5] == 'get' and 'HGET' or 'HEXISTS', k, ARGV[6])
 local due = left - target + cut
 if due > left then due = left end
 return {r, owner, good, keep, due}
