@@ -128,6 +128,11 @@ class StoreBase:
         self.config = replace(self.config, same_slot_ids=True)
 
     @property
+    def near_cache(self) -> NearCache | None:
+        """The near cache (``near_cache`` setting), or ``None``."""
+        return None if self._near is None else self._near.cache
+
+    @property
     def cookie(self) -> CookiePolicy:
         """The cookie policy in force."""
         return self.config.cookie
@@ -268,11 +273,6 @@ class SessionStore(StoreBase):
                 "near_cache", f"needs client tracking (Redis 6.0+ or Valkey): {exc}"
             ) from exc
         return NearLink(cache, tracker, b"%d" % round(settings.refresh_share * 1000))
-
-    @property
-    def near_cache(self) -> NearCache | None:
-        """The near cache (``near_cache`` setting), or ``None``."""
-        return None if self._near is None else self._near.cache
 
     def close(self) -> None:
         """Close the Redis connections this store opened (the pool too, if it built one)."""
