@@ -483,6 +483,10 @@ class AsyncSessionStore(StoreBase):
     def __init__(self, *, redis: str | AsyncClient | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self._check_cookie_security(development=redis is None)
+        if self.config.near_cache is not None:
+            raise ConfigurationError(
+                "near_cache", "is not supported by the asyncio store yet (sync SessionStore only)"
+            )
         self._clients = _Clients(redis, reply_timeout(self.config))
         if is_cluster(self._clients.fixed):
             self._on_cluster()

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_SECONDS",
     "MIN_USER_KEY_BYTES",
     "KeyLayout",
+    "NearCacheSettings",
     "SessionConfig",
     "seconds",
     "user_digest",
@@ -55,6 +56,48 @@ DEFAULT_MIGRATION_RETRY = 5.0
 #: The longest timeout or lifetime accepted (1000 years): its milliseconds, added to now,
 #: stay exact in the scripts' Lua numbers and within what Redis' PEXPIRE takes.
 MAX_SECONDS = 1000 * 365 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class NearCacheSettings:
+    """The bounds of the near cache (the ``near_cache`` store setting).
+
+    ``max_sessions`` and ``max_bytes`` bound what one store keeps in memory (least
+    recently used sessions go first); ``refresh_share`` is the share of the idle timeout
+    after which a request slides the TTL again (one round trip, once per share).
+    """
+
+    max_sessions: int = 10_000
+    max_bytes: int = 16 * 1024 * 1024
+    refresh_share: float = 0.25
+
+    @classmethod
+    def coerce(cls, value: object) -> NearCacheSettings | None:
+        """``None`` for ``False``; the defaults for ``True``; a mapping's or our own values
+        checked. Anything else raises :class:`ConfigurationError` naming ``near_cache``."""
+        if value is False or value is None:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, Mapping):
+            try:
+                value = cls(**value)
+            except TypeError as exc:
+                raise ConfigurationError("near_cache", str(exc)) from None
+        if not isinstance(value, cls):
+            raise ConfigurationError(
+                "near_cache", f"must be True, False, a mapping or NearCacheSettings, not {value!r}"
+            )
+        for name in ("max_sessions", "max_bytes"):
+            bound = getattr(value, name)
+            if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+                raise ConfigurationError("near_cache", f"{name} must be a whole number >= 1")
+        share = value.refresh_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 0.5:
+            raise ConfigurationError(
+                "near_cache", f"refresh_share must be more than 0 and at most 0.5, not {share!r}"
+            )
+        return value
 
 
 def seconds(setting: str, value: object, *, allow_none: bool = False) -> int | None:
@@ -140,6 +183,8 @@ class SessionConfig:
     user_key: bytes | None = None
     #: Also find (and lazily migrate) sessions indexed under unkeyed digests.
     legacy_user_index: bool = True
+    #: The near cache's bounds, or ``None``: no near cache (the ``near_cache`` setting).
+    near_cache: NearCacheSettings | None = None
 
     @classmethod
     def build(
@@ -167,6 +212,7 @@ class SessionConfig:
         migration_retry_timeout: float | timedelta = DEFAULT_MIGRATION_RETRY,
         user_key: str | bytes | None = None,
         legacy_user_index: bool = True,
+        near_cache: bool | NearCacheSettings | Mapping[str, Any] = False,
     ) -> SessionConfig:
         """Check every setting, naming the first bad one."""
         # No NUL either: a user's index tells session keys from login markers by it.
@@ -259,7 +305,9 @@ class SessionConfig:
             raise ConfigurationError(
                 "legacy_user_index", f"must be True or False, not {legacy_user_index!r}"
             )
+        near = NearCacheSettings.coerce(near_cache)
         return cls(
+            near_cache=near,
             prefix=prefix,
             idle_ms=idle * 1000,  # type: ignore[operator]
             absolute_ms=(absolute or 0) * 1000,

@@ -1,14 +1,17 @@
 """A near cache of session fields, kept true by Redis's client-side tracking (issue 17).
 
-Foundation only: not wired to the stores yet, and no store setting enables it.
-
-:class:`NearCache` is a bounded LRU of session keys, each holding the raw values of the
-fields this process read. :class:`Tracker` keeps one dedicated connection per server on
-which Redis's server-assisted client tracking is on in broadcast mode for the store's
-prefix (``CLIENT TRACKING on REDIRECT <own id> BCAST PREFIX <prefix>``, then
-``SUBSCRIBE __redis__:invalidate``; RESP2, Redis 6.0+ and Valkey): every change to a
-session key anywhere (a write, a delete, an expiry, ``FLUSHALL``) sends its key (or nil
-for a flush) there, and the cache forgets it.
+Enabled by the store setting ``near_cache`` (sync stores on one server; see
+docs/near-cache.md). :class:`NearCache` is a bounded LRU of session keys, each holding
+the raw values of the fields this process read and until when the session may be served
+without asking Redis. :class:`Tracker` keeps one dedicated RESP3 connection on which
+Redis's server-assisted client tracking is on in broadcast mode for the store's prefix
+(``CLIENT TRACKING on BCAST PREFIX <prefix> NOLOOP``, Redis 6.0+ and Valkey): every
+change to a session key made by any other connection (a write, a delete, an expiry,
+``FLUSHALL``) pushes its key (or nil for a flush) there, and the cache forgets it. The
+sessions' TTL refreshes are sent on that same link (:meth:`Tracker.execute`). ``NOLOOP``
+spares plain commands sent there; a script's writes still come back (the server runs
+them as its own script client), so the slide a refresh makes invalidates the session
+once and the next request reads it again: two round trips per refresh share.
 
 Never stale: a reader calls :meth:`Tracker.drain` before it answers from the cache,
 which applies every invalidation already received; Redis queues the invalidation
@@ -27,9 +30,21 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "NearCache", "Tracker"]
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+
+from hashsession.scripts import with_source
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ENTRIES",
+    "DEFAULT_REFRESH_SHARE",
+    "NearCache",
+    "NearLink",
+    "Tracker",
+]
 
 log = logging.getLogger("hashsession.nearcache")
 
@@ -38,10 +53,10 @@ DEFAULT_MAX_ENTRIES = 10_000
 #: Bytes of field names and values kept at most, counted as their lengths plus
 #: :data:`_ENTRY_COST` per session and :data:`_FIELD_COST` per field.
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+#: The share of the idle timeout after which a request slides the TTL again.
+DEFAULT_REFRESH_SHARE = 0.25
 _ENTRY_COST = 200
 _FIELD_COST = 80
-
-_CHANNEL = b"__redis__:invalidate"
 
 
 class NearCache:
@@ -61,6 +76,9 @@ class NearCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, dict[str, bytes | None]] = OrderedDict()
         self._sizes: dict[str, int] = {}
+        #: Per session: until when (ms since the epoch, this host's clock) it may be
+        #: served without a round trip, and its own cookie lifetime (or ``None``).
+        self._until: dict[str, tuple[int, int | None]] = {}
         self._bytes = 0
         #: Bumped by every invalidation and outage; a put carries the value it read before.
         self._generation = 0
@@ -91,6 +109,37 @@ class NearCache:
             self._entries.move_to_end(key)
             return True, fields[field]
 
+    def serving(self, key: str, now_ms: int) -> tuple[int, int | None] | None:
+        """``(until, lifetime)`` if the session ``key`` may be served from here at
+        ``now_ms`` (alive, no TTL refresh due), else ``None``."""
+        if not self._on:
+            return None
+        with self._lock:
+            until = self._until.get(key)
+            if until is None or until[0] <= now_ms:
+                return None
+            self._entries.move_to_end(key)
+            return until
+
+    def opened(self, key: str, until_ms: int, lifetime: int | None, stamp: int | None) -> bool:
+        """Note that ``key`` may be served until ``until_ms``, unless the cache changed
+        since ``stamp`` (taken before the command that told so was sent); whether kept."""
+        with self._lock:
+            if stamp is None or stamp != self._generation or not self._on:
+                return False
+            if key not in self._entries:
+                self._entries[key] = {}
+                self._sizes[key] = _ENTRY_COST
+                self._bytes += _ENTRY_COST
+                self._evict()
+            if key in self._entries:
+                self._until[key] = (until_ms, lifetime)
+            return True
+
+    def drop(self, key: str) -> None:
+        """Forget one session at once (a write through this process changed it)."""
+        self.forget([key.encode("utf-8", "surrogateescape")])
+
     def put(self, key: str, field: str, raw: bytes | None, stamp: int | None) -> bool:
         """Keep ``raw`` for ``field`` unless the cache changed since ``stamp``; whether kept."""
         cost = len(field) + (len(raw) if raw is not None else 0) + _FIELD_COST
@@ -110,12 +159,16 @@ class NearCache:
             fields[field] = raw
             self._sizes[key] += cost
             self._bytes += cost
-            while len(self._entries) > self.max_entries or (
-                self._bytes > self.max_bytes and len(self._entries) > 1
-            ):
-                gone, _ = self._entries.popitem(last=False)
-                self._bytes -= self._sizes.pop(gone)
+            self._evict()
             return True
+
+    def _evict(self) -> None:
+        while len(self._entries) > self.max_entries or (
+            self._bytes > self.max_bytes and len(self._entries) > 1
+        ):
+            gone, _ = self._entries.popitem(last=False)
+            self._bytes -= self._sizes.pop(gone)
+            self._until.pop(gone, None)
 
     def forget(self, keys: list[bytes] | None) -> None:
         """Drop ``keys`` (``None``: everything, as after ``FLUSHALL``)."""
@@ -128,6 +181,7 @@ class NearCache:
                 key = raw.decode("utf-8", "surrogateescape")
                 if self._entries.pop(key, None) is not None:
                     self._bytes -= self._sizes.pop(key)
+                    self._until.pop(key, None)
 
     def switch(self, on: bool) -> None:
         """Turn the cache on (the link is up) or off (it is down: empty it)."""
@@ -140,15 +194,17 @@ class NearCache:
     def _drop_all(self) -> None:
         self._entries.clear()
         self._sizes.clear()
+        self._until.clear()
         self._bytes = 0
 
 
 class Tracker:
     """The tracking link of one server: invalidations in, :class:`NearCache` kept true.
 
-    ``connect`` makes a new RESP2 redis-py ``Connection`` to the server (any auth or
-    TLS it needs included). :meth:`drain` applies what arrived, without blocking; a
-    daemon thread drains every ``interval`` seconds too, and reconnects a lost link.
+    ``connect`` makes a new RESP3 (``protocol=3``) redis-py ``Connection`` to the server
+    (any auth or TLS it needs included). :meth:`drain` applies what arrived, without
+    blocking; a daemon thread drains every ``interval`` seconds too, and reconnects a
+    lost link. :meth:`execute` sends a command on the link (the sessions' TTL refreshes).
     """
 
     def __init__(
@@ -192,24 +248,44 @@ class Tracker:
                 return False
             try:
                 while conn.can_read(timeout=0):
-                    self._handle(conn.read_response())
+                    conn.read_response(push_request=True)  # pushes go to _handle
             except Exception as exc:  # the link broke: the cache cannot be trusted
                 log.warning("near cache: tracking link lost (%s); cache off until it is back", exc)
                 self._drop()
                 return False
             return True
 
+    def execute(self, *args: Any) -> Any:
+        """Send one command on the link and return its reply (pushes met are applied).
+
+        A write made here is not reported back to this cache (``NOLOOP``). A broken link
+        turns the cache off and raises redis-py's ``ConnectionError``.
+        """
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise ConnectionError("the near cache's tracking link is down")
+            try:
+                conn.send_command(*args)
+                try:
+                    return conn.read_response()
+                except NoScriptError:  # the server forgot it: once more, with its source
+                    conn.send_command(*with_source(args))
+                    return conn.read_response()
+            except ResponseError:
+                raise  # an error reply: the link itself is fine
+            except Exception:
+                self._drop()
+                raise
+
     def _open(self) -> None:
         conn = self._connect()
         try:
             conn.connect()
-            conn.send_command("CLIENT", "ID")
-            own = conn.read_response()
-            conn.send_command(
-                "CLIENT", "TRACKING", "on", "REDIRECT", own, "BCAST", "PREFIX", self.prefix
-            )
-            conn.read_response()
-            conn.send_command("SUBSCRIBE", _CHANNEL)
+            if str(getattr(conn, "protocol", 2)) != "3":
+                raise ValueError("the tracking link needs a RESP3 connection (protocol=3)")
+            conn._parser.set_invalidation_push_handler(self._handle)
+            conn.send_command("CLIENT", "TRACKING", "on", "BCAST", "PREFIX", self.prefix, "NOLOOP")
             conn.read_response()
         except BaseException:
             conn.disconnect()
@@ -225,8 +301,8 @@ class Tracker:
                 conn.disconnect()
 
     def _handle(self, message: Any) -> None:
-        if isinstance(message, list) and len(message) == 3 and message[0] == b"message":
-            keys = message[2]
+        if isinstance(message, list) and len(message) == 2 and message[0] == b"invalidate":
+            keys = message[1]
             self.cache.forget(None if keys is None else list(keys))
 
     def _run(self) -> None:
@@ -241,3 +317,13 @@ class Tracker:
                     log.info("near cache: tracking link back; cache on")
                 except Exception as exc:
                     log.debug("near cache: reconnecting the tracking link failed: %s", exc)
+
+
+@dataclass(frozen=True)
+class NearLink:
+    """A store's near cache as its sessions use it: the cache, its tracking link, and
+    the refresh share in thousandths of the idle timeout (as ``OPEN_NEAR`` takes it)."""
+
+    cache: NearCache
+    tracker: Tracker
+    share: bytes

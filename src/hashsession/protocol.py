@@ -72,6 +72,7 @@ from hashsession.errors import (
     NotReplicatedError,
     ValueTypeError,
 )
+from hashsession.nearcache import NearLink, Tracker
 from hashsession.scripts import (
     CREATE,
     CREATED_FIELD,
@@ -86,6 +87,7 @@ from hashsession.scripts import (
     LOGIN_NEW,
     MARKER,
     OPEN,
+    OPEN_NEAR,
     OWNER_FIELD,
     SEEN_FIELD,
     SIZE_ERROR,
@@ -98,6 +100,7 @@ log = logging.getLogger("hashsession")
 __all__ = [
     "AGAIN",
     "BACKEND_ERRORS",
+    "CACHED",
     "DELETE_SHA",
     "I64_MAX",
     "I64_MIN",
@@ -134,6 +137,7 @@ After = tuple[Command | list[Command], Callable[[Any], None] | None]
 class _Marker(Enum):
     AGAIN = "again"
     MISSING = "missing"
+    CACHED = "cached"
 
 
 AGAIN: Final = _Marker.AGAIN
@@ -141,6 +145,9 @@ AGAIN: Final = _Marker.AGAIN
 #: (``Session.compare_and_set``) it means "absent" in the expected values and "delete" in
 #: the changes.
 MISSING: Final = _Marker.MISSING
+#: First item of a "command" a ready read hands back when the near cache answered it:
+#: ``(CACHED, answer)``, no round trip (see :mod:`hashsession.nearcache`).
+CACHED: Final = _Marker.CACHED
 
 _SET, _INCR, _INCR_FLOAT = LIVE["set"].sha, LIVE["incr"].sha, LIVE["incr_float"].sha
 _SETDEFAULT, _POP, _LEN = LIVE["setdefault"].sha, LIVE["pop"].sha, LIVE["len"].sha
@@ -291,6 +298,7 @@ class SessionCore:
         "_incoming_id",
         "_indexed",
         "_keyc",
+        "_near_finish",
         "_provisional",
         "_state",
         "_ttl_override",
@@ -304,9 +312,11 @@ class SessionCore:
         "invalidated",
         "lifetime",
         "lifetime_known",
+        "link",
         "live_key",
         "lost",
         "modified",
+        "near",
         "plain_local",
         "rejected",
         "resign",
@@ -360,6 +370,13 @@ class SessionCore:
         #: The request came over plain http to a loopback host (set by the adapter): a
         #: ``CookiePolicy(secure=None)`` cookie then goes without ``Secure``.
         self.plain_local = False
+        #: The store's near cache while this request may use it (set by the store for a
+        #: session named by a cookie; dropped at the request's first write), else ``None``.
+        self.near: NearLink | None = None
+        #: Where the step just planned must be sent instead of the client: the near
+        #: cache's tracking link (the shells send it there once, then reset this).
+        self.link: Tracker | None = None
+        self._near_finish: Callable[[Any], Any] | None = None
 
     # ------------------------------------------------------------------ views
 
@@ -659,7 +676,10 @@ class SessionCore:
     # needs, built without a plan or a closure; ``None``: run the operation's plan.
 
     def ready_get(self, field: str) -> Command | None:
-        """``HGET`` of ``field`` while live, else ``None``."""
+        """``HGET`` of ``field`` while live (``(CACHED, raw)`` when the near cache holds
+        it), else ``None``."""
+        if self.near is not None:
+            return self._near_ready(field, True)
         key = self.live_key
         if key is None:
             return None
@@ -667,7 +687,10 @@ class SessionCore:
         return ("HGET", key, field)
 
     def ready_has(self, field: str) -> Command | None:
-        """``HEXISTS`` of ``field`` while live, else ``None``."""
+        """``HEXISTS`` of ``field`` while live (``(CACHED, bool)`` when the near cache
+        knows), else ``None``."""
+        if self.near is not None:
+            return self._near_ready(field, False)
         key = self.live_key
         if key is None:
             return None
@@ -702,6 +725,8 @@ class SessionCore:
     def written(self, reply: Any) -> bool:
         """Whether a ready write found the session; if not, it starts afresh and the
         operation's plan (run next) creates it."""
+        if self.near is not None:
+            self.near_drop()
         if reply is not None:
             return True
         self._lose()
@@ -709,10 +734,91 @@ class SessionCore:
 
     def deleted(self, reply: Any) -> bool:
         """The result of a ready delete (ending a session it emptied, as :meth:`emptied`)."""
+        if self.near is not None:
+            self.near_drop()
         gone = bool(self.emptied(reply))
         if gone:
             self.modified = True
         return gone
+
+    # ----------------------------------------------------------- near cache
+    # A session named by a cookie, while the store's near cache is on: its first read
+    # drains the tracking link, then either finds the session servable from the cache
+    # (alive, no TTL refresh due: LIVE with no round trip) or sends OPEN_NEAR on the
+    # link, which slides the TTL only once per refresh share. A write ends it for the
+    # request and drops the session from the cache at once.
+
+    def _near_ready(self, field: str, value: bool) -> Command | None:
+        near = self.near
+        assert near is not None
+        if self._state is State.PENDING:
+            key = self._key
+            assert key is not None
+            if not near.tracker.drain():
+                self.near = None
+                return None
+            served = near.cache.serving(key, _now_ms())
+            if served is None:
+                return None  # the plan sends OPEN_NEAR on the link
+            self._enter(State.LIVE)
+            self.lifetime, self.lifetime_known = served[1], True
+        elif self._state is not State.LIVE:
+            self.near = None
+            return None
+        self.accessed = True
+        hit, raw = near.cache.get(self.live_key or "", field)
+        if hit:
+            return (CACHED, raw if value else raw is not None)
+        return None  # the plan reads the field and keeps it
+
+    def _near_read(self, near: NearLink, op: str, field: str) -> Step:
+        """A read of one field through the near cache: kept in it once answered."""
+        cache = near.cache
+        stamp = cache.stamp()
+        if stamp is None:
+            self.near = None
+            return self.plan_get(field) if op == "get" else self.plan_has(field)
+        key = self._key
+        assert key is not None
+        if self._state is State.LIVE:
+
+            def kept(reply: Any) -> Any:
+                cache.put(key, field, reply, stamp)
+                return reply if op == "get" else reply is not None
+
+            self._near_finish = kept
+            return ("HGET", key, field), kept, None
+        c = self.config
+        now = _now_ms()
+        b = b"%d"
+        cmd: Command = ("EVALSHA", OPEN_NEAR.sha, 1, key, b % c.idle_ms, b % now)
+        cmd += (b % c.absolute_ms, near.share, op.encode(), field)
+        self.link = near.tracker
+
+        def opened(reply: Any) -> Any:
+            out = self._opened(reply)
+            if out is AGAIN:
+                return AGAIN
+            cache.opened(key, now + int(reply[4]), self.lifetime, stamp)
+            if op == "get":
+                cache.put(key, field, out, stamp)
+            return out
+
+        self._near_finish = opened
+        return cmd, opened, None
+
+    def near_sent(self, finish: Callable[[Any], Any] | None) -> None:
+        """After a step was sent while the near cache is in use: anything but one of its
+        own reads may have changed the session, which leaves the cache at once."""
+        if finish is None or finish is not self._near_finish:
+            self.near_drop()
+
+    def near_drop(self) -> None:
+        """Stop using the near cache in this request and forget the session in it."""
+        near, self.near = self.near, None
+        key = self._keyc
+        if near is not None and key:
+            near.cache.drop(key)
 
     def _enter(self, state: State) -> None:
         self._state = state
@@ -879,10 +985,14 @@ class SessionCore:
     def plan_get(self, field: str) -> Step:
         """``HGET``: the raw value of ``field`` or ``None``."""
         self.accessed = True
+        if self.near is not None and self._state is not State.NEW:
+            return self._near_read(self.near, "get", field)
         return self._read(("HGET", self._key, field), "get", (field,), None)
 
     def plan_has(self, field: str) -> Step:
         self.accessed = True
+        if self.near is not None and self._state is not State.NEW:
+            return self._near_read(self.near, "has", field)
         step = self._read(("HEXISTS", self._key, field), "has", (field,), False)
         return step
 

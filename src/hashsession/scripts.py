@@ -37,6 +37,7 @@ __all__ = [
     "LOGIN_NEW",
     "MARKER",
     "OPEN",
+    "OPEN_NEAR",
     "REVOKE",
     "SIZE_ERROR",
     "TYPE_ERROR",
@@ -794,6 +795,47 @@ _FIRST = ("get", "set", "has", "incr", "delete", "all", "hmget", "keys")
 #: the owner and the index entry's new good-until when that entry is due for a refresh.
 OPEN = _script("open", _open_source())
 
+#: The first read of a request served by the near cache (``get`` or ``has`` of one field):
+#: idle ms, now ms, absolute ms, refresh share in thousandths, op name, field. It slides
+#: the TTL only when at least 7/8 of that share of the idle timeout has passed since the
+#: last slide (told by the TTL left), so a TTL refresh costs one round trip per share. Answers
+#: false when the session is gone, else ``{r, owner or nil, good, lifetime or nil, due}``:
+#: due is how many ms from now the session may be served without asking (no slide due,
+#: and never past its expiry).
+OPEN_NEAR = _script(
+    "open_near",
+    _STATE
+    + _SLIDE
+    + r"""
+local k = KEYS[1]
+local idle, now, abs = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local left = redis.call('PTTL', k)
+if left == -2 then return false end
+local m = redis.call('HMGET', k, '\0c', '\0t', '\0k')
+local own = idle
+if m[2] then own = tonumber(m[2]) end
+local target, ended = own, false
+if abs > 0 and m[1] then
+  local rest = tonumber(m[1]) + abs - now
+  if rest <= 0 then ended = true elseif rest < target then target = rest end
+end
+local cut = math.floor(own * tonumber(ARGV[4]) / 1000)
+-- (slack: an eighth of the share, so a client whose clock runs a little ahead of the
+-- server's still finds the slide due, instead of coming back for it a moment later)
+if ended or left < 0 or left <= target - cut + math.floor(cut / 8) then
+  left = slide(k, idle, now, abs)
+  if not left then return false end
+  if owner and redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
+else
+  keep = m[3]
+end
+local r = redis.call(ARGV[5] == 'get' and 'HGET' or 'HEXISTS', k, ARGV[6])
+local due = left - target + cut
+if due > left then due = left end
+return {r, owner, good, keep, due}
+""",
+)
+
 #: A brand-new session: ttl ms, then field/value pairs (metadata included). 1, or 0 if taken.
 CREATE = _script(
     "create",
@@ -1002,6 +1044,7 @@ return out
 EVERY: tuple[Script, ...] = (
     *LIVE.values(),
     OPEN,
+    OPEN_NEAR,
     CREATE,
     LOGIN,
     LOGIN_NEW,

@@ -20,6 +20,7 @@ from hashsession.errors import ConfigurationError, ValueTypeError
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
+    CACHED,
     I64_MAX,
     I64_MIN,
     MISSING,
@@ -90,6 +91,13 @@ class Session(SessionView, MutableMapping[str, Any]):
                 return pipeline(self._client, cmd, *self._core.config.patience)
             except BACKEND_ERRORS as exc:
                 raise self._core.error(exc, key) from exc
+        link = self._core.link
+        if link is not None:  # the near cache's TTL refresh goes on its tracking link
+            self._core.link = None
+            try:
+                return link.execute(*cmd)
+            except BACKEND_ERRORS as exc:
+                return self._resend(cmd, key, exc)
         try:
             return self._execute(*cmd)
         except BACKEND_ERRORS as exc:
@@ -98,6 +106,8 @@ class Session(SessionView, MutableMapping[str, Any]):
     def _resend(self, cmd: Command, key: str | None, exc: Exception) -> Any:
         """After ``cmd`` raised ``exc``: its reply if sending it again is safe and works
         (see :mod:`hashsession.transport`), else the session's error for ``key``."""
+        if self._core.near is not None:  # it may have changed the session: not cached
+            self._core.near_drop()
         try:
             return resend(self._client, cmd, exc, *self._core.config.patience)
         except BACKEND_ERRORS as error:
@@ -112,7 +122,13 @@ class Session(SessionView, MutableMapping[str, Any]):
                 return value
             if core.before:
                 self._upkeep(core.before)
-            reply = self._send(cmd, key)
+            if core.near is None:
+                reply = self._send(cmd, key)
+            else:
+                try:
+                    reply = self._send(cmd, key)
+                finally:
+                    core.near_sent(finish)
             if finish is None:
                 return reply
             out = finish(reply)
@@ -152,10 +168,13 @@ class Session(SessionView, MutableMapping[str, Any]):
         snapshot = self._snapshot
         cmd = core.ready_get(field) if snapshot is None else None
         if cmd is not None:
-            try:
-                raw = self._execute(*cmd)
-            except BACKEND_ERRORS as exc:
-                raw = self._resend(cmd, field, exc)
+            if cmd[0] is CACHED:
+                raw = cmd[1]
+            else:
+                try:
+                    raw = self._execute(*cmd)
+                except BACKEND_ERRORS as exc:
+                    raw = self._resend(cmd, field, exc)
         else:
             raw = snapshot.pop(field, None) if snapshot is not None else None
             if raw is None:
@@ -180,10 +199,13 @@ class Session(SessionView, MutableMapping[str, Any]):
         cmd = core.ready_get(field)
         if cmd is not None:
             self._snapshot = None
-            try:
-                raw = self._execute(*cmd)
-            except BACKEND_ERRORS as exc:
-                raw = self._resend(cmd, field, exc)
+            if cmd[0] is CACHED:
+                raw = cmd[1]
+            else:
+                try:
+                    raw = self._execute(*cmd)
+                except BACKEND_ERRORS as exc:
+                    raw = self._resend(cmd, field, exc)
         else:
             raw = self._run(core.plan_get, field, field)
         return default if raw is None else core.decode(field, raw)
@@ -194,6 +216,8 @@ class Session(SessionView, MutableMapping[str, Any]):
         cmd = core.ready_has(field)
         if cmd is not None:
             self._snapshot = None
+            if cmd[0] is CACHED:
+                return bool(cmd[1])
             try:
                 return bool(self._execute(*cmd))
             except BACKEND_ERRORS as exc:

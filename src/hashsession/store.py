@@ -14,10 +14,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from hashsession.config import SessionConfig
 from hashsession.cookies import CookiePolicy
 from hashsession.errors import ConfigurationError
+from hashsession.nearcache import NearCache, NearLink, Tracker
 from hashsession.protocol import SessionCore
 from hashsession.session import Session
 from hashsession.topology import SyncClient, is_cluster
@@ -81,6 +83,8 @@ class StoreBase:
     config_class: type[SessionConfig] = SessionConfig
     #: The sans-I/O class behind each session; compat layers subclass it.
     core_class: type[SessionCore] = SessionCore
+    #: The near cache sessions named by a cookie use (``near_cache``), or ``None``.
+    _near: NearLink | None = None
 
     def __init__(self, **settings: Any) -> None:
         try:
@@ -124,6 +128,11 @@ class StoreBase:
         self.config = replace(self.config, same_slot_ids=True)
 
     @property
+    def near_cache(self) -> NearCache | None:
+        """The near cache (``near_cache`` setting), or ``None``."""
+        return None if self._near is None else self._near.cache
+
+    @property
     def cookie(self) -> CookiePolicy:
         """The cookie policy in force."""
         return self.config.cookie
@@ -142,6 +151,7 @@ class StoreBase:
             if session_id is not None:
                 core = self.core_class(config, session_id, had_cookie=True)
                 core.resign = stale
+                core.near = self._near
                 break
         else:
             if values:
@@ -158,6 +168,7 @@ class StoreBase:
             session_id, stale = self.config.read_cookie(cookie_value)
             core = self.core_class(self.config, session_id, had_cookie=True)
             core.resign = stale
+            core.near = self._near
         core.plain_local = plain_local
         return core
 
@@ -187,6 +198,12 @@ class SessionStore(StoreBase):
         if is_cluster(self._client):
             self._on_cluster()
         self._unwatch = self._follow(self._client)
+        if self.config.near_cache is not None:
+            try:
+                self._near = self._start_near(self._client)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def client(self) -> SyncClient:
@@ -230,9 +247,38 @@ class SessionStore(StoreBase):
         """
         return run(self.client, revoke_user(self.config, user_id, keep), *self.config.patience)
 
+    def _start_near(self, client: Any) -> NearLink:
+        """The near cache and its tracking link (a RESP3 connection like the pool's)."""
+        settings = self.config.near_cache
+        assert settings is not None
+        if is_cluster(client) or isinstance(client.connection_pool, SentinelConnectionPool):
+            where = "a Redis Cluster" if is_cluster(client) else "Sentinel"
+            raise ConfigurationError(
+                "near_cache", f"is not supported on {where} yet (only on one server)"
+            )
+        pool = client.connection_pool
+        # The pool's settings (address, auth, TLS, timeouts) without redis-py's own
+        # per-pool machinery (maintenance notifications and the like).
+        kwargs = {
+            k: v
+            for k, v in pool.connection_kwargs.items()
+            if not k.startswith(("maint_notifications", "orig_", "himport"))
+        }
+        kind, kwargs["protocol"] = pool.connection_class, 3
+        cache = NearCache(settings.max_sessions, settings.max_bytes)
+        try:
+            tracker = Tracker(cache, lambda: kind(**kwargs), self.config.prefix).start()
+        except redis.RedisError as exc:
+            raise ConfigurationError(
+                "near_cache", f"needs client tracking (Redis 6.0+ or Valkey): {exc}"
+            ) from exc
+        return NearLink(cache, tracker, b"%d" % round(settings.refresh_share * 1000))
+
     def close(self) -> None:
         """Close the Redis connections this store opened (the pool too, if it built one)."""
         client = self.client
+        if self._near is not None:
+            self._near.tracker.close()
         self._unwatch()
         client.close()
         if self._owns_pool and isinstance(client, redis.Redis):
