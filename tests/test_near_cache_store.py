@@ -228,10 +228,9 @@ def test_settings_and_unsupported_places(redis_url: str) -> None:
         AsyncSessionStore(redis=redis_url, near_cache=True)
 
 
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
 def test_refused_on_sentinel_and_cluster(
     topology: str, topology_url: str, make_store: Callable[..., SessionStore]
 ) -> None:
-    if topology == "standalone":
-        pytest.skip("supported")
     with pytest.raises(ConfigurationError, match="near_cache"):
         SessionStore(redis=topology_url, near_cache=True)
