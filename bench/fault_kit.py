@@ -56,6 +56,8 @@ class Scenario:
     setup: str
     runs: list[Run]
     notes: list[str]
+    #: When set, the runs shown as several tables: (caption, runs) each.
+    tables: list[tuple[str, list[Run]]] = field(default_factory=list)
     seconds: float = 0.0
 
 
