@@ -317,8 +317,8 @@ def scenario_sentinel() -> Scenario:
         f"disk or a long command would) and the master gets SIGKILL {LAG_BEFORE_KILL:g} s "
         "into that pause. Each run's store is made once the sentinels know a healthy "
         'replica, as a store running for a while sees them (a `"auto"` store made before '
-        "that waited for no replica until it next asked the sentinels, seconds later: in "
-        "a trial run of the lagging replica it undid 50 logouts and id changes). The checks "
+        "that waits for no replica until it next asks the sentinels, up to 5 s later). "
+        "The checks "
         "read the new master once the old one replicates it.",
         [*runs, readonly],
         sentinel_notes(runs, readonly, before),
