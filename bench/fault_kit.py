@@ -135,6 +135,14 @@ def common_rows(t: Tally, ops: Sequence[Op]) -> Rows:
     }
 
 
+def share(part: float, whole: float) -> str:
+    """``part`` as a percentage of ``whole``, with two decimals below 1%."""
+    if not whole:
+        return "-"
+    ratio = part / whole
+    return f"{ratio:.2%}" if 0 < ratio < 0.01 else f"{ratio:.1%}"
+
+
 def longest(ops: Sequence[Op]) -> str:
     """The longest operation's time and outcome."""
     if not ops:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from fault_kit import Run, Scenario
+from fault_kit import Run, Scenario, share
 from fault_load import Tally
 from fault_report import HOW_TO_READ, header, machine, sections
 from fault_topologies import LAG_BEFORE_KILL, LAG_MS, LAGGED, run_name
@@ -19,8 +19,8 @@ ServerResult = tuple[tuple[str, str], list[Scenario]]
 
 
 def _lost(t: Tally) -> str:
-    share = f" ({t.writes_lost / t.writes_acked:.1%})" if t.writes_acked else ""
-    return f"{t.writes_lost} of {t.writes_acked}{share}"
+    part = f" ({share(t.writes_lost, t.writes_acked)})" if t.writes_acked else ""
+    return f"{t.writes_lost} of {t.writes_acked}{part}"
 
 
 def _undone(t: Tally) -> str:

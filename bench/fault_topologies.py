@@ -36,6 +36,7 @@ from fault_kit import (
     make_store,
     role,
     security_rows,
+    share,
     unexpected_note,
     window_rows,
 )
@@ -345,10 +346,6 @@ def _undone(t: Tally) -> int:
     return t.invalidations_lost + t.regenerations_undone
 
 
-def _share(lost: float, acked: float) -> str:
-    return f"{lost / acked:.1%}" if acked else "-"
-
-
 def sentinel_notes(runs: Sequence[Run], readonly: Run, before: Sequence[Run]) -> list[str]:
     done = {r.name: r for r in [*runs, readonly] if r.tally is not None}
     if not done:
@@ -364,7 +361,7 @@ def sentinel_notes(runs: Sequence[Run], readonly: Run, before: Sequence[Run]) ->
         f = r.facts
         notes.append(
             f"{r.name} (not this run): {f['writes_lost']:.0f} of {f['writes_acked']:.0f} "
-            f"acknowledged writes lost ({_share(f['writes_lost'], f['writes_acked'])}); "
+            f"acknowledged writes lost ({share(f['writes_lost'], f['writes_acked'])}); "
             f"{f['invalidations_lost']:.0f} of {f['invalidations']:.0f} acknowledged logouts "
             f"and {f['regenerations_undone']:.0f} of {f['regenerations']:.0f} acknowledged id "
             "changes undone: the store kept writing to the old master until Sentinel demoted "
@@ -378,7 +375,7 @@ def sentinel_notes(runs: Sequence[Run], readonly: Run, before: Sequence[Run]) ->
         met = _undone(t) == 0 and t.writes_lost <= 0.10 * t.writes_acked
         notes.append(
             f"{name} (this run): {t.writes_lost} of {t.writes_acked} acknowledged writes "
-            f"lost ({_share(t.writes_lost, t.writes_acked)}); {t.invalidations_lost} of "
+            f"lost ({share(t.writes_lost, t.writes_acked)}); {t.invalidations_lost} of "
             f"{t.invalidations} acknowledged logouts and {t.regenerations_undone} of "
             f"{t.regenerations} acknowledged id changes undone; {t.failed} operations failed"
             + (
