@@ -105,13 +105,14 @@ def machine(servers: Sequence[tuple[str, str]] = ()) -> list[str]:
 
 
 def commit() -> str:
-    """The checkout's commit, with ``+changes`` when the tree differs from it."""
+    """The checkout's commit, with ``+changes`` when the measured code (``src``,
+    ``bench``, ``tests``) differs from it; the pages it writes do not count."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "bench", "tests"],
             cwd=REPO,
             capture_output=True,
             text=True,
