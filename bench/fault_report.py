@@ -132,6 +132,13 @@ HOW_TO_READ = (
 )
 
 
+SERVERS_LINK = (
+    "The Sentinel runs (section 2) once per server, Redis 6.2, Redis 7.0 and Valkey 9 side "
+    "by side, lag window included: [reliability-servers.md](reliability-servers.md) "
+    "(`bench/run-faults --servers`)."
+)
+
+
 def header(title: str, argv: Sequence[str], facts: list[str], seconds: float) -> list[str]:
     command = " ".join(["bash bench/run-faults", *argv])
     return [
@@ -147,7 +154,7 @@ def header(title: str, argv: Sequence[str], facts: list[str], seconds: float) ->
 
 def report(scenarios: Sequence[Scenario], seconds: float, argv: Sequence[str]) -> str:
     out = header("hashsession under faults", argv, machine(), seconds)
-    out += [HOW_TO_READ, "", *sections(scenarios, "##")]
+    out += [HOW_TO_READ, "", SERVERS_LINK, "", *sections(scenarios, "##")]
     return "\n".join(out)
 
 

@@ -457,7 +457,10 @@ def lag_window_note(done: dict[str, Run]) -> str:
                 if on == 0
                 else ""
             )
-            + f"; ordinary writes lost: {bare.tally.writes_lost} and {t.writes_lost}"
+            + f"; ordinary writes lost: {bare.tally.writes_lost} and {t.writes_lost}, in step "
+            "with the writes acknowledged during the lag ("
+            f"{bare.facts.get('lag_writes', 0):.0f} and {lag.facts.get('lag_writes', 0):.0f}: "
+            "threads waiting for a replica make fewer writes meanwhile)"
         )
     if floor is not None and floor.tally is not None:
         ft = floor.tally
