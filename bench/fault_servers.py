@@ -112,7 +112,21 @@ def summary(results: Sequence[ServerResult]) -> list[str]:
             run = by_name.get(name)
             cells.append(read(run) if run is not None and run.tally is not None else "(not run)")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out.append(
+        "| failed operations that were not a BackendError, all runs (which runs) | "
+        + " | ".join(_escaped(by_name) for by_name in runs)
+        + " |"
+    )
     return out
+
+
+def _escaped(by_name: dict[str, Run]) -> str:
+    """How many failures escaped as something other than a BackendError, and where."""
+    where = {n: r.tally.not_backend for n, r in by_name.items() if r.tally and r.tally.not_backend}
+    total = sum(where.values())
+    if not total:
+        return "0"
+    return f"**{total}** (" + "; ".join(f"{n}: {k}" for n, k in where.items()) + ")"
 
 
 def report_servers(results: Sequence[ServerResult], seconds: float, argv: Sequence[str]) -> str:
