@@ -394,7 +394,7 @@ def sentinel_notes(runs: Sequence[Run], readonly: Run, before: Sequence[Run]) ->
             notes.append(
                 f"{name}: {t.invalidations_lost} of {t.invalidations} acknowledged "
                 f"logouts and {t.regenerations_undone} of {t.regenerations} acknowledged "
-                f"id changes undone; {nr} of them raised `NotReplicatedError` (no replica "
+                f"id changes undone; {nr} more raised `NotReplicatedError` (no replica "
                 "confirmed in time) instead of returning."
             )
         elif name == run_name("kill", None, False):
