@@ -56,6 +56,8 @@ class Scenario:
     setup: str
     runs: list[Run]
     notes: list[str]
+    #: When set, the runs shown as several tables: (caption, runs) each.
+    tables: list[tuple[str, list[Run]]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -131,6 +133,14 @@ def common_rows(t: Tally, ops: Sequence[Op]) -> Rows:
         "session keys without a TTL": f"{t.no_ttl} of {t.keys}",
         "longest operation": longest(ops),
     }
+
+
+def share(part: float, whole: float) -> str:
+    """``part`` as a percentage of ``whole``, with two decimals below 1%."""
+    if not whole:
+        return "-"
+    ratio = part / whole
+    return f"{ratio:.2%}" if 0 < ratio < 0.01 else f"{ratio:.1%}"
 
 
 def longest(ops: Sequence[Op]) -> str:

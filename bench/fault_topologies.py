@@ -6,12 +6,14 @@ shorter Sentinel failover-timeout and cluster-node-timeout set at run time.
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 from redis.cluster import ClusterNode, RedisCluster
 
@@ -34,6 +36,7 @@ from fault_kit import (
     make_store,
     role,
     security_rows,
+    share,
     unexpected_note,
     window_rows,
 )
@@ -57,6 +60,8 @@ SENTINEL_FAILOVER_TIMEOUT_MS = 4000
 CLUSTER_NODE_TIMEOUT_MS = 1000
 MIGRATED_SESSIONS = 32
 MOVERS = 4  # threads calling regenerate() and login() in the migrating slot
+LAG_MS = 500  # how long the replica stops applying the master's stream ("lag" runs)
+LAG_BEFORE_KILL = 0.25  # seconds into that pause when the master gets SIGKILL
 USER_KEY = "fault-benchmark-user-key"  # login() needs one; not a secret here
 
 
@@ -77,24 +82,40 @@ def settle_sentinel(setup: SentinelSetup) -> EmbeddedRedis:
     return master
 
 
-def sentinel_run(setup: SentinelSetup, how: str, wait: bool, min_replicas: bool) -> Run:
-    name = {"failover": "SENTINEL FAILOVER", "kill": "SIGKILL of the master"}[how]
-    name += ", wait_for_replicas=1" if wait else ""
-    name += ", min-replicas-to-write 1" if min_replicas else ""
-    run = Run(name)
+HOW = {
+    "failover": "SENTINEL FAILOVER",
+    "kill": "SIGKILL of the master",
+    "lag": "SIGKILL of the master, replica lagging",
+}
+CRITICAL = ("invalidate", "regenerate")
+
+
+def run_name(how: str, wait: int | None, min_replicas: bool) -> str:
+    """A Sentinel run's column name: the fault, then any setting that is not a default."""
+    name = HOW[how]
+    name += f", wait_for_replicas={wait}" if wait is not None else ""
+    return name + (", min-replicas-to-write 1" if min_replicas else "")
+
+
+def sentinel_run(setup: SentinelSetup, how: str, wait: int | None, min_replicas: bool) -> Run:
+    """One Sentinel fault under load: ``how`` is a planned failover, a SIGKILL of the
+    master, or a SIGKILL while the replica has stopped applying the master's stream
+    (``lag``); ``wait`` is the store's ``wait_for_replicas`` (None: its default)."""
+    run = Run(run_name(how, wait, min_replicas))
     url = setup.url + "?socket_connect_timeout=0.5&socket_timeout=3"
     # Without ``wait``, the store's defaults: wait_for_replicas="auto" (one replica on
     # Sentinel when the sentinels know a healthy one) and the failover listener.
-    extra = {"wait_for_replicas": 1, "wait_timeout": 1.0} if wait else {}
-    try:
+    extra = {"wait_for_replicas": wait, "wait_timeout": 1.0} if wait is not None else {}
+    master = settle_sentinel(setup)
+    setup.ready_for_failover()
+    try:  # once the sentinels know the replica: what a store running for a while sees
         store = make_store(url, **extra)
     except ConfigurationError as exc:
         run.error = f"not run: this checkout's SessionStore refuses the setting ({exc})"
         return run
-    master = settle_sentinel(setup)
-    setup.ready_for_failover()
     admin = master.client()
     admin.flushall()
+    t_lag = 0.0
     try:
         if min_replicas:
             set_everywhere(setup.servers, "min-replicas-to-write", 1)
@@ -105,6 +126,9 @@ def sentinel_run(setup: SentinelSetup, how: str, wait: bool, min_replicas: bool)
         old = setup.master_address()
         with loaded(Load(store, ids, security=SECURITY, victims=victims)) as load:
             time.sleep(WARM)
+            if how == "lag":
+                t_lag = lag_replica(setup, master)
+            waiting = store.config.replicas_to_wait()
             t0 = time.monotonic()
             if how == "failover":
                 sentinel = setup.sentinels[0].client()
@@ -147,13 +171,40 @@ def sentinel_run(setup: SentinelSetup, how: str, wait: bool, min_replicas: bool)
             else "old master back as a replica after"
         ): f"{t_back - t0:.2f} s",
         **window_rows(ops, t0, run.facts),
+        WAITING: str(waiting),
     }
-    if wait:
+    if how == "lag":
+        lagged = [op for op in ops if op.ok and t_lag <= op.end <= t0]
+        writes = sum(op.kind == "set" for op in lagged)
+        critical = sum(op.kind in CRITICAL for op in lagged)
+        run.facts.update(lag_writes=writes, lag_critical=critical)
+        run.rows[LAGGED] = f"{writes} / {critical}"
+    if wait is not None or how == "lag":
         nr = sum(1 for op in ops if op.error == "NotReplicatedError")
         run.rows["NotReplicatedError raised"] = str(nr)
     run.rows.update(common_rows(t, ops))
     run.rows.update(security_rows(t))
     return run
+
+
+WAITING = "replicas a logout or id change waited for at the fault (WAIT)"
+LAGGED = "acknowledged while the replica lagged, before the kill: writes / logouts and id changes"
+
+
+def lag_replica(setup: SentinelSetup, master: EmbeddedRedis) -> float:
+    """Stop the replica applying the master's stream (``CLIENT PAUSE ... WRITE`` on it:
+    it still answers the sentinels, and the stream it has read but not applied is
+    dropped when the master's link breaks), then wait ``LAG_BEFORE_KILL``; when the lag
+    began."""
+    replica = next(s for s in setup.servers if s is not master and s.running)
+    client = replica.client()
+    try:
+        call(client, "CLIENT", "PAUSE", LAG_MS, "WRITE")
+    finally:
+        client.close()
+    began = time.monotonic()
+    time.sleep(LAG_BEFORE_KILL)
+    return began
 
 
 def set_everywhere(servers: Sequence[EmbeddedRedis], name: str, value: int) -> None:
@@ -206,6 +257,30 @@ def readonly_run() -> Run:
     return run
 
 
+BEFORE = Path(__file__).resolve().parent / "faults_before.json"
+PLANNED = [("failover", None, False), ("failover", None, True), ("failover", 1, False)]
+KILLED = [
+    ("kill", None, False),
+    ("kill", 1, False),
+    ("lag", None, False),
+    ("lag", 0, False),
+    ("lag", None, True),
+]
+
+
+def before_runs() -> tuple[list[Run], list[str]]:
+    """The planned failover before the fix, from ``bench/faults_before.json``: columns
+    for the table and a line naming each one's source."""
+    data = json.loads(BEFORE.read_text(encoding="utf-8"))
+    runs, sources = [], []
+    for column in data["columns"]:
+        run = Run(column["name"], rows=dict(column["rows"]))
+        run.facts = {k: float(v) for k, v in column["figures"].items()}
+        runs.append(run)
+        sources.append(f"{column['name']}: {column['source']}.")
+    return runs, sources
+
+
 def scenario_sentinel() -> Scenario:
     setup = start_sentinel()
     runs: list[Run] = []
@@ -214,20 +289,16 @@ def scenario_sentinel() -> Scenario:
             client = sentinel.client()
             client.sentinel_set(setup.service, "failover-timeout", SENTINEL_FAILOVER_TIMEOUT_MS)
             client.close()
-        plan = [
-            ("failover", False, False),
-            ("kill", False, False),
-            ("failover", True, False),
-            ("kill", True, False),
-            ("failover", False, True),
-        ]
-        for how, wait, min_replicas in plan:
-            log(f"sentinel: {how} wait={wait} min_replicas={min_replicas}")
-            runs.append(guarded(f"{how} wait={wait}", sentinel_run, setup, how, wait, min_replicas))
+        for how, wait, min_replicas in PLANNED + KILLED:
+            name = run_name(how, wait, min_replicas)
+            log(f"sentinel: {name}")
+            runs.append(guarded(name, sentinel_run, setup, how, wait, min_replicas))
     finally:
         setup.stop()
     log("sentinel: READONLY check")
-    runs.append(guarded("REPLICAOF by hand", readonly_run))
+    readonly = guarded("REPLICAOF by hand", readonly_run)
+    before, sources = before_runs()
+    planned, killed = runs[: len(PLANNED)], runs[len(PLANNED) :]
     return Scenario(
         "sentinel",
         "2. Sentinel failover under load",
@@ -235,94 +306,177 @@ def scenario_sentinel() -> Scenario:
         f"{SENTINEL_FAILOVER_TIMEOUT_MS} ms); the store connects by `redis+sentinel://` URL "
         "with its defaults (it follows the sentinels' pub/sub and `wait_for_replicas` is "
         '`"auto"`) unless the column names a setting. '
-        "Server settings are Redis's defaults except in the `min-replicas-to-write 1` "
-        "column (with `min-replicas-max-lag 10`, the default). "
-        f"Load as in 1, except that {SECURITY:.0%} of the requests `invalidate()` or "
-        f"`regenerate()` one of {VICTIMS} sessions made (and replicated) before the fault. "
-        "After SIGKILL the dead server is started again on its port as a replica of the new "
-        "master as soon as the sentinels name it. The checks read the new master once the "
-        "old one replicates it. The last column is not Sentinel: a master and its replica "
-        "swapped by hand with `REPLICAOF` while the store (plain `redis://` URL to the old "
-        "master) keeps writing, to see READONLY replies reach the caller.",
-        runs,
-        sentinel_notes(runs),
+        "Server settings are the server's defaults except in the `min-replicas-to-write 1` "
+        "columns (with `min-replicas-max-lag 10`, the default: the settings docs/topologies.md "
+        f"documents). Load as in 1, except that {SECURITY:.0%} of the requests `invalidate()` "
+        f"(a logout) or `regenerate()` (an id change) one of {VICTIMS} sessions made (and "
+        "replicated) before the fault. After SIGKILL the dead server is started again on its "
+        "port as a replica of the new master as soon as the sentinels name it. In the "
+        f"*replica lagging* columns the replica stops applying the master's stream for "
+        f"{LAG_MS} ms (`CLIENT PAUSE {LAG_MS} WRITE` sent to the replica: it still answers "
+        "the sentinels, reads the stream and applies none of it, as a replica stuck on a slow "
+        f"disk or a long command would) and the master gets SIGKILL {LAG_BEFORE_KILL:g} s "
+        "into that pause. Each run's store is made once the sentinels know a healthy "
+        'replica, as a store running for a while sees them (a `"auto"` store made before '
+        "that waits for no replica until it next asks the sentinels, up to 5 s later). "
+        "The checks "
+        "read the new master once the old one replicates it.",
+        [*runs, readonly],
+        sentinel_notes(runs, readonly, before),
+        tables=[
+            (
+                "A planned failover (`SENTINEL FAILOVER`), before the fix and now. The "
+                "columns marked *before the fix* are not from this run: they come from "
+                "`bench/faults_before.json`, which names their sources:\n\n"
+                + "\n".join(f"- {line}" for line in sources),
+                [*before, *planned],
+            ),
+            ("The master killed (SIGKILL), with and without a lagging replica:", killed),
+            (
+                "Not Sentinel: a master and its replica swapped by hand with `REPLICAOF` "
+                "while the store (plain `redis://` URL to the old master) keeps writing, to "
+                "see READONLY replies reach the caller:",
+                [readonly],
+            ),
+        ],
     )
 
 
-def sentinel_notes(runs: Sequence[Run]) -> list[str]:
-    done = {r.name: r for r in runs if r.tally is not None}
+def _undone(t: Tally) -> int:
+    return t.invalidations_lost + t.regenerations_undone
+
+
+def sentinel_notes(runs: Sequence[Run], readonly: Run, before: Sequence[Run]) -> list[str]:
+    done = {r.name: r for r in [*runs, readonly] if r.tally is not None}
     if not done:
         return ["No run completed."]
     notes = []
     bad = sum(r.tally.not_backend for r in done.values() if r.tally)
-    readonly = any("previous master is now a slave" in m for r in runs for m in r.examples.values())
     notes.append(
-        (
-            "Every failed operation raised a `BackendError`"
-            + (
-                " (the demoted master's READONLY included: redis-py's Sentinel connection "
-                "turns it into a ConnectionError, the store into a `BackendError`)"
-                if readonly
-                else ""
-            )
-            + "; none failed silently."
-        )
+        "Every failed operation raised a `BackendError`; none failed silently."
         if bad == 0
         else unexpected_note(runs)
     )
-    plain = done.get("SENTINEL FAILOVER")
-    guarded_run = done.get("SENTINEL FAILOVER, min-replicas-to-write 1")
-    for r in (plain, guarded_run):
-        if r is not None and r.tally is not None and r.tally.writes_acked:
-            rt = r.tally
-            notes.append(
-                f"{r.name}: {rt.writes_lost} of {rt.writes_acked} acknowledged writes lost "
-                f"({rt.writes_lost / rt.writes_acked:.1%}); {rt.invalidations_lost} acknowledged "
-                f"logouts and {rt.regenerations_undone} acknowledged id changes undone."
+    for r in before:
+        f = r.facts
+        notes.append(
+            f"{r.name} (not this run): {f['writes_lost']:.0f} of {f['writes_acked']:.0f} "
+            f"acknowledged writes lost ({share(f['writes_lost'], f['writes_acked'])}); "
+            f"{f['invalidations_lost']:.0f} of {f['invalidations']:.0f} acknowledged logouts "
+            f"and {f['regenerations_undone']:.0f} of {f['regenerations']:.0f} acknowledged id "
+            "changes undone: the store kept writing to the old master until Sentinel demoted "
+            "it, and the new master never saw those writes."
+        )
+    for name in (run_name("failover", None, False), run_name("failover", None, True)):
+        r = done.get(name)
+        if r is None or r.tally is None:
+            continue
+        t = r.tally
+        met = _undone(t) == 0 and t.writes_lost <= 0.10 * t.writes_acked
+        notes.append(
+            f"{name} (this run): {t.writes_lost} of {t.writes_acked} acknowledged writes "
+            f"lost ({share(t.writes_lost, t.writes_acked)}); {t.invalidations_lost} of "
+            f"{t.invalidations} acknowledged logouts and {t.regenerations_undone} of "
+            f"{t.regenerations} acknowledged id changes undone; {t.failed} operations failed"
+            + (
+                f" ({', '.join(f'{k}: {n}' for k, n in t.classes.most_common())})"
+                if t.failed
+                else ""
             )
+            + ". Goal (0 logouts or id changes undone, at most 10% of acknowledged writes "
+            + ("lost): met." if met else "lost): **not met**.")
+        )
     for name, r in done.items():
         t = r.tally
         assert t is not None
-        if "wait_for_replicas" in name:
+        if "wait_for_replicas=1" in name:
             nr = r.rows.get("NotReplicatedError raised", "0")
             notes.append(
                 f"{name}: {t.invalidations_lost} of {t.invalidations} acknowledged "
-                f"invalidations and {t.regenerations_undone} of {t.regenerations} acknowledged "
-                f"regenerations were undone; {nr} invalidations/regenerations raised "
-                "`NotReplicatedError` (no replica confirmed in time) instead of returning."
+                f"logouts and {t.regenerations_undone} of {t.regenerations} acknowledged "
+                f"id changes undone; {nr} more raised `NotReplicatedError` (no replica "
+                "confirmed in time) instead of returning."
             )
-        elif name.startswith("SIGKILL"):
+        elif name == run_name("kill", None, False):
             notes.append(
                 f"{name}: operations failed for {r.facts.get('window', 0.0):.1f} s, until the "
                 f"sentinels named the new master; {t.writes_lost} acknowledged writes and "
-                f"{t.incr_lost} acknowledged increments were lost"
-                + (
-                    " (a master that dies takes its last, not yet replicated, writes with it)."
-                    if t.writes_lost + t.incr_lost
-                    else "."
-                )
+                f"{t.incr_lost} acknowledged increments were lost, {_undone(t)} logouts and "
+                "id changes undone."
             )
-        elif name.startswith("REPLICAOF"):
+        elif name.startswith(HOW["lag"]):
             notes.append(
-                f"{name}: {r.facts['late'] - r.facts['late_ok']:.0f} of {r.facts['late']:.0f} "
-                "operations sent to the demoted master failed with "
-                + ", ".join(f"`{label}`" for label in t.classes)
-                + f"; {r.facts['late_ok']:.0f} were acknowledged."
+                f"{name}: {r.facts.get('lag_writes', 0):.0f} writes and "
+                f"{r.facts.get('lag_critical', 0):.0f} logouts/id changes were acknowledged "
+                f"in the {LAG_BEFORE_KILL:g} s between the replica's stall and the kill; "
+                f"{t.writes_lost} of {t.writes_acked} acknowledged writes and {t.incr_lost} "
+                f"acknowledged increments were lost, {_undone(t)} acknowledged logouts and "
+                f"id changes undone, {r.rows.get('NotReplicatedError raised', '0')} "
+                "`NotReplicatedError` raised."
             )
-    unguarded = [r for n, r in done.items() if "wait_for_replicas" not in n and r.tally]
-    undone = sum(
-        r.tally.invalidations_lost + r.tally.regenerations_undone for r in unguarded if r.tally
-    )
-    notes.append(
-        "Without an explicit `wait_for_replicas` (the store's defaults), "
-        f"{undone} acknowledged invalidations/regenerations were undone by these failovers "
-        "(an undone invalidation is a logged-out session that works again; an undone "
-        "regeneration leaves the pre-login id valid)."
-    )
+    if readonly.tally is not None:
+        f = readonly.facts
+        notes.append(
+            f"{readonly.name}: {f['late'] - f['late_ok']:.0f} of {f['late']:.0f} operations "
+            "sent to the demoted master failed with "
+            + ", ".join(f"`{label}`" for label in readonly.tally.classes)
+            + f"; {f['late_ok']:.0f} were acknowledged."
+        )
+    window = lag_window_note(done)
+    if window:
+        notes.append(window)
     skipped = [r for r in runs if r.error]
     if skipped:
         notes.append("Not run: " + "; ".join(f"{r.name}: {r.error}" for r in skipped))
     return notes
+
+
+def lag_window_note(done: dict[str, Run]) -> str:
+    """What asynchronous replication leaves open, and what each setting closed, in this
+    run's figures."""
+    lag = done.get(run_name("lag", None, False))
+    bare = done.get(run_name("lag", 0, False))
+    floor = done.get(run_name("lag", None, True))
+    if lag is None or lag.tally is None:
+        return ""
+    t = lag.tally
+    text = (
+        "The lag window: replication is asynchronous, so a master that dies takes with it "
+        "the writes it acknowledged and its replica had not applied: here "
+        f"{t.writes_lost} of {t.writes_acked} acknowledged writes with the store's defaults "
+        f"and a replica {LAG_BEFORE_KILL:g} s behind"
+    )
+    if bare is not None and bare.tally is not None:
+        off, on = _undone(bare.tally), _undone(t)
+        text += (
+            f". `wait_for_replicas` covers the critical writes only: {off} acknowledged "
+            f"logouts and id changes were undone with it off (`wait_for_replicas=0`), {on} "
+            'with the default `"auto"`'
+            + (
+                ", where a logout or id change returns only once a replica has it"
+                if on == 0
+                else ""
+            )
+            + f"; ordinary writes lost: {bare.tally.writes_lost} and {t.writes_lost}, in step "
+            "with the writes acknowledged during the lag ("
+            f"{bare.facts.get('lag_writes', 0):.0f} and {lag.facts.get('lag_writes', 0):.0f}: "
+            "threads waiting for a replica make fewer writes meanwhile)"
+        )
+    if floor is not None and floor.tally is not None:
+        ft = floor.tally
+        text += (
+            f". With `min-replicas-to-write 1` and `min-replicas-max-lag 10`, "
+            f"{ft.writes_lost} of {ft.writes_acked} acknowledged writes were lost"
+            + (
+                ": the stalled replica still acknowledged its link every second, so the "
+                "master went on accepting writes. Those settings refuse writes on a master "
+                "whose replica has been silent for `min-replicas-max-lag` seconds (cut off, "
+                "or gone); they do not cover a replica that is connected but behind"
+                if ft.writes_lost
+                else ""
+            )
+        )
+    return text + "."
 
 
 # --------------------------------------------------------------- 3. Cluster

@@ -22,6 +22,7 @@ to ``docs/reliability.md`` (see bench/README.md).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import sys
@@ -54,12 +55,14 @@ from fault_kit import (
     unexpected_note,
 )
 from fault_load import Load, seed, tally
-from fault_report import TRACEBACKS, report
+from fault_report import TRACEBACKS, report, server_name
+from fault_servers import ServerResult, report_servers
 from fault_topologies import scenario_cluster, scenario_sentinel
-from hashsession.embedded import EmbeddedRedis
+from hashsession.embedded import SERVER_ENV, EmbeddedRedis
 from lossy_proxy import LossyProxy
 
 OUT = REPO / "docs" / "reliability.md"
+SERVERS_OUT = REPO / "docs" / "reliability-servers.md"
 DOWN = 1.0  # seconds a killed standalone server stays down
 PAUSE_MS = 3000
 SOCKET_TIMEOUT = 0.5
@@ -357,20 +360,8 @@ SCENARIOS: dict[str, Callable[[], Scenario]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument(
-        "--only", help=f"comma-separated scenarios to run ({','.join(SCENARIOS)}); default all"
-    )
-    parser.add_argument("--out", type=Path, help=f"where to write (default {OUT})")
-    args = parser.parse_args(argv)
-    names = list(SCENARIOS) if not args.only else [n.strip() for n in args.only.split(",")]
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        parser.error(f"unknown scenarios: {', '.join(unknown)}")
-    out = args.out or (OUT if not args.only else HERE / "results" / "reliability.md")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    begun = time.monotonic()
+def run_scenarios(names: Sequence[str]) -> list[Scenario]:
+    """Each named scenario in turn; one that fails is reported with its error."""
     scenarios = []
     for name in names:
         log(f"scenario {name}")
@@ -383,7 +374,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenario.seconds = time.monotonic() - start
         scenarios.append(scenario)
         log(f"scenario {name}: {scenario.seconds:.0f} s")
-    text = report(scenarios, time.monotonic() - begun, sys.argv[1:] if argv is None else argv)
+    return scenarios
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--only", help=f"comma-separated scenarios to run ({','.join(SCENARIOS)}); default all"
+    )
+    parser.add_argument("--out", type=Path, help=f"where to write (default {OUT})")
+    parser.add_argument(
+        "--servers",
+        help="comma-separated HASHSESSION_SERVER values (redis6,valkey,/usr/bin/redis-server):"
+        " run the scenarios once per server and write a report server by server"
+        f" (default {SERVERS_OUT})",
+    )
+    args = parser.parse_args(argv)
+    names = list(SCENARIOS) if not args.only else [n.strip() for n in args.only.split(",")]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(unknown)}")
+    out = args.out or (OUT if not args.only else HERE / "results" / "reliability.md")
+    if args.servers and not args.out:
+        out = SERVERS_OUT
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    begun = time.monotonic()
+    shown = sys.argv[1:] if argv is None else argv
+    if args.servers:
+        results: list[ServerResult] = []
+        for value in [v.strip() for v in args.servers.split(",")]:
+            os.environ[SERVER_ENV] = value
+            server = server_name()
+            log(f"server {value}: {server[0]}")
+            results.append((server, run_scenarios(names)))
+        scenarios = [s for _, found in results for s in found]
+        text = report_servers(results, time.monotonic() - begun, shown)
+    else:
+        scenarios = run_scenarios(names)
+        text = report(scenarios, time.monotonic() - begun, shown)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     traces = [
