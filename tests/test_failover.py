@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from hashsession import BackendError, SessionStore
 from hashsession.aio import AsyncSessionStore
@@ -224,5 +225,27 @@ def test_standalone_stores_keep_not_waiting(redis_url: str) -> None:
         assert store.config.wait_auto
         assert store.config.replica_view is None
         assert store.config.replicas_to_wait() == 0
+    finally:
+        store.close()
+
+
+def test_a_connection_closed_under_a_reader_raises_a_connection_error(
+    sentinel_setup: SentinelSetup,
+) -> None:
+    # A reply awaited on a connection whose parser was torn down (a connection closed by
+    # another thread) used to surface as redis-py's AttributeError; it is a connection
+    # error, so the store raises BackendError.
+    store = SessionStore(redis=sentinel_setup.url, secret_keys=["k"])
+    try:
+        pool: Any = store.client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_command("PING")
+            connection._parser.on_disconnect()
+            with pytest.raises(redis.ConnectionError, match="closed while its reply"):
+                connection.read_response()
+        finally:
+            pool.release(connection)
+        assert store.client.ping()  # the pool makes a new connection
     finally:
         store.close()

@@ -410,6 +410,7 @@ class _AsyncWatchedSentinel(AsyncSentinel):
 
 
 _MOVED = "the Sentinel master changed while the command was in flight (it reached the old master)"
+_CLOSED = "the connection to the master closed while its reply was awaited"
 
 
 class _FencedConnection(SentinelManagedConnection):
@@ -429,7 +430,11 @@ class _FencedConnection(SentinelManagedConnection):
         return out
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        reply = super().read_response(*args, **kwargs)
+        try:
+            reply = super().read_response(*args, **kwargs)
+        except AttributeError as exc:  # its parser was torn down: the connection closed
+            self.disconnect()  # type: ignore[no-untyped-call]
+            raise RedisConnectionError(_CLOSED) from exc
         watch = self._watch
         if watch is not None and watch.epoch != self._epoch:
             self.disconnect()  # type: ignore[no-untyped-call]
@@ -478,7 +483,11 @@ class _AsyncFencedConnection(AsyncSentinelConnection):
         return out
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        reply = await super().read_response(*args, **kwargs)
+        try:
+            reply = await super().read_response(*args, **kwargs)
+        except AttributeError as exc:  # its reader was torn down: the connection closed
+            await self.disconnect()
+            raise RedisConnectionError(_CLOSED) from exc
         watch = self._watch
         if watch is not None and watch.epoch != self._epoch:
             await self.disconnect()
