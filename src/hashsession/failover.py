@@ -346,10 +346,12 @@ class Watch:
 
 
 def _healthy(replica: Mapping[str, Any]) -> bool:
-    """Whether the sentinels see ``replica`` up and replicating (a promotion candidate)."""
-    if replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected"):
-        return False
-    return _text(replica.get("master-link-status", "")) == "ok"
+    """Whether the sentinels see ``replica`` up: one they may promote. Its link to the
+    master need not be "ok" yet (a replica still syncing can be promoted too), so a store
+    that met it early waits for it rather than acknowledging what a failover could undo."""
+    return not (
+        replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected")
+    )
 
 
 def _text(value: Any) -> str:
