@@ -412,14 +412,26 @@ def _text(browser: Any, ident: str) -> str:
 def _click(browser: Any, target: str) -> None:
     """Click ``#target`` (or the one element a CSS ``target`` with a dot finds), and wait
     for the page its POST redirects to."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
     by = By.CSS_SELECTOR if "." in target else By.ID
     browser.find_element(by, target).click()
-    WebDriverWait(browser, 15).until(expected_conditions.staleness_of(old))
+
+    def replaced(_: Any) -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:  # Chromium may say so in its own words
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(browser, 15).until(replaced)
 
 
 def _shot(browser: Any, name: str) -> None:

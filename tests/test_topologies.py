@@ -666,6 +666,7 @@ def _write_through_failover(
             continue
         acknowledged.append(f"k{n}")
         streak = streak + 1 if setup.master_address() != old else 0
+        time.sleep(0.01)
     return acknowledged, refused
 
 
@@ -712,7 +713,9 @@ def test_sessions_survive_the_master_dying(sentinel_setup: SentinelSetup) -> Non
     setup = sentinel_setup
     setup.flushall()
     setup.ready_for_failover()
-    store = SessionStore(redis=setup.url + "?socket_connect_timeout=0.5", ttl=100)
+    # A key per write (at most one per 10 ms): the store reaches the new master before the
+    # sentinels name it (hashsession.failover), and the loop writes on until they do.
+    store = SessionStore(redis=setup.url + "?socket_connect_timeout=0.5", ttl=100, max_keys=3000)
     session = store.open()
     session["before"] = 1
     cookie = store.config.cookie_value(session.id or "")
