@@ -102,7 +102,9 @@ def staleness(url: str, rounds: int, checks: int, cpu: int | None) -> dict[str, 
                     break
             first_new = next(t for t, v in seen if v == i)
             firsts.append(first_new - ack)
-            lasts.append(max(t for t, v in seen if v != i) - ack if seen[0][1] != i else -1)
+            old = [t for t, v in seen if v != i]
+            if old:  # else the reader's first read after the writer's start was new already
+                lasts.append(max(old) - ack)
             polls += len(seen)
             stale_after_ack += sum(1 for t, v in seen if v != i and t > ack)
         late = {"write": 0, "logout": 0}
@@ -127,7 +129,8 @@ def staleness(url: str, rounds: int, checks: int, cpu: int | None) -> dict[str, 
         plain.close()
     return {
         "rounds": rounds,
-        "last_old_ns": _quantiles(lasts),
+        "last_old_ns": _quantiles(lasts) if lasts else None,
+        "no_old_read": rounds - len(lasts),
         "first_new_ns": _quantiles(firsts),
         "new_before_ack": sum(1 for w in firsts if w < 0),
         "polls": polls,

@@ -751,7 +751,11 @@ def git_head() -> str:
     """The checked-out commit, read from .git without running git."""
     git = REPO / ".git"
     try:
+        if git.is_file():  # a worktree: .git names its own folder, refs live in the common one
+            git = (REPO / git.read_text().split("gitdir:", 1)[1].strip()).resolve()
         head = (git / "HEAD").read_text().strip()
+        if (git / "commondir").exists():
+            git = (git / (git / "commondir").read_text().strip()).resolve()
         if head.startswith("ref: "):
             ref = head[5:]
             path = git / ref

@@ -447,6 +447,9 @@ def near_section(res: dict[str, Any]) -> list[str]:
         ("first read serving the new value", "first_new_ns"),
     ):
         q = st[key]
+        if q is None:
+            out.append(f"| {name} | - | - | - | - |")
+            continue
         out.append(
             f"| {name} | "
             + " | ".join(f"{q[p] / 1000:.1f} µs" for p in ("min", "median", "p99", "max"))
@@ -456,7 +459,9 @@ def near_section(res: dict[str, Any]) -> list[str]:
     out += [
         "",
         f"Reads started after the acknowledgement that served the old value: "
-        f"{st['stale_after_ack']} of {st['polls']} reads. New value seen before the writer "
+        f"{st['stale_after_ack']} of {st['polls']} reads. Rounds whose first read already "
+        f"served the new value (left out of the first line): {st['no_old_read']}. New value "
+        "seen before the writer "
         f"process had its reply: {st['new_before_ack']} of {st['rounds']} rounds. Reads 1 ms "
         f"after the acknowledgement: {late['write']} stale of {st['checks']} writes, "
         f"{late['logout']} stale of {st['checks']} logouts (`invalidate()`).",
