@@ -734,11 +734,28 @@ def measure_memory(run: Run, keys: list[str]) -> dict[str, Any]:
 # ------------------------------------------------------------------ facts about the run
 
 
+def measure_near(run: Run, cpu: int | None) -> dict[str, Any]:
+    """The near cache's staleness window, refresh cost and memory (``bench/near_cache.py``),
+    measured here in the coordinator; the writer process goes to the server's CPU."""
+    import near_cache
+
+    a = run.args
+    try:
+        return near_cache.measure(run.url, a.near_rounds, a.near_checks, a.sessions, cpu)
+    except Exception as exc:
+        run.fail("hashsession (near_cache)", "near cache figures", repr(exc))
+        return {"error": repr(exc)}
+
+
 def git_head() -> str:
     """The checked-out commit, read from .git without running git."""
     git = REPO / ".git"
     try:
+        if git.is_file():  # a worktree: .git names its own folder, refs live in the common one
+            git = (REPO / git.read_text().split("gitdir:", 1)[1].strip()).resolve()
         head = (git / "HEAD").read_text().strip()
+        if (git / "commondir").exists():
+            git = (git / (git / "commondir").read_text().strip()).resolve()
         if head.startswith("ref: "):
             ref = head[5:]
             path = git / ref
@@ -808,12 +825,18 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=300, help="timed calls per batch (300)")
     parser.add_argument("--rps-rounds", type=int, default=7, help="typical-request rounds (7)")
     parser.add_argument("--rps-requests", type=int, default=150, help="requests per round (150)")
-    parser.add_argument("--shape-requests", type=int, default=10, help="requests per shape (10)")
+    parser.add_argument("--shape-requests", type=int, default=50, help="requests per shape (50)")
     parser.add_argument("--race", type=int, default=200, help="concurrent requests (200)")
     parser.add_argument("--sessions", type=int, default=10000, help="sessions for memory (10000)")
     parser.add_argument("--only", default="", help="comma-separated side labels to run")
     parser.add_argument(
-        "--skip", default="", help="figures to skip: ops,request,shapes,rps,race,memory"
+        "--skip", default="", help="figures to skip: ops,request,shapes,rps,race,memory,near"
+    )
+    parser.add_argument(
+        "--near-rounds", type=int, default=1000, help="near cache: changes timed (1000)"
+    )
+    parser.add_argument(
+        "--near-checks", type=int, default=200, help="near cache: reads 1 ms after (200)"
     )
     parser.add_argument("--no-busy", action="store_true", help="let the CPUs sleep")
     parser.add_argument("--no-pin", action="store_true", help="let the kernel place processes")
@@ -875,6 +898,9 @@ def main() -> int:
                     print("memory per session ...", flush=True)
                     mem_keys = [k for k in keys if run.contenders[k]["memory"]]
                     run.results["memory"] = measure_memory(run, mem_keys)
+                if "near" not in skip:
+                    print("near cache: staleness, refreshes, memory ...", flush=True)
+                    run.results["near"] = measure_near(run, cpu)
             run.results["machine"] = machine_facts(run.url)
         finally:
             for w in run.workers:

@@ -45,6 +45,8 @@ from peerkit import (
 )
 
 HS_DISTS = ("hashsession", "redis")
+#: The settings of the near-cache contenders (issue 17): the default bounds.
+NEAR = {"near_cache": True}
 #: The library name in the tables; ``peers.py --baseline`` runs an earlier hashsession
 #: under another name, so that it is measured as a peer beside this one.
 LIBRARY = os.environ.get("HASHSESSION_BENCH_LIBRARY", "hashsession")
@@ -122,8 +124,11 @@ class HsOps(Contender):
             op: Op(b.timed(hs, op), b.prep(hs, op)) for op in ("set", "get", "in", "delete", "incr")
         }
 
+    def store(self) -> SessionStore:
+        return SessionStore(redis=self.url)
+
     def request(self) -> dict[str, Op | str]:
-        store = SessionStore(redis=self.url)
+        store = self.store()
         first = store.open()
         first.update({FIELD: VALUE, COUNTER: 0})
         cookie = cookie_from([v for k, v in store.response_headers(first) if k == "Set-Cookie"])
@@ -165,6 +170,20 @@ class HsOps(Contender):
             "delete": Op(r_delete, bare.sender("HSET", key, FIELD, enc)),
             "incr": Op(r_incr),
         }
+
+
+class HsNearOps(HsOps):
+    """The same one-operation requests with ``near_cache=True``: a read of a warm session
+    is answered from memory (per-request table only; the open-session table is core_ops')."""
+
+    library = f"{LIBRARY} (near_cache)"
+    integration = "Session API (sync), near_cache=True"
+
+    def steady(self) -> dict[str, Op | str]:
+        return {}
+
+    def store(self) -> SessionStore:
+        return SessionStore(redis=self.url, **NEAR)
 
 
 class SameCommands(Contender):
@@ -265,6 +284,18 @@ class HsWsgi(Contender):
     def build_app(self) -> Any:
         app = plain_wsgi(lambda environ: environ["hashsession"], HsDialect())
         return WsgiSessionMiddleware(app, store=SessionStore(redis=self.url))
+
+
+class HsWsgiNear(HsWsgi):
+    """The WSGI middleware on a store with ``near_cache=True``."""
+
+    library = f"{LIBRARY} (near_cache)"
+    integration = "hashsession.wsgi.SessionMiddleware, near_cache=True, bare WSGI app"
+    memory = False
+
+    def build_app(self) -> Any:
+        app = plain_wsgi(lambda environ: environ["hashsession"], HsDialect())
+        return WsgiSessionMiddleware(app, store=SessionStore(redis=self.url, **NEAR))
 
 
 class HsAsgi(Contender):
@@ -465,8 +496,10 @@ def contenders() -> dict[str, Callable[[str], Contender]]:
     return {
         "raw": RawApp,
         "hashsession": HsOps,
+        "hs-near": HsNearOps,
         "same": SameCommands,
         "hs-wsgi": HsWsgi,
+        "hs-wsgi-near": HsWsgiNear,
         "hs-asgi": HsAsgi,
         "hs-flask": HsFlask,
         "hs-bottle": HsBottle,
