@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+import socket
 import threading
 import time
 import weakref
@@ -121,6 +122,7 @@ class Watch:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._waker: socket.socket | None = None  # the write end of the thread's wake pair
 
     def __repr__(self) -> str:
         return f"<Watch service={self.service!r} master={self.master} epoch={self.epoch}>"
@@ -138,8 +140,14 @@ class Watch:
             self._users += 1
             if self._thread is None:
                 self._stop.clear()
+                # A byte on this pair wakes the listener from its wait, so a release
+                # stops it at once instead of at its next timeout.
+                wake, self._waker = socket.socketpair()
                 self._thread = threading.Thread(
-                    target=self._run, name=f"hashsession-sentinel-{self.service}", daemon=True
+                    target=self._run,
+                    args=(wake,),
+                    name=f"hashsession-sentinel-{self.service}",
+                    daemon=True,
                 )
                 self._thread.start()
 
@@ -151,11 +159,17 @@ class Watch:
                 return
             thread, self._thread = self._thread, None
             self._stop.set()
+            waker, self._waker = self._waker, None
+            if waker is not None:
+                with contextlib.suppress(OSError):
+                    waker.send(b"x")
             with _registry_lock:
                 if _watches.get(self._key()) is self:
                     del _watches[self._key()]
         if thread is not threading.current_thread():
             thread.join(5.0)
+        if waker is not None:
+            waker.close()
 
     def on_switch(self, callback: Callable[[Address, bool], None]) -> None:
         """Call ``callback(new_master, ahead)`` (in the listener thread) at every switch;
@@ -202,7 +216,7 @@ class Watch:
             except Exception:  # a pool's own trouble must not stop the listener
                 log.exception("hashsession: a Sentinel switch callback failed")
 
-    def _run(self) -> None:
+    def _run(self, wake: socket.socket) -> None:
         subscribed: dict[Address, Any] = {}
         tried: dict[Address, float] = {}
         next_refresh = 0.0
@@ -218,10 +232,11 @@ class Watch:
                             next_refresh = 0.0  # it may have missed a switch meanwhile
                 if now >= next_refresh:
                     next_refresh = now + (_REFRESH if self._refresh() else _RECONNECT)
-                self._read(subscribed)
+                self._read(subscribed, wake)
         finally:
             for pubsub in subscribed.values():
                 _close(pubsub)
+            wake.close()
 
     def _client(self, address: Address) -> redis.Redis:
         return redis.Redis(host=address[0], port=address[1], **self._sentinel_options)
@@ -257,12 +272,9 @@ class Watch:
             return True
         return False
 
-    def _read(self, subscribed: dict[Address, Any]) -> None:
-        """Handle every message waiting, then wait a little for more."""
-        if not subscribed:
-            self._stop.wait(_RECONNECT)
-            return
-        socks = {}
+    def _read(self, subscribed: dict[Address, Any], wake: socket.socket) -> None:
+        """Handle every message waiting, then wait a little for more (or a wake-up)."""
+        socks: dict[Any, Address | None] = {wake: None}
         for address, pubsub in list(subscribed.items()):
             try:
                 while (message := pubsub.get_message(timeout=0)) is not None:
@@ -274,8 +286,6 @@ class Watch:
                 _close(subscribed.pop(address))
                 continue
             socks[sock] = address
-        if not socks:
-            return
         with contextlib.suppress(OSError, ValueError):
             select.select(list(socks), [], [], _RECONNECT)
 
