@@ -46,7 +46,9 @@ def _session(store: SessionStore, user: str | None = None, **values: Any) -> Ses
 
 def _run(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> tuple[int, Any, str]:
     """``main(argv + connection flags)``: exit code, stdout (parsed with --json), stderr."""
-    code = main([*argv, "--redis", url, "--user-key", USER_KEY, "--secret-key", SECRET])
+    flags = ["--redis", url, "--user-key", USER_KEY, "--secret-key", SECRET]
+    end = argv.index("--") if "--" in argv else len(argv)  # options go before a "--"
+    code = main([*argv[:end], *flags, *argv[end:]])
     out, err = capsys.readouterr()
     return code, json.loads(out) if "--json" in argv and out else out, err
 
@@ -129,14 +131,15 @@ def test_show_accepts_an_id_a_cookie_value_or_a_key(
     assert session.id is not None
     cookie = cli_store.config.cookie_value(session.id)
     for name in (session.id, cookie, session.core.key or ""):
-        code, data, _ = _run(capsys, redis_url, "show", name, "--json")
+        # "--" ends the options: an id may start with "-" (1 in 64 do)
+        code, data, _ = _run(capsys, redis_url, "show", "--json", "--", name)
         assert code == 0
         assert data["key"] == session.core.key
         assert data["fields"] == {"cart": [1, "two"], "n": 3}
         assert data["meta"] == {"csrf": "tok"}
         assert data["user"] == cli_store.config.user_tag("carol")
         assert 0 < data["ttl"] <= 100 and data["created"]
-    code, text, _ = _run(capsys, redis_url, "show", session.id)
+    code, text, _ = _run(capsys, redis_url, "show", "--", session.id)
     assert code == 0 and "cart = [1, 'two']" in text
 
 
@@ -373,3 +376,16 @@ def test_import_and_version_do_not_import_rich() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.splitlines() == ["hashsession 0.1.0", "[]"]
+
+
+def test_an_id_starting_with_a_dash_is_taken_after_a_double_dash(
+    cli_store: SessionStore, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    session = _session(cli_store, "dora", n=1)
+    while not (session.id or "").startswith("-"):  # 1 in 64 ids does
+        session = _session(cli_store, "dora", n=1)
+    assert session.id is not None
+    code, _, err = _run(capsys, redis_url, "show", session.id)
+    assert code == 2 and "goes after '--'" in err
+    code, data, _ = _run(capsys, redis_url, "show", "--json", "--", session.id)
+    assert code == 0 and data["key"] == session.core.key

@@ -19,11 +19,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hashsession`` command; returns the exit code."""
     from hashsession import __version__
     from hashsession.cli.commands import COMMANDS
-    from hashsession.cli.frame import EXIT_ERROR, EXIT_INTERRUPTED, build_parser, describe
+    from hashsession.cli.frame import (
+        EXIT_ERROR,
+        EXIT_INTERRUPTED,
+        UsageError,
+        build_parser,
+        dash_hint,
+        describe,
+    )
 
     debug = False
     try:
-        args = build_parser(COMMANDS, __version__).parse_args(argv)
+        try:
+            args = build_parser(COMMANDS, __version__).parse_args(argv)
+        except UsageError as exc:
+            given = sys.argv[1:] if argv is None else list(argv)
+            raise UsageError(f"{exc}{dash_hint(given)}") from None
         debug = getattr(args, "debug", False)
         return args.command_spec.start(args)  # type: ignore[no-any-return]
     except SystemExit as exc:  # --help, --version

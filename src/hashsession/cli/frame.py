@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ __all__ = [
     "Settings",
     "UsageError",
     "build_parser",
+    "dash_hint",
     "describe",
     "emit",
     "open_store",
@@ -75,6 +77,18 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+#: A long token that starts with "-": session ids and cookie values are URL-safe base64,
+#: so 1 in 64 starts with a dash, and argparse reads it as an option.
+_DASHED = re.compile(r"-[\w-]{20,}(\.[\w-]+)?")
+
+
+def dash_hint(argv: Sequence[str]) -> str:
+    """What to add to a usage error when ``argv`` holds an id that reads as an option."""
+    if any(_DASHED.fullmatch(token) for token in argv):
+        return "; a session id starting with '-' goes after '--' (hashsession show -- ID)"
+    return ""
 
 
 @dataclass(frozen=True)
