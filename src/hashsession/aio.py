@@ -170,10 +170,7 @@ class AsyncSession(SessionView):
         field = core.field(key)
         cmd = core.ready_get(field)
         if cmd is not None:  # the fast path of a live session: the plain command
-            try:
-                raw = await self._execute(*cmd)
-            except BACKEND_ERRORS as exc:
-                raw = await self._resend(cmd, field, exc)
+            raw = await self._send(cmd, field)
         else:
             raw = await self._run(core.plan_get, field, field)
         return default if raw is None else core.decode(field, raw)
@@ -184,10 +181,7 @@ class AsyncSession(SessionView):
         field = core.field(key)
         cmd = core.ready_has(field)
         if cmd is not None:
-            try:
-                return bool(await self._execute(*cmd))
-            except BACKEND_ERRORS as exc:
-                return bool(await self._resend(cmd, field, exc))
+            return bool(await self._send(cmd, field))
         return bool(await self._run(core.plan_has, field, field))
 
     async def keys(self) -> list[str]:
@@ -245,11 +239,7 @@ class AsyncSession(SessionView):
         field = core.field(key)
         cmd = core.ready_delete(field)
         if cmd is not None:
-            try:
-                reply = await self._execute(*cmd)
-            except BACKEND_ERRORS as exc:
-                reply = await self._resend(cmd, field, exc)
-            return core.deleted(reply)
+            return core.deleted(await self._send(cmd, field))
         return bool(await self._run(core.plan_delete, field, field))
 
     async def incr(self, key: str, amount: int = 1) -> int:

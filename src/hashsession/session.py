@@ -103,6 +103,15 @@ class Session(SessionView, MutableMapping[str, Any]):
         except BACKEND_ERRORS as exc:
             return self._resend(cmd, key, exc)
 
+    def _ready(self, cmd: Command, field: str) -> Any:
+        """The reply to a command the core handed ready (or the value it had cached)."""
+        if cmd[0] is CACHED:
+            return cmd[1]
+        try:
+            return self._execute(*cmd)
+        except BACKEND_ERRORS as exc:
+            return self._resend(cmd, field, exc)
+
     def _resend(self, cmd: Command, key: str | None, exc: Exception) -> Any:
         """After ``cmd`` raised ``exc``: its reply if sending it again is safe and works
         (see :mod:`hashsession.transport`), else the session's error for ``key``."""
@@ -168,13 +177,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         snapshot = self._snapshot
         cmd = core.ready_get(field) if snapshot is None else None
         if cmd is not None:
-            if cmd[0] is CACHED:
-                raw = cmd[1]
-            else:
-                try:
-                    raw = self._execute(*cmd)
-                except BACKEND_ERRORS as exc:
-                    raw = self._resend(cmd, field, exc)
+            raw = self._ready(cmd, field)
         else:
             raw = snapshot.pop(field, None) if snapshot is not None else None
             if raw is None:
@@ -199,13 +202,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         cmd = core.ready_get(field)
         if cmd is not None:
             self._snapshot = None
-            if cmd[0] is CACHED:
-                raw = cmd[1]
-            else:
-                try:
-                    raw = self._execute(*cmd)
-                except BACKEND_ERRORS as exc:
-                    raw = self._resend(cmd, field, exc)
+            raw = self._ready(cmd, field)
         else:
             raw = self._run(core.plan_get, field, field)
         return default if raw is None else core.decode(field, raw)
@@ -216,12 +213,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         cmd = core.ready_has(field)
         if cmd is not None:
             self._snapshot = None
-            if cmd[0] is CACHED:
-                return bool(cmd[1])
-            try:
-                return bool(self._execute(*cmd))
-            except BACKEND_ERRORS as exc:
-                return bool(self._resend(cmd, field, exc))
+            return bool(self._ready(cmd, field))
         return bool(self._run(core.plan_has, field, field))
 
     def __iter__(self) -> Iterator[str]:
@@ -289,11 +281,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         cmd = core.ready_set(field, raw)
         if cmd is not None:
             self._snapshot = None
-            try:
-                reply = self._execute(*cmd)
-            except BACKEND_ERRORS as exc:
-                reply = self._resend(cmd, field, exc)
-            if core.written(reply):
+            if core.written(self._ready(cmd, field)):
                 return
         self._run(core.plan_set, field, [(field, raw)])
 
@@ -337,11 +325,7 @@ class Session(SessionView, MutableMapping[str, Any]):
         cmd = core.ready_delete(field)
         if cmd is not None:
             self._snapshot = None
-            try:
-                reply = self._execute(*cmd)
-            except BACKEND_ERRORS as exc:
-                reply = self._resend(cmd, field, exc)
-            return core.deleted(reply)
+            return core.deleted(self._ready(cmd, field))
         return bool(self._run(core.plan_delete, field, field))
 
     def incr(self, key: str, amount: int = 1) -> int:
