@@ -118,6 +118,19 @@ class Calls:
         return f"mover-{self.run}-{index}"
 
 
+def _check_move(
+    cluster: ClusterSetup, moved: Moved, calls: Calls, start: float, end: float
+) -> None:
+    """The slot changed owner, every mover called during the move, and no call failed."""
+    assert _owner_of(cluster, moved.slot) == node_id(moved.target)
+    overlapping = calls.overlapping(start, end)
+    assert overlapping >= MOVERS
+    assert calls.failures == [], (
+        f"{len(calls.failures)} of {len(calls.spans)} calls failed"
+        f" ({overlapping} overlapping the migration)"
+    )
+
+
 def _check_states(store: SessionStore, cluster: ClusterSetup, calls: Calls) -> None:
     """Every old id is gone, every last id holds its data and is its user's one session."""
     reader = _reader(cluster)
@@ -180,13 +193,7 @@ def test_regenerate_and_login_ride_a_reshard_under_threads(cluster: ClusterSetup
         stop.set()
         for thread in threads:
             thread.join(30)
-    assert _owner_of(cluster, moved.slot) == node_id(moved.target)
-    overlapping = calls.overlapping(start, end)
-    assert overlapping >= MOVERS
-    assert calls.failures == [], (
-        f"{len(calls.failures)} of {len(calls.spans)} calls failed"
-        f" ({overlapping} overlapping the migration)"
-    )
+    _check_move(cluster, moved, calls, start, end)
     _check_states(store, cluster, calls)
     store.close()
 
@@ -227,13 +234,7 @@ async def test_regenerate_and_login_ride_a_reshard_under_tasks(cluster: ClusterS
         stop.set()
         await asyncio.gather(*tasks)
     await store.aclose()
-    assert _owner_of(cluster, moved.slot) == node_id(moved.target)
-    overlapping = calls.overlapping(start, end)
-    assert overlapping >= MOVERS
-    assert calls.failures == [], (
-        f"{len(calls.failures)} of {len(calls.spans)} calls failed"
-        f" ({overlapping} overlapping the migration)"
-    )
+    _check_move(cluster, moved, calls, start, end)
     checker = SessionStore(redis=cluster.url, user_key=USER_KEY, ttl=600)
     _check_states(checker, cluster, calls)
     checker.close()
