@@ -238,8 +238,6 @@ class _Project:
         server = EmbeddedRedis(port=self.stable_port(), args=args)
         try:
             server.start()
-        except ConfigurationError:
-            raise
         except RuntimeError:  # the stable port was taken meanwhile: any free one
             server = EmbeddedRedis(port=free_port(), args=args)
             server.start()
