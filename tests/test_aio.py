@@ -36,7 +36,7 @@ from hashsession import ids as hs_ids
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.codecs import JSONCodec
 from hashsession.cookies import Signer
-from hashsession.scripts import CREATE, CREATED_FIELD, LIVE, OPEN, TTL_FIELD
+from hashsession.scripts import CREATED_FIELD, EVERY, TTL_FIELD
 from hashsession.topology import async_client
 
 pytestmark = pytest.mark.all_topologies
@@ -72,7 +72,7 @@ def assert_every_key_expires(client: redis.Redis) -> None:
 
 @pytest.fixture
 def warm(redis_client: redis.Redis) -> None:
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         assert redis_client.script_load(script.source) == script.sha
 
 

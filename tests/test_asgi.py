@@ -34,7 +34,7 @@ from counting import AsyncCounter
 from hashsession import HeadersSentError
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.asgi import SessionMiddleware, session_of
-from hashsession.scripts import CREATE, LIVE, OPEN
+from hashsession.scripts import EVERY
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers httpx2 for its TestClient; httpx works the same here.
@@ -81,7 +81,7 @@ def session_key(store: AsyncSessionStore, cookie_value: str) -> str:
 
 @pytest.fixture
 def warm(redis_client: redis.Redis) -> None:
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         redis_client.script_load(script.source)
 
 

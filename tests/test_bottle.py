@@ -18,7 +18,7 @@ import webtest
 from conftest import Counted, StoreFactory
 from hashsession import ConfigurationError, HeadersSentError, Session, SessionStore
 from hashsession.bottle import KeywordConflictError, SessionPlugin
-from hashsession.scripts import CREATE, LIVE, OPEN
+from hashsession.scripts import EVERY
 
 
 def cookie_of(response: webtest.TestResponse, name: str = "session") -> str | None:
@@ -75,7 +75,7 @@ def client(store: SessionStore) -> webtest.TestApp:
 
 def preload_scripts(client: redis.Redis) -> None:
     """Load the Lua scripts so counted round trips never include a NOSCRIPT retry."""
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         client.script_load(script.source)
 
 

@@ -22,7 +22,7 @@ from hashsession import (
 )
 from hashsession.aio import AsyncSessionStore
 from hashsession.crypto import OVERHEAD, SealedCodec
-from hashsession.scripts import CREATE, LIVE, OPEN
+from hashsession.scripts import EVERY
 
 K1 = "k1-" + "a" * 40
 K2 = "k2-" + "b" * 40
@@ -450,7 +450,7 @@ def test_invalidate_then_write(sealed: SessionStore, stored: tuple[str, str]) ->
 
 @pytest.fixture
 def warm(redis_client: redis.Redis) -> None:
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         assert redis_client.script_load(script.source) == script.sha
 
 

@@ -36,7 +36,7 @@ from hashsession.flask import (
     regenerate,
     store_from_config,
 )
-from hashsession.scripts import CREATE, LIVE, OPEN
+from hashsession.scripts import EVERY
 
 SECRET = "a test secret"
 AppFactory = Callable[..., Flask]
@@ -150,7 +150,7 @@ def key_of(app: Flask, value: str) -> str:
 
 
 def preload_scripts(client: redis.Redis) -> None:
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         client.script_load(script.source)
 
 

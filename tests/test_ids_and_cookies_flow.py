@@ -12,7 +12,7 @@ import redis
 
 from hashsession import CookiePolicy, Session, SessionStore
 from hashsession.ids import ID_LENGTH, new_id
-from hashsession.scripts import CREATE, LIVE, OPEN
+from hashsession.scripts import EVERY
 
 pytestmark = pytest.mark.all_topologies
 
@@ -41,7 +41,7 @@ def signed(make_store: StoreFactory) -> SessionStore:
 
 @pytest.fixture
 def warm(redis_client: redis.Redis) -> None:
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         redis_client.script_load(script.source)
 
 

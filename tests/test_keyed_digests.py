@@ -22,7 +22,11 @@ from hashsession import ConfigurationError, Session, SessionStore
 from hashsession.aio import AsyncSessionStore
 from hashsession.compat import drsession
 from hashsession.config import user_digest
-from hashsession.scripts import CREATE, INDEX, INDEXED_FIELD, LIVE, LOGIN, OPEN, OWNER_FIELD, REVOKE
+from hashsession.scripts import (
+    EVERY,
+    INDEXED_FIELD,
+    OWNER_FIELD,
+)
 from hashsession.topology import sync_client
 
 pytestmark = pytest.mark.all_topologies
@@ -33,7 +37,7 @@ StoreFactory = Callable[..., SessionStore]
 
 @pytest.fixture
 def warm(redis_client: redis.Redis) -> None:
-    for script in (*LIVE.values(), OPEN, CREATE, LOGIN, INDEX, REVOKE):
+    for script in EVERY:
         redis_client.script_load(script.source)
 
 

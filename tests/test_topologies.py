@@ -36,7 +36,7 @@ from hashsession import (
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.compat import drsession
 from hashsession.embedded import EmbeddedRedis, free_port
-from hashsession.scripts import CREATE, LIVE, OPEN
+from hashsession.scripts import CREATE, EVERY, LIVE, OPEN
 from hashsession.topology import async_client, is_cluster, parse, sync_client
 from topologies import HOST, ClusterSetup, SentinelSetup, wait_for
 
@@ -455,7 +455,7 @@ def topology_counted(topology_deployment: Any, topology_url: str) -> Iterator[Co
         recorder = Counted(deployment.master().url)
     else:
         recorder = Counted(deployment.url)
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         recorder.client.script_load(script.source)
     yield recorder
     recorder.close()

@@ -27,7 +27,7 @@ from tornado.web import Application, HTTPError, RequestHandler
 from counting import AsyncCounter
 from hashsession import ConfigurationError, HeadersSentError, SessionStore
 from hashsession.aio import AsyncSession, AsyncSessionStore
-from hashsession.scripts import CREATE, LIVE, OPEN
+from hashsession.scripts import EVERY
 from hashsession.tornado import SessionMixin, store_for
 
 # --------------------------------------------------------------------------- helpers
@@ -114,7 +114,7 @@ async def browse(app: Application, cookie_name: str = "session") -> AsyncIterato
 @pytest.fixture
 def warm(redis_client: redis.Redis) -> None:
     """Load the scripts so that no NOSCRIPT retry adds a round trip to a count."""
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         redis_client.script_load(script.source)
 
 

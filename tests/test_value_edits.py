@@ -24,7 +24,7 @@ from hashsession import (
     ValueTypeError,
 )
 from hashsession.codecs import FunctionCodec, JSONCodec
-from hashsession.scripts import CREATE, CREATED_FIELD, LIVE, OPEN
+from hashsession.scripts import CREATED_FIELD, EVERY
 from threads import run_threads
 
 pytestmark = pytest.mark.all_topologies
@@ -482,7 +482,7 @@ def test_removals_on_a_deleted_session_write_nothing(
 
 @pytest.fixture
 def cstore(counted: Any, redis_client: redis.Redis) -> Iterator[SessionStore]:
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         assert redis_client.script_load(script.source) == script.sha
     store = SessionStore(redis=counted.client, ttl=100)
     yield store

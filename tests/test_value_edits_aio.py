@@ -19,7 +19,7 @@ from counting import AsyncCounter
 from hashsession import ConflictError, LimitExceededError, ValueTypeError
 from hashsession.aio import AsyncSession, AsyncSessionStore
 from hashsession.codecs import JSONCodec
-from hashsession.scripts import CREATE, CREATED_FIELD, LIVE, OPEN
+from hashsession.scripts import CREATED_FIELD, EVERY
 
 pytestmark = pytest.mark.all_topologies
 
@@ -144,7 +144,7 @@ async def test_removing_from_nothing_costs_nothing(
 
 @pytest.fixture
 async def counter(redis_url: str, redis_client: redis.Redis) -> AsyncIterator[AsyncCounter]:
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         assert redis_client.script_load(script.source) == script.sha
     c = await AsyncCounter(redis_url).ready()
     yield c

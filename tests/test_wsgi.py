@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from hashsession import HeadersSentError, Session, SessionStore
-from hashsession.scripts import CREATE, LIVE, OPEN
+from hashsession.scripts import EVERY
 from hashsession.wsgi import SessionMiddleware
 
 Environ = dict[str, Any]
@@ -182,7 +182,7 @@ def test_read_only_request_on_new_session(store: SessionStore, redis_client: red
 def test_untouched_session_costs_nothing_and_adds_no_headers(
     counted: Any, redis_client: redis.Redis
 ) -> None:
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         redis_client.script_load(script.source)
     store = SessionStore(redis=counted.client, ttl=100)
     app = SessionMiddleware(demo_app, store=store)

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
 from typing import Any, Final, Literal, Protocol
@@ -185,6 +185,14 @@ class SessionConfig:
     legacy_user_index: bool = True
     #: The near cache's bounds, or ``None``: no near cache (the ``near_cache`` setting).
     near_cache: NearCacheSettings | None = None
+    #: ``idle_ms`` and ``absolute_ms`` as the decimal bytes the first command of a request
+    #: sends (worked out once, not per request).
+    idle_bytes: bytes = field(init=False, repr=False, compare=False)
+    absolute_bytes: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "idle_bytes", b"%d" % self.idle_ms)
+        object.__setattr__(self, "absolute_bytes", b"%d" % self.absolute_ms)
 
     @classmethod
     def build(

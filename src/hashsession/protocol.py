@@ -89,6 +89,7 @@ from hashsession.scripts import (
     OPEN,
     OPEN_NEAR,
     OWNER_FIELD,
+    QUICK,
     SEEN_FIELD,
     SIZE_ERROR,
     TTL_FIELD,
@@ -152,6 +153,10 @@ CACHED: Final = _Marker.CACHED
 _SET, _INCR, _INCR_FLOAT = LIVE["set"].sha, LIVE["incr"].sha, LIVE["incr_float"].sha
 _SETDEFAULT, _POP, _LEN = LIVE["setdefault"].sha, LIVE["pop"].sha, LIVE["len"].sha
 _PUSH, _DELETE = LIVE["push"].sha, LIVE["delete"].sha
+#: The quick first commands (``QUICK``) by operation, and how many arguments of the
+#: operation's own each takes (a ``set`` of several fields goes through ``OPEN``).
+_QUICK = {op: script.sha for op, script in QUICK.items()}
+_QUICK_ARGS = {"get": 1, "has": 1, "set": 3, "incr": 3, "delete": 1}
 #: The live set and incr scripts, for the sessions' fast paths.
 SET_SHA, INCR_SHA, DELETE_SHA = _SET, _INCR, _DELETE
 _CLEAR, _CAS, _TOUCH, _RENAME = (
@@ -837,15 +842,22 @@ class SessionCore:
     def _open(self, op: str, *args: Any, keys: tuple[str, ...] = ()) -> Command:
         assert self._key is not None
         c = self.config
-        head = ("EVALSHA", OPEN.sha, 1 + len(keys), self._key, *keys)
         # Numbers and the op name as bytes: redis-py passes bytes through untouched, so
         # packing the request's first command costs less (see docs/benchmarks.md).
-        now = b"%d" % _now_ms()
-        return (*head, b"%d" % c.idle_ms, now, b"%d" % c.absolute_ms, op.encode(), *args)
+        timing = (c.idle_bytes, b"%d" % _now_ms(), c.absolute_bytes)
+        quick = _QUICK.get(op)
+        if quick is not None and not keys and len(args) == _QUICK_ARGS[op]:
+            return ("EVALSHA", quick, 1, self._key, *timing, *args)
+        head = ("EVALSHA", OPEN.sha, 1 + len(keys), self._key, *keys)
+        return (*head, *timing, op.encode(), *args)
 
     def _opened(self, reply: Any) -> Any:
-        if reply is None:
-            return self._lose()
+        if type(reply) is not list:  # a quick script's bare result: nothing to report
+            if reply is None:
+                return self._lose()
+            self._enter(State.LIVE)
+            self.lifetime, self.lifetime_known = None, True
+            return reply
         self._enter(State.LIVE)
         self._learn(reply)
         if len(reply) > 1 and reply[1] is not None:  # the owner's index entry is due
@@ -978,7 +990,13 @@ class SessionCore:
             return live, None, None
         if self._state is State.NEW:
             return None, None, empty
+        if op == "get":  # the quick script answers 0 for a missing field
+            return self._open(op, *args), self._opened_get, None
         return self._open(op, *args), self._opened, None
+
+    def _opened_get(self, reply: Any) -> Any:
+        out = self._opened(reply)
+        return None if out == 0 else out
 
     # ------------------------------------------------------------------ reads
 

@@ -38,6 +38,7 @@ __all__ = [
     "MARKER",
     "OPEN",
     "OPEN_NEAR",
+    "QUICK",
     "REVOKE",
     "SIZE_ERROR",
     "TYPE_ERROR",
@@ -795,6 +796,106 @@ _FIRST = ("get", "set", "has", "incr", "delete", "all", "hmget", "keys")
 #: the owner and the index entry's new good-until when that entry is due for a refresh.
 OPEN = _script("open", _open_source())
 
+#: The quick first commands of a request (``QUICK[op]``, for ``get``, ``has``, ``set`` of
+#: one field, ``incr`` by an int and ``delete``): what ``OPEN`` does for that one
+#: operation, with one ``HMGET`` reading the metadata and the field together and no
+#: closures beyond what the operation needs (the server runs about half the Lua per
+#: request). Arguments: idle ms, now ms, absolute ms, then the operation's own. The reply
+#: is the operation's bare result when there is nothing to report (``get``: the value, or
+#: 0 for a missing field), ``OPEN``'s table ``{r, owner, good, keep}`` when there is, and
+#: false when the session is gone.
+QUICK: dict[str, Script] = {}
+
+
+def _quick(name: str, field: str, body: str, helpers: str = "") -> Script:
+    return _script(
+        f"quick_{name}",
+        _STATE
+        + helpers
+        + r"""
+local k = KEYS[1]
+local idle, now, abs = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i', '\0k', """
+        + field
+        + r""")
+if not m[1] and redis.call('EXISTS', k) == 0 then return false end
+if m[2] then idle = tonumber(m[2]) end
+local ttl, deadline = idle, false
+if abs > 0 and m[1] then
+  deadline = tonumber(m[1]) + abs
+  local left = deadline - now
+  if left <= 0 then
+    redis.call('DEL', k)
+    return false
+  end
+  if left < ttl then ttl = left end
+end
+redis.call('PEXPIRE', k, ttl)
+keep = m[5]
+if m[3] then
+  redis.call('HSET', k, '\0s', now)
+  if tonumber(m[4] or 0) < now + ttl then
+    fresh = now + idle + math.floor(idle / 2)
+    if deadline and deadline < fresh then fresh = deadline end
+    owner, good = m[3], fresh
+  end
+end
+"""
+        + body
+        + r"""
+if not owner and not keep then return r end
+if r == 0 and bare_zero then r = false end
+if owner and redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
+return {r, owner, good, keep}
+""",
+    )
+
+
+QUICK["get"] = _quick("get", "ARGV[4]", "local r, bare_zero = m[6] or 0, true")
+QUICK["has"] = _quick("has", "ARGV[4]", "local r, bare_zero = m[6] and 1 or 0, false")
+# limit, field, value: HSET first; only a new field costs the count of keys (and is taken
+# back if it went past the limit).
+QUICK["set"] = _quick(
+    "set",
+    "ARGV[5]",
+    r"""local r, bare_zero = 1, false
+if redis.call('HSET', k, ARGV[5], ARGV[6]) == 1 then
+  local lim = tonumber(ARGV[4])
+  if redis.call('HLEN', k) > lim and users(k) > lim then
+    redis.call('HDEL', k, ARGV[5])
+    return {err = 'HASHSESSION_LIMIT ' .. ARGV[5]}
+  end
+end""",
+    _FIELDS,
+)
+# limit, field, amount
+QUICK["incr"] = _quick(
+    "incr",
+    "ARGV[5]",
+    r"""local bare_zero = false
+if not m[6] then
+  local full = over(k, redis.call('HLEN', k), tonumber(ARGV[4]), {ARGV[5]})
+  if full then return full end
+end
+local r = redis.call('HINCRBY', k, ARGV[5], ARGV[6])""",
+    _FIELDS,
+)
+# field -> 0 (not there), 1 (deleted), {1} (deleted, and the emptied session with it)
+QUICK["delete"] = _quick(
+    "delete",
+    "ARGV[4]",
+    r"""local r, bare_zero = 0, false
+if m[6] then
+  redis.call('HDEL', k, ARGV[4])
+  r = 1
+  if bare(k) then
+    redis.call('DEL', k)
+    return {{1}}
+  end
+end""",
+    _FIELDS,
+)
+
 #: The first read of a request served by the near cache (``get`` or ``has`` of one field):
 #: idle ms, now ms, absolute ms, refresh share in thousandths, op name, field. It slides
 #: the TTL only when at least 7/8 of that share of the idle timeout has passed since the
@@ -1044,6 +1145,7 @@ return out
 EVERY: tuple[Script, ...] = (
     *LIVE.values(),
     OPEN,
+    *QUICK.values(),
     OPEN_NEAR,
     CREATE,
     LOGIN,

@@ -24,7 +24,7 @@ from hashsession import BackendError, ConfigurationError, EncodeError, HeadersSe
 from hashsession import bottle as native
 from hashsession.compat import bottle_session
 from hashsession.embedded import EmbeddedRedis, free_port
-from hashsession.scripts import CREATE, LIVE, OPEN
+from hashsession.scripts import EVERY
 
 COOKIE = "bottle.session"
 HEX_ID = re.compile(r"[0-9a-f]{32}")
@@ -561,7 +561,7 @@ def test_session_reads_and_writes_like_bottle_session(pool: redis.ConnectionPool
 
 
 def preload_scripts(client: redis.Redis) -> None:
-    for script in (*LIVE.values(), OPEN, CREATE):
+    for script in EVERY:
         client.script_load(script.source)
 
 
