@@ -19,6 +19,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import NoScriptError
 
 from hashsession.aionear import AsyncTracker, link_settings
 from hashsession.errors import ConfigurationError, ValueTypeError
@@ -129,7 +130,9 @@ class AsyncSession(SessionView):
 
     async def _resend(self, cmd: Command, key: str | None, exc: Exception) -> Any:
         """As :meth:`Session._resend <hashsession.Session._resend>`."""
-        if self._core.near is not None:  # it may have changed the session: not cached
+        # It may have changed the session: not cached (a script the server did not know
+        # did not run: sent again with its source, its reply is as good as the first).
+        if self._core.near is not None and not isinstance(exc, NoScriptError):
             self._core.near_drop()
         try:
             return await aresend(self._client, cmd, exc, *self._core.config.patience)
