@@ -10,9 +10,13 @@ bounded polls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -28,7 +32,7 @@ from counting import AsyncCounter
 from hashsession import ConfigurationError
 from hashsession.aio import AsyncSessionStore
 from hashsession.aionear import AsyncTracker, link_settings
-from hashsession.embedded import EmbeddedRedis, free_port
+from hashsession.embedded import EmbeddedRedis
 from hashsession.nearcache import NearCache
 
 # Another process: a sync store without the near cache, one change per line of stdin,
@@ -295,9 +299,7 @@ async def check_link(url: str, admin: redis.Redis, **settings: Any) -> None:
         await counter.aclose()
 
 
-async def test_on_a_unix_socket(
-    make_server: Callable[..., EmbeddedRedis], tmp_path: Path
-) -> None:
+async def test_on_a_unix_socket(make_server: Callable[..., EmbeddedRedis], tmp_path: Path) -> None:
     server = make_server(unix_socket=str(tmp_path / "r.sock"))
     admin = server.client()
     try:
@@ -310,7 +312,8 @@ async def test_with_an_acl_user_and_password(make_server: Callable[..., Embedded
     server = make_server()
     admin = server.client()
     try:
-        admin.acl_setuser("web", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
+        web = {"passwords": ["+s3cret"], "keys": ["*"], "commands": ["+@all"]}
+        admin.acl_setuser("web", enabled=True, **web)
         admin.acl_setuser("default", enabled=False)
         admin = redis.Redis(port=server.port, username="web", password="s3cret")
         await check_link(f"redis://web:s3cret@127.0.0.1:{server.port}/0", admin)
@@ -321,10 +324,21 @@ async def test_with_an_acl_user_and_password(make_server: Callable[..., Embedded
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key (needs the openssl command)."""
     cert, key = directory / "cert.pem", directory / "key.pem"
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    files = ["-keyout", str(key), "-out", str(cert)]
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
-        + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
-        + ["-keyout", str(key), "-out", str(cert)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            *subject,
+            *files,
+        ],
         check=True,
         capture_output=True,
         timeout=60,
@@ -332,23 +346,61 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+class TLSFront:
+    """TLS on 127.0.0.1 in front of a plain server port (the embedded servers are built
+    without TLS): each connection is unwrapped and piped to the server by two threads."""
+
+    def __init__(self, port: int, cert: Path, key: Path) -> None:
+        self.port = port
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+                client = self.context.wrap_socket(raw, server_side=True)
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.port))
+            self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
 async def test_over_tls(make_server: Callable[..., EmbeddedRedis], tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("no openssl command to make a certificate with")
     cert, key = make_certificate(tmp_path)
-    tls_port = free_port()
-    args = ("--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key))
-    args += ("--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")
-    try:
-        server = make_server(*args)
-    except Exception as exc:  # a server built without TLS refuses the options
-        pytest.skip(f"the server does not speak TLS: {exc}")
+    server = make_server()
+    front = TLSFront(server.port, cert, key)
     admin = server.client()
     try:
-        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
-        await check_link(url, admin)
+        await check_link(f"rediss://{front.address}/0?ssl_ca_certs={cert}", admin)
     finally:
         admin.close()
+        front.close()
 
 
 # ----------------------------------------------------------------- settings and places
