@@ -18,7 +18,6 @@ import redis
 
 from counting import Counted
 from hashsession import ConfigurationError, SessionStore
-from hashsession.aio import AsyncSessionStore
 from hashsession.config import NearCacheSettings
 
 WRITER = r"""
@@ -218,14 +217,12 @@ def test_bad_settings_name_near_cache(redis_url: str, value: object) -> None:
         SessionStore(redis=redis_url, near_cache=value)
 
 
-def test_settings_and_unsupported_places(redis_url: str) -> None:
+def test_settings(redis_url: str) -> None:
     store = SessionStore(redis=redis_url, near_cache=NearCacheSettings(max_sessions=5))
     try:
         assert store.near_cache is not None and store.near_cache.max_entries == 5
     finally:
         store.close()
-    with pytest.raises(ConfigurationError, match="near_cache"):
-        AsyncSessionStore(redis=redis_url, near_cache=True)
 
 
 @pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)

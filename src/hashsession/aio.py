@@ -16,12 +16,18 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.exceptions import NoScriptError
 
+from hashsession.aionear import AsyncTracker, link_settings
 from hashsession.errors import ConfigurationError, ValueTypeError
+from hashsession.nearcache import NearCache, NearLink
 from hashsession.protocol import (
     AGAIN,
     BACKEND_ERRORS,
+    CACHED,
     I64_MAX,
     I64_MIN,
     MISSING,
@@ -114,6 +120,9 @@ class AsyncSession(SessionView):
                 return await apipeline(self._client, cmd, *self._core.config.patience)
             except BACKEND_ERRORS as exc:
                 raise self._core.error(exc, key) from exc
+        # The near cache's TTL refresh (core.link) goes through the pool here, not on the
+        # tracking link: reading the link's reply would block the loop (hashsession.aionear).
+        self._core.link = None
         try:
             return await self._execute(*cmd)
         except BACKEND_ERRORS as exc:
@@ -121,6 +130,10 @@ class AsyncSession(SessionView):
 
     async def _resend(self, cmd: Command, key: str | None, exc: Exception) -> Any:
         """As :meth:`Session._resend <hashsession.Session._resend>`."""
+        # It may have changed the session: not cached (a script the server did not know
+        # did not run: sent again with its source, its reply is as good as the first).
+        if self._core.near is not None and not isinstance(exc, NoScriptError):
+            self._core.near_drop()
         try:
             return await aresend(self._client, cmd, exc, *self._core.config.patience)
         except BACKEND_ERRORS as error:
@@ -134,7 +147,13 @@ class AsyncSession(SessionView):
                 return value
             if core.before:
                 await self._upkeep(core.before)
-            reply = await self._send(cmd, key)
+            if core.near is None:
+                reply = await self._send(cmd, key)
+            else:
+                try:
+                    reply = await self._send(cmd, key)
+                finally:
+                    core.near_sent(finish)
             if finish is None:
                 return reply
             out = finish(reply)
@@ -170,7 +189,7 @@ class AsyncSession(SessionView):
         field = core.field(key)
         cmd = core.ready_get(field)
         if cmd is not None:  # the fast path of a live session: the plain command
-            raw = await self._send(cmd, field)
+            raw = cmd[1] if cmd[0] is CACHED else await self._send(cmd, field)
         else:
             raw = await self._run(core.plan_get, field, field)
         return default if raw is None else core.decode(field, raw)
@@ -181,7 +200,7 @@ class AsyncSession(SessionView):
         field = core.field(key)
         cmd = core.ready_has(field)
         if cmd is not None:
-            return bool(await self._send(cmd, field))
+            return bool(cmd[1] if cmd[0] is CACHED else await self._send(cmd, field))
         return bool(await self._run(core.plan_has, field, field))
 
     async def keys(self) -> list[str]:
@@ -473,14 +492,17 @@ class AsyncSessionStore(StoreBase):
     def __init__(self, *, redis: str | AsyncClient | None = None, **settings: Any) -> None:
         super().__init__(**settings)
         self._check_cookie_security(development=redis is None)
-        if self.config.near_cache is not None:
-            raise ConfigurationError(
-                "near_cache", "is not supported by the asyncio store yet (sync SessionStore only)"
-            )
         self._clients = _Clients(redis, reply_timeout(self.config))
         if is_cluster(self._clients.fixed):
             self._on_cluster()
         self._unwatch = self._follow(self._clients.fixed)
+        self._tracker: AsyncTracker | None = None
+        if self.config.near_cache is not None:
+            try:
+                self._near = self._start_near(self._clients.fixed)
+            except BaseException:
+                self._unwatch()
+                raise
 
     @property
     def client(self) -> AsyncClient:
@@ -530,12 +552,39 @@ class AsyncSessionStore(StoreBase):
             self.client, revoke_user(self.config, user_id, keep), *self.config.patience
         )
 
+    def _start_near(self, client: Any) -> NearLink:
+        """The near cache and its tracking link (a RESP3 connection to the pool's server,
+        kept by :class:`~hashsession.aionear.AsyncTracker`)."""
+        settings = self.config.near_cache
+        assert settings is not None
+        pool = getattr(client, "connection_pool", None)
+        if is_cluster(client) or isinstance(pool, SentinelConnectionPool) or pool is None:
+            where = "a Redis Cluster" if is_cluster(client) or pool is None else "Sentinel"
+            raise ConfigurationError(
+                "near_cache", f"is not supported on {where} by the asyncio store yet"
+            )
+        try:
+            kind, kwargs = link_settings(pool.connection_class, pool.connection_kwargs)
+        except TypeError as exc:
+            raise ConfigurationError("near_cache", str(exc)) from None
+        cache = NearCache(settings.max_sessions, settings.max_bytes)
+        try:
+            tracker = AsyncTracker(cache, lambda: kind(**kwargs), self.config.prefix).start()
+        except redis.RedisError as exc:
+            raise ConfigurationError(
+                "near_cache", f"needs client tracking (Redis 6.0+ or Valkey): {exc}"
+            ) from exc
+        self._tracker = tracker
+        return NearLink(cache, tracker, b"%d" % round(settings.refresh_share * 1000))
+
     async def aclose(self) -> None:
         """Close the running loop's client; one built from a URL also drops its pool.
 
         On Sentinel, the store stops following the master (the listener thread ends
-        with the last store using it).
+        with the last store using it). The near cache's tracking link and its task stop.
         """
+        if self._tracker is not None:
+            await self._tracker.aclose()
         client = self.client
         self._unwatch()
         for other in list(self._clients.per_loop.values()):

@@ -1,10 +1,11 @@
 """A near cache of session fields, kept true by Redis's client-side tracking (issue 17).
 
-Enabled by the store setting ``near_cache`` (sync stores on one server; see
-docs/near-cache.md). :class:`NearCache` is a bounded LRU of session keys, each holding
-the raw values of the fields this process read and until when the session may be served
-without asking Redis. :class:`Tracker` keeps one dedicated RESP3 connection on which
-Redis's server-assisted client tracking is on in broadcast mode for the store's prefix
+Enabled by the store setting ``near_cache`` (one server; asyncio stores through
+:mod:`hashsession.aionear`; see docs/near-cache.md). :class:`NearCache` is a bounded
+LRU of session keys, each holding the raw values of the fields this process read and
+until when the session may be served without asking Redis. :class:`Tracker` keeps one
+dedicated RESP3 connection on which Redis's server-assisted client tracking is on in
+broadcast mode for the store's prefix
 (``CLIENT TRACKING on BCAST PREFIX <prefix> NOLOOP``, Redis 6.0+ and Valkey): every
 change to a session key made by any other connection (a write, a delete, an expiry,
 ``FLUSHALL``) pushes its key (or nil for a flush) there, and the cache forgets it. The
