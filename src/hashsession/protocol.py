@@ -1720,6 +1720,8 @@ class SessionCore:
 
     def response_headers(self) -> list[tuple[str, str]]:
         """``Set-Cookie`` and ``Vary: Cookie`` headers for the response, as needed."""
+        if self._state is State.PENDING and not self.accessed:
+            return []  # untouched: the cookie stands as it came
         headers: list[tuple[str, str]] = []
         cookie = self.set_cookie_header()
         if cookie is not None:
