@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -226,11 +226,3 @@ def test_settings_and_unsupported_places(redis_url: str) -> None:
         store.close()
     with pytest.raises(ConfigurationError, match="near_cache"):
         AsyncSessionStore(redis=redis_url, near_cache=True)
-
-
-@pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
-def test_refused_on_sentinel_and_cluster(
-    topology: str, topology_url: str, make_store: Callable[..., SessionStore]
-) -> None:
-    with pytest.raises(ConfigurationError, match="near_cache"):
-        SessionStore(redis=topology_url, near_cache=True)
