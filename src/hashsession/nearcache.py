@@ -231,6 +231,9 @@ class Tracker:
         #: when its ``changes`` moves on from the value read before the link was opened.
         self._fence = fence
         self._seen = 0
+        #: Whether nothing is buffered on the link: the last drain emptied it and nothing
+        #: was read since (then a poll of its socket tells whether a drain is due).
+        self._clean = False
         #: Told ``True`` when the link comes up and ``False`` when it goes down; the
         #: cache's own switch, unless several links share the cache (a cluster).
         self._gate = cache.switch if gate is None else gate
@@ -239,6 +242,15 @@ class Tracker:
     def up(self) -> bool:
         """Whether the link is open (invalidations are arriving)."""
         return self._conn is not None
+
+    def idle_socket(self) -> Any:
+        """The link's socket if nothing is buffered on it (so it need not be drained
+        unless the socket is readable), else ``None``. Read its state after polling the
+        socket: a drain under way marks the link busy before it reads the socket."""
+        conn = self._conn
+        if conn is None or not self._clean:
+            return None
+        return conn._sock
 
     def start(self, *, thread: bool = True) -> Tracker:
         """Open the link (raising if the server refuses it) and, with ``thread``, start
@@ -271,9 +283,11 @@ class Tracker:
                 log.warning("near cache: the Sentinel master changed; cache off until linked to it")
                 self._drop()
                 return False
+            self._clean = False
             try:
                 while conn.can_read(timeout=0):
                     conn.read_response(push_request=True)  # pushes go to _handle
+                self._clean = True
             except Exception as exc:  # the link broke: the cache cannot be trusted
                 log.warning("near cache: tracking link lost (%s); cache off until it is back", exc)
                 self._drop()
@@ -291,6 +305,7 @@ class Tracker:
             conn = self._conn
             if conn is None or self._moved():
                 raise ConnectionError("the near cache's tracking link is down")
+            self._clean = False  # pushes read along with the reply may stay buffered
             try:
                 conn.send_command(*args)
                 try:

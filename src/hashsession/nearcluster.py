@@ -22,6 +22,7 @@ moved the slot answers ``MOVED``, which the session sends again through the clie
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -107,8 +108,19 @@ class ClusterLinks:
                 log.info("near cache: the cluster's node list changed; cache off until linked")
                 self.cache.switch(False)
             return False
-        for link in self._all:
-            if not link.drain():
+        links = self._all
+        try:
+            poll = select.poll()
+            for link in links:
+                poll.register(link._conn._sock, select.POLLIN)
+            readable = {fd for fd, _ in poll.poll(0)}
+        except (AttributeError, OSError, ValueError):  # a link went down meanwhile
+            readable = None
+        # One poll of every socket; only a link with data waiting (or buffered) is read.
+        for link in links:
+            sock = link.idle_socket()
+            due = sock is None or readable is None or sock.fileno() in readable
+            if due and not link.drain():
                 return False
         return self.cache.on
 
