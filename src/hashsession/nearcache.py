@@ -1,7 +1,8 @@
 """A near cache of session fields, kept true by Redis's client-side tracking (issue 17).
 
-Enabled by the store setting ``near_cache`` (sync stores on one server; see
-docs/near-cache.md). :class:`NearCache` is a bounded LRU of session keys, each holding
+Enabled by the store setting ``near_cache`` (sync stores; see docs/near-cache.md; on
+Sentinel the link follows the master, on a Cluster :mod:`hashsession.nearcluster` keeps
+one per node). :class:`NearCache` is a bounded LRU of session keys, each holding
 the raw values of the fields this process read and until when the session may be served
 without asking Redis. :class:`Tracker` keeps one dedicated RESP3 connection on which
 Redis's server-assisted client tracking is on in broadcast mode for the store's prefix
