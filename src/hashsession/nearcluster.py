@@ -80,8 +80,12 @@ class ClusterLinks:
 
     def start(self) -> ClusterLinks:
         """Link every node (raising if one refuses) and start the thread."""
-        if not self._link_all(strict=True):
-            raise ConnectionError("the cluster's node list changed while it was being linked")
+        try:
+            if not self._link_all(strict=True):
+                raise ConnectionError("the cluster's node list changed while it was linked")
+        except BaseException:
+            self.close()  # the links opened before the one that failed
+            raise
         self._thread = threading.Thread(
             target=self._run, name="hashsession-tracker-cluster", daemon=True
         )
