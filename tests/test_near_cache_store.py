@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -223,11 +223,3 @@ def test_settings(redis_url: str) -> None:
         assert store.near_cache is not None and store.near_cache.max_entries == 5
     finally:
         store.close()
-
-
-@pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
-def test_refused_on_sentinel_and_cluster(
-    topology: str, topology_url: str, make_store: Callable[..., SessionStore]
-) -> None:
-    with pytest.raises(ConfigurationError, match="near_cache"):
-        SessionStore(redis=topology_url, near_cache=True)

@@ -68,10 +68,10 @@ class AsyncTracker(Tracker):
         super().__init__(*args, **kwargs)
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> AsyncTracker:
-        """Open the link (raising if the server refuses it); the task starts on first use."""
-        with self._lock:
-            self._open()
+    def start(self, *, thread: bool = False) -> AsyncTracker:
+        """Open the link (raising if the server refuses it); the task starts on first use
+        (never a thread: ``thread`` is there for the signature of :meth:`Tracker.start`)."""
+        super().start(thread=False)
         self._watch()
         return self
 

@@ -108,6 +108,10 @@ class Watch:
         }
         #: Bumped at every switch: connections made before it must not be used again.
         self.epoch = 0
+        #: Bumped at every switch and when the sentinels confirm one the listener saw
+        #: first: a near cache's tracking link made before it is dropped (see
+        #: :mod:`hashsession.nearcache`), as a ready client's pool moves only then.
+        self.changes = 0
         #: The master this process writes to, once known (from the listener).
         self.master: Address | None = None
         #: A promoted replica the listener switched to before the sentinels announced it.
@@ -199,6 +203,7 @@ class Watch:
             self.master = address
             if old is None:  # the first view, not a switch
                 return
+            self.changes += 1
             if address != old:
                 self.epoch += 1
                 self.switches += 1

@@ -1,9 +1,11 @@
 """A near cache of session fields, kept true by Redis's client-side tracking (issue 17).
 
-Enabled by the store setting ``near_cache`` (one server; asyncio stores through
-:mod:`hashsession.aionear`; see docs/near-cache.md). :class:`NearCache` is a bounded
-LRU of session keys, each holding the raw values of the fields this process read and
-until when the session may be served without asking Redis. :class:`Tracker` keeps one
+Enabled by the store setting ``near_cache`` (sync stores on one server, Sentinel and
+Cluster; asyncio stores on one server through :mod:`hashsession.aionear`; see
+docs/near-cache.md; on Sentinel the link follows the master, on a Cluster
+:mod:`hashsession.nearcluster` keeps one per node). :class:`NearCache` is a bounded LRU
+of session keys, each holding the raw values of the fields this process read and until
+when the session may be served without asking Redis. :class:`Tracker` keeps one
 dedicated RESP3 connection on which Redis's server-assisted client tracking is on in
 broadcast mode for the store's prefix
 (``CLIENT TRACKING on BCAST PREFIX <prefix> NOLOOP``, Redis 6.0+ and Valkey): every
@@ -32,7 +34,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
@@ -42,9 +44,11 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ENTRIES",
     "DEFAULT_REFRESH_SHARE",
+    "Fence",
     "NearCache",
     "NearLink",
     "Tracker",
+    "TrackingLink",
 ]
 
 log = logging.getLogger("hashsession.nearcache")
@@ -215,6 +219,8 @@ class Tracker:
         prefix: str,
         *,
         interval: float = 0.05,
+        fence: Fence | None = None,
+        gate: Callable[[bool], None] | None = None,
     ) -> None:
         self.cache = cache
         self.prefix = prefix
@@ -224,13 +230,41 @@ class Tracker:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Sentinel: the store's :class:`~hashsession.failover.Watch`; the link is dropped
+        #: when its ``changes`` moves on from the value read before the link was opened.
+        self._fence = fence
+        self._seen = 0
+        #: Whether nothing is buffered on the link: the last drain emptied it and nothing
+        #: was read since (then a poll of its socket tells whether a drain is due).
+        self._clean = False
+        #: Told ``True`` when the link comes up and ``False`` when it goes down; the
+        #: cache's own switch, unless several links share the cache (a cluster).
+        self._gate = cache.switch if gate is None else gate
 
-    def start(self) -> Tracker:
-        """Open the link (raising if the server refuses it) and start the thread."""
+    @property
+    def up(self) -> bool:
+        """Whether the link is open (invalidations are arriving)."""
+        return self._conn is not None
+
+    def idle_socket(self) -> Any:
+        """The link's socket if nothing is buffered on it (so it need not be drained
+        unless the socket is readable), else ``None``. Read its state after polling the
+        socket: a drain under way marks the link busy before it reads the socket."""
+        conn = self._conn
+        if conn is None or not self._clean:
+            return None
+        return conn._sock
+
+    def start(self, *, thread: bool = True) -> Tracker:
+        """Open the link (raising if the server refuses it) and, with ``thread``, start
+        the thread that drains and reconnects it."""
         with self._lock:
             self._open()
-        self._thread = threading.Thread(target=self._run, name="hashsession-tracker", daemon=True)
-        self._thread.start()
+        if thread:
+            self._thread = threading.Thread(
+                target=self._run, name="hashsession-tracker", daemon=True
+            )
+            self._thread.start()
         return self
 
     def close(self) -> None:
@@ -247,9 +281,16 @@ class Tracker:
             conn = self._conn
             if conn is None:
                 return False
+            fence = self._fence
+            if fence is not None and fence.changes != self._seen:
+                log.warning("near cache: the Sentinel master changed; cache off until linked to it")
+                self._drop()
+                return False
+            self._clean = False
             try:
                 while conn.can_read(timeout=0):
                     conn.read_response(push_request=True)  # pushes go to _handle
+                self._clean = True
             except Exception as exc:  # the link broke: the cache cannot be trusted
                 log.warning("near cache: tracking link lost (%s); cache off until it is back", exc)
                 self._drop()
@@ -259,44 +300,82 @@ class Tracker:
     def execute(self, *args: Any) -> Any:
         """Send one command on the link and return its reply (pushes met are applied).
 
-        A write made here is not reported back to this cache (``NOLOOP``). A broken link
-        turns the cache off and raises redis-py's ``ConnectionError``.
+        A write made here is not reported back to this cache (``NOLOOP``). A broken link,
+        or a Sentinel switch before the reply came, turns the cache off and raises
+        redis-py's ``ConnectionError``.
         """
         with self._lock:
             conn = self._conn
-            if conn is None:
+            if conn is None or self._moved():
                 raise ConnectionError("the near cache's tracking link is down")
+            self._clean = False  # pushes read along with the reply may stay buffered
             try:
                 conn.send_command(*args)
                 try:
-                    return conn.read_response()
+                    reply = conn.read_response()
                 except NoScriptError:  # the server forgot it: once more, with its source
                     conn.send_command(*with_source(args))
-                    return conn.read_response()
+                    reply = conn.read_response()
             except ResponseError:
                 raise  # an error reply: the link itself is fine
             except Exception:
                 self._drop()
                 raise
+            if self._moved():
+                raise ConnectionError(
+                    "the Sentinel master changed while the command was in flight"
+                    " (it reached the old master)"
+                )
+            return reply
+
+    def reopen(self) -> bool:
+        """Open the link if it is down (unless closed); whether it is up."""
+        with self._lock:
+            if self._conn is not None:
+                return True
+            if self._stop.is_set():
+                return False
+            try:
+                self._open()
+            except Exception as exc:
+                log.debug("near cache: reconnecting the tracking link failed: %s", exc)
+                return False
+        log.info("near cache: tracking link back")
+        return True
+
+    def _moved(self) -> bool:
+        """Whether the Sentinel master changed since the link was opened (then dropped)."""
+        fence = self._fence
+        if fence is None or fence.changes == self._seen:
+            return False
+        self._drop()
+        return True
 
     def _open(self) -> None:
+        # Read before the master is looked up: a switch after it drops this link again.
+        seen = 0 if self._fence is None else self._fence.changes
         conn = self._connect()
         try:
             conn.connect()
             if str(getattr(conn, "protocol", 2)) != "3":
                 raise ValueError("the tracking link needs a RESP3 connection (protocol=3)")
+            if self._fence is not None:  # a replica would report changes late
+                conn.send_command("ROLE")
+                role = conn.read_response()
+                if role[0] != b"master":
+                    raise ConnectionError(f"{conn.host}:{conn.port} is no master")
             conn._parser.set_invalidation_push_handler(self._handle)
             conn.send_command("CLIENT", "TRACKING", "on", "BCAST", "PREFIX", self.prefix, "NOLOOP")
             conn.read_response()
         except BaseException:
             conn.disconnect()
             raise
-        self._conn = conn
-        self.cache.switch(True)
+        self._conn, self._seen = conn, seen
+        self._gate(True)
 
     def _drop(self) -> None:
-        self.cache.switch(False)
         conn, self._conn = self._conn, None
+        self._gate(False)
         if conn is not None:
             with contextlib.suppress(Exception):  # closing a link that may be broken
                 conn.disconnect()
@@ -308,16 +387,25 @@ class Tracker:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            if self.drain():
-                continue
-            with self._lock:
-                if self._conn is not None or self._stop.is_set():
-                    continue
-                try:
-                    self._open()
-                    log.info("near cache: tracking link back; cache on")
-                except Exception as exc:
-                    log.debug("near cache: reconnecting the tracking link failed: %s", exc)
+            if not self.drain():
+                self.reopen()
+
+
+class Fence(Protocol):
+    """What a tracking link watches to follow a Sentinel master (a ``Watch``)."""
+
+    @property
+    def changes(self) -> int: ...
+
+
+class TrackingLink(Protocol):
+    """What sessions use of a near cache's link (a :class:`Tracker`, or one per node)."""
+
+    def drain(self) -> bool: ...
+
+    def execute(self, *args: Any) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -326,5 +414,5 @@ class NearLink:
     the refresh share in thousandths of the idle timeout (as ``OPEN_NEAR`` takes it)."""
 
     cache: NearCache
-    tracker: Tracker
+    tracker: TrackingLink
     share: bytes

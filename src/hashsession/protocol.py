@@ -72,7 +72,7 @@ from hashsession.errors import (
     NotReplicatedError,
     ValueTypeError,
 )
-from hashsession.nearcache import NearLink, Tracker
+from hashsession.nearcache import NearLink, TrackingLink
 from hashsession.scripts import (
     CREATE,
     CREATED_FIELD,
@@ -380,7 +380,7 @@ class SessionCore:
         self.near: NearLink | None = None
         #: Where the step just planned must be sent instead of the client: the near
         #: cache's tracking link (the shells send it there once, then reset this).
-        self.link: Tracker | None = None
+        self.link: TrackingLink | None = None
         self._near_finish: Callable[[Any], Any] | None = None
 
     # ------------------------------------------------------------------ views

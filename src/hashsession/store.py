@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -19,7 +20,8 @@ from redis.sentinel import SentinelConnectionPool
 from hashsession.config import SessionConfig
 from hashsession.cookies import CookiePolicy
 from hashsession.errors import ConfigurationError
-from hashsession.nearcache import NearCache, NearLink, Tracker
+from hashsession.nearcache import NearCache, NearLink, Tracker, TrackingLink
+from hashsession.nearcluster import ClusterLinks
 from hashsession.protocol import SessionCore
 from hashsession.session import Session
 from hashsession.topology import SyncClient, is_cluster
@@ -27,6 +29,7 @@ from hashsession.users import SessionInfo, UserId, revoke, revoke_user, run, ses
 
 if TYPE_CHECKING:
     from hashsession.aio import AsyncSession
+    from hashsession.failover import Watch
 
 __all__ = ["SessionStore", "StoreBase", "connect", "reply_timeout"]
 
@@ -75,6 +78,21 @@ def reply_timeout(config: SessionConfig) -> float:
     return max(SOCKET_TIMEOUT, config.wait_timeout_ms / 1000 + 2)
 
 
+def _link_to(client: Any) -> Any:
+    """A new RESP3 connection made as ``client``'s pool makes its own (address, auth,
+    TLS, timeouts; on Sentinel, to the master it names now)."""
+    pool = client.connection_pool
+    # The pool's settings without redis-py's own per-pool machinery (maintenance
+    # notifications and the like).
+    kwargs = {
+        k: v
+        for k, v in pool.connection_kwargs.items()
+        if not k.startswith(("maint_notifications", "orig_", "himport"))
+    }
+    kwargs["protocol"] = 3
+    return pool.connection_class(**kwargs)
+
+
 class StoreBase:
     """What both store flavours share: validated settings and cookie handling, no I/O."""
 
@@ -85,6 +103,8 @@ class StoreBase:
     core_class: type[SessionCore] = SessionCore
     #: The near cache sessions named by a cookie use (``near_cache``), or ``None``.
     _near: NearLink | None = None
+    #: The Sentinel master this store follows (:mod:`hashsession.failover`), or ``None``.
+    _watch: Watch | None = None
 
     def __init__(self, **settings: Any) -> None:
         try:
@@ -112,6 +132,7 @@ class StoreBase:
         from hashsession.failover import follow
 
         watch, unwatch = follow(client)
+        self._watch = watch
         if watch is not None and self.config.wait_auto:
             self.config = replace(self.config, replica_view=watch)
         return unwatch
@@ -248,31 +269,32 @@ class SessionStore(StoreBase):
         return run(self.client, revoke_user(self.config, user_id, keep), *self.config.patience)
 
     def _start_near(self, client: Any) -> NearLink:
-        """The near cache and its tracking link (a RESP3 connection like the pool's)."""
+        """The near cache and its tracking link(s): one RESP3 connection like the pool's
+        to the server, to the Sentinel master (following its switches) or to every
+        node of a cluster (see :mod:`hashsession.nearcluster`)."""
         settings = self.config.near_cache
         assert settings is not None
-        if is_cluster(client) or isinstance(client.connection_pool, SentinelConnectionPool):
-            where = "a Redis Cluster" if is_cluster(client) else "Sentinel"
-            raise ConfigurationError(
-                "near_cache", f"is not supported on {where} yet (only on one server)"
-            )
-        pool = client.connection_pool
-        # The pool's settings (address, auth, TLS, timeouts) without redis-py's own
-        # per-pool machinery (maintenance notifications and the like).
-        kwargs = {
-            k: v
-            for k, v in pool.connection_kwargs.items()
-            if not k.startswith(("maint_notifications", "orig_", "himport"))
-        }
-        kind, kwargs["protocol"] = pool.connection_class, 3
         cache = NearCache(settings.max_sessions, settings.max_bytes)
+        prefix = self.config.prefix
+        link: TrackingLink
         try:
-            tracker = Tracker(cache, lambda: kind(**kwargs), self.config.prefix).start()
-        except redis.RedisError as exc:
+            if is_cluster(client):
+                link = ClusterLinks(
+                    cache, client, lambda node: _link_to(client.get_redis_connection(node)), prefix
+                ).start()
+            else:
+                sentinel = isinstance(client.connection_pool, SentinelConnectionPool)
+                if sentinel and self._watch is None:  # follow() gives every master pool one
+                    raise ConfigurationError(
+                        "near_cache", "needs the Sentinel master's client (not a replica's)"
+                    )
+                link = Tracker(cache, partial(_link_to, client), prefix, fence=self._watch)
+                link = link.start()
+        except (redis.RedisError, OSError) as exc:
             raise ConfigurationError(
                 "near_cache", f"needs client tracking (Redis 6.0+ or Valkey): {exc}"
             ) from exc
-        return NearLink(cache, tracker, b"%d" % round(settings.refresh_share * 1000))
+        return NearLink(cache, link, b"%d" % round(settings.refresh_share * 1000))
 
     def close(self) -> None:
         """Close the Redis connections this store opened (the pool too, if it built one)."""
