@@ -52,6 +52,10 @@ _RAW_ID = re.compile(r"[!#-+\--:<-\[\]-~]{1,256}")  # printable ASCII cookie oct
 #: Seconds a command a migrating Redis Cluster slot refuses is sent again for, by default
 #: (the ``migration_retry_timeout`` setting).
 DEFAULT_MIGRATION_RETRY = 5.0
+#: The share of the idle timeout after which a read-only request slides a plain session's
+#: TTL again (``slide_share``): a session left alone expires between 63/64 of its idle
+#: timeout and the whole of it after its last request.
+DEFAULT_SLIDE_SHARE = 1 / 64
 
 #: The longest timeout or lifetime accepted (1000 years): its milliseconds, added to now,
 #: stay exact in the scripts' Lua numbers and within what Redis' PEXPIRE takes.
@@ -185,12 +189,19 @@ class SessionConfig:
     legacy_user_index: bool = True
     #: The near cache's bounds, or ``None``: no near cache (the ``near_cache`` setting).
     near_cache: NearCacheSettings | None = None
+    #: How long after this process slid a plain session's TTL its first read may skip the
+    #: slide (``slide_share`` of the idle timeout, in ms; 0: slide on every request).
+    slide_cut_ms: int = 0
+    #: Plain sessions (no timeout, cookie lifetime or owner of their own) this process slid
+    #: lately: key -> when (ms since the epoch, this host's clock). See :mod:`hashsession.protocol`.
+    slid: dict[str, int] = field(init=False, repr=False, compare=False)
     #: ``idle_ms`` and ``absolute_ms`` as the decimal bytes the first command of a request
     #: sends (worked out once, not per request).
     idle_bytes: bytes = field(init=False, repr=False, compare=False)
     absolute_bytes: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "slid", {})
         object.__setattr__(self, "idle_bytes", b"%d" % self.idle_ms)
         object.__setattr__(self, "absolute_bytes", b"%d" % self.absolute_ms)
 
@@ -221,6 +232,7 @@ class SessionConfig:
         user_key: str | bytes | None = None,
         legacy_user_index: bool = True,
         near_cache: bool | NearCacheSettings | Mapping[str, Any] = False,
+        slide_share: float = DEFAULT_SLIDE_SHARE,
     ) -> SessionConfig:
         """Check every setting, naming the first bad one."""
         # No NUL either: a user's index tells session keys from login markers by it.
@@ -314,8 +326,17 @@ class SessionConfig:
                 "legacy_user_index", f"must be True or False, not {legacy_user_index!r}"
             )
         near = NearCacheSettings.coerce(near_cache)
+        if (
+            isinstance(slide_share, bool)
+            or not isinstance(slide_share, (int, float))
+            or not 0 <= slide_share <= 0.5
+        ):
+            raise ConfigurationError(
+                "slide_share", f"must be a number from 0 to 0.5, not {slide_share!r}"
+            )
         return cls(
             near_cache=near,
+            slide_cut_ms=int(slide_share * idle * 1000),  # type: ignore[operator]
             prefix=prefix,
             idle_ms=idle * 1000,  # type: ignore[operator]
             absolute_ms=(absolute or 0) * 1000,
@@ -468,6 +489,8 @@ class SessionConfig:
         that uses it signs it again with the newest key, so an old key can be retired
         one idle timeout after a new one is put first.
         """
+        if self.signer is None:  # the common case: an unsigned cookie
+            return self.id_from_unsigned(value), False
         stale = False
         if self.signer is not None:
             checked = self.signer.verify(value)

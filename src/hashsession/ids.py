@@ -9,7 +9,6 @@ regenerated with the same tag lands in the same Redis Cluster slot, so
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import itertools
@@ -54,9 +53,12 @@ def tag_of(session_id: str) -> str:
 def digest_key(prefix: str, session_id: str) -> str:
     """The Redis key of a native id: prefix, hash-tagged slot tag, 144-bit digest."""
     digest = hashlib.blake2b(session_id.encode("ascii"), digest_size=18).digest()
-    return (
-        f"{prefix}{{{session_id[:_TAG_LENGTH]}}}{base64.urlsafe_b64encode(digest).decode('ascii')}"
-    )
+    text = binascii.b2a_base64(digest, newline=False).translate(_URLSAFE).decode("ascii")
+    return f"{prefix}{{{session_id[:_TAG_LENGTH]}}}{text}"
+
+
+#: Standard base64 to its URL-safe alphabet (what ``base64.urlsafe_b64encode`` does).
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def raw_key(prefix: str, session_id: str) -> str:

@@ -54,6 +54,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import Enum
+from functools import partial
 from typing import Any, Final, NamedTuple
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
@@ -89,6 +90,7 @@ from hashsession.scripts import (
     OPEN,
     OPEN_NEAR,
     OWNER_FIELD,
+    PLAIN,
     QUICK,
     SEEN_FIELD,
     SIZE_ERROR,
@@ -157,6 +159,12 @@ _PUSH, _DELETE = LIVE["push"].sha, LIVE["delete"].sha
 #: operation's own each takes (a ``set`` of several fields goes through ``OPEN``).
 _QUICK = {op: script.sha for op, script in QUICK.items()}
 _QUICK_ARGS = {"get": 1, "has": 1, "set": 3, "incr": 3, "delete": 1}
+#: The ``PLAIN`` first writes (no slide due) by operation, and their arguments' count.
+_PLAIN = {op: script.sha for op, script in PLAIN.items()}
+_PLAIN_ARGS = {"set": 3, "incr": 3, "delete": 1}
+#: Plain sessions a store remembers having slid (``SessionConfig.slid``) at most; past
+#: this the memory starts afresh (each session then slides once more).
+_SLID_MAX = 16384
 #: The live set and incr scripts, for the sessions' fast paths.
 SET_SHA, INCR_SHA, DELETE_SHA = _SET, _INCR, _DELETE
 _CLEAR, _CAS, _TOUCH, _RENAME = (
@@ -305,6 +313,7 @@ class SessionCore:
         "_keyc",
         "_near_finish",
         "_provisional",
+        "_sent_at",
         "_state",
         "_ttl_override",
         "accessed",
@@ -342,6 +351,8 @@ class SessionCore:
         #: ``None``: the sessions' fast paths send plain commands only when it is set.
         self.live_key: str | None = None
         self._ttl_override: int | None = None
+        #: When the request's first command was made (ms), for the slides remembered.
+        self._sent_at = 0
         self.had_cookie = had_cookie
         self.rejected = had_cookie and session_id is None
         #: The cookie policy this response's ``Set-Cookie`` follows, when an adapter gives
@@ -844,7 +855,8 @@ class SessionCore:
         c = self.config
         # Numbers and the op name as bytes: redis-py passes bytes through untouched, so
         # packing the request's first command costs less (see docs/benchmarks.md).
-        timing = (c.idle_bytes, b"%d" % _now_ms(), c.absolute_bytes)
+        now = self._sent_at = _now_ms()
+        timing = (c.idle_bytes, b"%d" % now, c.absolute_bytes)
         quick = _QUICK.get(op)
         if quick is not None and not keys and len(args) == _QUICK_ARGS[op]:
             return ("EVALSHA", quick, 1, self._key, *timing, *args)
@@ -852,11 +864,15 @@ class SessionCore:
         return (*head, *timing, op.encode(), *args)
 
     def _opened(self, reply: Any) -> Any:
-        if type(reply) is not list:  # a quick script's bare result: nothing to report
+        if type(reply) is not list:  # a quick script's bare result: a plain session, slid
             if reply is None:
                 return self._lose()
             self._enter(State.LIVE)
             self.lifetime, self.lifetime_known = None, True
+            slid = self.config.slid
+            if len(slid) >= _SLID_MAX:
+                slid.clear()
+            slid[self.live_key] = self._sent_at  # type: ignore[index]
             return reply
         self._enter(State.LIVE)
         self._learn(reply)
@@ -979,11 +995,38 @@ class SessionCore:
 
             return live, done, None
 
+        plain = self._plain(op, args)
+        if plain is not None:
+            return plain, partial(self._as_plain, finish), None
+
         def first(reply: Any) -> Any:
             out = self._opened(reply)
             return out if out is AGAIN else finish(out)
 
         return self._open(op, *args), first, None
+
+    def _plain(self, op: str, args: tuple[Any, ...]) -> Command | None:
+        """The ``PLAIN`` script for a first write of ``op`` when no slide is due (a plain
+        session this process slid less than ``slide_share`` ago), else ``None``."""
+        c = self.config
+        sha = _PLAIN.get(op)
+        if sha is None or not c.slide_cut_ms or len(args) != _PLAIN_ARGS[op]:
+            return None
+        key = self._key
+        slid = c.slid.get(key)  # type: ignore[arg-type]
+        if slid is None or _now_ms() - slid >= c.slide_cut_ms:
+            return None
+        return ("EVALSHA", sha, 1, key, *args)
+
+    def _as_plain(self, finish: Callable[[Any], Any], reply: Any) -> Any:
+        """A ``PLAIN`` script's reply: the write's result, or (false: gone or no longer
+        plain) the session forgotten as slid, and the step planned again (it slides)."""
+        if reply is None:
+            self.config.slid.pop(self._key, None)  # type: ignore[arg-type]
+            return AGAIN
+        self._enter(State.LIVE)
+        self.lifetime, self.lifetime_known = None, True
+        return finish(reply)
 
     def _read(self, live: Command, op: str, args: tuple[Any, ...], empty: Any) -> Step:
         if self._state is State.LIVE:
@@ -998,6 +1041,31 @@ class SessionCore:
         out = self._opened(reply)
         return None if out == 0 else out
 
+    # A plain session this process slid less than ``slide_share`` of the idle timeout ago
+    # needs no slide yet: its first read is a plain HMGET of the field with the metadata
+    # that would make it other than plain (created-at, present while it lives; its own
+    # timeout and cookie lifetime, which another process may have set since). An owner
+    # comes only with a new key (login renames), so it needs no check. Anything but a
+    # plain live session goes through the quick script, which slides and tells.
+
+    def _skip_slide(self, field: str, op: str) -> Step | None:
+        c = self.config
+        key = self._key
+        slid = c.slid.get(key)  # type: ignore[arg-type]
+        if slid is None or _now_ms() - slid >= c.slide_cut_ms:
+            return None
+        cmd: Command = ("HMGET", key, field, CREATED_FIELD, TTL_FIELD, LIFETIME_FIELD)
+
+        def read(reply: Any) -> Any:
+            if reply[1] is None or reply[2] is not None or reply[3] is not None:
+                c.slid.pop(key, None)  # type: ignore[arg-type]
+                return AGAIN  # not (or no longer) plain: the quick script decides
+            self._enter(State.LIVE)
+            self.lifetime, self.lifetime_known = None, True
+            return reply[0] if op == "get" else reply[0] is not None
+
+        return cmd, read, None
+
     # ------------------------------------------------------------------ reads
 
     def plan_get(self, field: str) -> Step:
@@ -1005,12 +1073,20 @@ class SessionCore:
         self.accessed = True
         if self.near is not None and self._state is not State.NEW:
             return self._near_read(self.near, "get", field)
+        if self._state is State.PENDING and self.config.slide_cut_ms:
+            step = self._skip_slide(field, "get")
+            if step is not None:
+                return step
         return self._read(("HGET", self._key, field), "get", (field,), None)
 
     def plan_has(self, field: str) -> Step:
         self.accessed = True
         if self.near is not None and self._state is not State.NEW:
             return self._near_read(self.near, "has", field)
+        if self._state is State.PENDING and self.config.slide_cut_ms:
+            quick = self._skip_slide(field, "has")
+            if quick is not None:
+                return quick
         step = self._read(("HEXISTS", self._key, field), "has", (field,), False)
         return step
 
@@ -1331,6 +1407,10 @@ class SessionCore:
             return live, self.emptied, None
         if self._state is State.NEW:
             return None, None, empty
+
+        plain = self._plain(op, (field,))
+        if plain is not None:
+            return plain, partial(self._as_plain, self.emptied), None
 
         def first(reply: Any) -> Any:
             out = self._opened(reply)

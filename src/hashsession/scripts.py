@@ -38,6 +38,7 @@ __all__ = [
     "MARKER",
     "OPEN",
     "OPEN_NEAR",
+    "PLAIN",
     "QUICK",
     "REVOKE",
     "SIZE_ERROR",
@@ -801,9 +802,9 @@ OPEN = _script("open", _open_source())
 #: operation, with one ``HMGET`` reading the metadata and the field together and no
 #: closures beyond what the operation needs (the server runs about half the Lua per
 #: request). Arguments: idle ms, now ms, absolute ms, then the operation's own. The reply
-#: is the operation's bare result when there is nothing to report (``get``: the value, or
-#: 0 for a missing field), ``OPEN``'s table ``{r, owner, good, keep}`` when there is, and
-#: false when the session is gone.
+#: is the operation's bare result for a plain session (no timeout, owner or cookie
+#: lifetime of its own; ``get``: the value, or 0 for a missing field), ``OPEN``'s table
+#: ``{r, owner, good, keep}`` for any other, and false when the session is gone.
 QUICK: dict[str, Script] = {}
 
 
@@ -843,7 +844,7 @@ end
 """
         + body
         + r"""
-if not owner and not keep then return r end
+if not m[2] and not m[3] and not keep then return r end
 if r == 0 and bare_zero then r = false end
 if owner and redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
 return {r, owner, good, keep}
@@ -894,6 +895,70 @@ if m[6] then
   end
 end""",
     _FIELDS,
+)
+
+#: The first write of a request on a plain session this process slid lately, so that no
+#: slide is due (``PLAIN[op]`` for ``set`` of one field, ``incr`` by an int, ``delete``):
+#: the live script's change, after one ``HMGET`` checking the session is still plain
+#: (created-at present, no timeout or cookie lifetime of its own). Arguments as the live
+#: script's. The reply is the live script's, or false when the session is gone or no
+#: longer plain (then the quick script runs, and slides).
+PLAIN: dict[str, Script] = {}
+
+
+def _plain(name: str, field: str, body: str) -> Script:
+    return _script(
+        f"plain_{name}",
+        _FIELDS
+        + r"""
+local k = KEYS[1]
+local m = redis.call('HMGET', k, '\0c', '\0t', '\0k', """
+        + field
+        + r""")
+if not m[1] or m[2] or m[3] then return false end
+"""
+        + body,
+    )
+
+
+# limit, field, value
+PLAIN["set"] = _plain(
+    "set",
+    "ARGV[2]",
+    r"""redis.call('HSET', k, ARGV[2], ARGV[3])
+if not m[4] then
+  local lim = tonumber(ARGV[1])
+  if redis.call('HLEN', k) > lim and users(k) > lim then
+    redis.call('HDEL', k, ARGV[2])
+    return {err = 'HASHSESSION_LIMIT ' .. ARGV[2]}
+  end
+end
+return 1
+""",
+)
+# limit, field, amount
+PLAIN["incr"] = _plain(
+    "incr",
+    "ARGV[2]",
+    r"""if not m[4] then
+  local full = over(k, redis.call('HLEN', k), tonumber(ARGV[1]), {ARGV[2]})
+  if full then return full end
+end
+return redis.call('HINCRBY', k, ARGV[2], ARGV[3])
+""",
+)
+# field -> 0 (not there), 1 (deleted), {1} (deleted, and the emptied session with it)
+PLAIN["delete"] = _plain(
+    "delete",
+    "ARGV[1]",
+    r"""if not m[4] then return 0 end
+redis.call('HDEL', k, ARGV[1])
+if bare(k) then
+  redis.call('DEL', k)
+  return {1}
+end
+return 1
+""",
 )
 
 #: The first read of a request served by the near cache (``get`` or ``has`` of one field):
@@ -1146,6 +1211,7 @@ EVERY: tuple[Script, ...] = (
     *LIVE.values(),
     OPEN,
     *QUICK.values(),
+    *PLAIN.values(),
     OPEN_NEAR,
     CREATE,
     LOGIN,
