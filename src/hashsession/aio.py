@@ -14,6 +14,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import redis
@@ -105,10 +106,13 @@ class _Clients:
 class AsyncSession(SessionView):
     """One request's session for asyncio code: every change is written when awaited."""
 
-    __slots__ = ("_client", "_core", "_execute")
+    __slots__ = ("_client", "_core", "_execute", "_opening")
 
-    def __init__(self, core: SessionCore, client: AsyncClient) -> None:
-        self._core = core
+    def __init__(self, core: SessionCore | Callable[[], SessionCore], client: AsyncClient) -> None:
+        if isinstance(core, SessionCore):
+            self._core, self._opening = core, None
+        else:  # worked out when first needed (see SessionView)
+            self._opening = core
         self._client = client
         self._execute: Callable[..., Awaitable[Any]] = client.execute_command
 
@@ -509,14 +513,19 @@ class AsyncSessionStore(StoreBase):
         """The client for the running event loop (a URL gets one client per loop)."""
         return self._clients.current()
 
-    def open(self, cookie_header: str | None = None, *, plain_local: bool = False) -> AsyncSession:
+    def open(
+        self, cookie_header: str | None = None, *, plain_local: bool | Callable[[], bool] = False
+    ) -> AsyncSession:
         """The session for a request, given its ``Cookie`` header; lazy, costs no round trip.
 
         ``plain_local=True`` says the request came over plain http to a loopback host,
         where the default cookie policy leaves ``Secure`` out.
         """
-        core = self.core_for(cookie_header, plain_local=plain_local)
-        return self.session_class(core, self.client)
+        session_class = self.session_class
+        if session_class.__init__ is AsyncSession.__init__:  # its core is worked out when needed
+            opening = partial(self.core_for, cookie_header, plain_local=plain_local)
+            return session_class(opening, self.client)
+        return session_class(self.core_for(cookie_header, plain_local=plain_local), self.client)
 
     def open_id(self, cookie_value: str | None, *, plain_local: bool = False) -> AsyncSession:
         """The session for a bare cookie value."""

@@ -1367,6 +1367,7 @@ class SessionCore:
             out = reply if finish is None else finish(reply)
             if out is not AGAIN:
                 self.lifetime, self.lifetime_known = seconds, True
+                self.config.slid.pop(self._key, None)  # type: ignore[arg-type]  # not plain now
             return out
 
         return cmd, done, value
@@ -1475,6 +1476,8 @@ class SessionCore:
             self._ttl_override = ttl_ms or self._ttl_override
             return None, None, None
         c = self.config
+        if ttl_ms is not None:  # a timeout of its own: the session is not plain any more
+            c.slid.pop(self._key, None)  # type: ignore[arg-type]
         cmd = ("EVALSHA", _TOUCH, 1, self._key, ttl_ms or "", c.idle_ms, _now_ms(), c.absolute_ms)
 
         def touched(reply: Any) -> Any:
@@ -1982,10 +1985,49 @@ def _bytes_of(raw: Any) -> bytes:
 
 
 class SessionView:
-    """The request-level facts both session flavours expose, read from their core."""
+    """The request-level facts both session flavours expose, read from their core.
+
+    A session from a store's ``open()`` works its core out (the cookie read, its id
+    checked) only when first used, so a request that never touches its session costs
+    little more than making this object.
+    """
 
     __slots__ = ()
     _core: SessionCore
+    #: What makes the core when it is first needed, or ``None`` once it is made.
+    _opening: Callable[[], SessionCore] | None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_core":  # the slot is unset until the core is needed
+            opening = self._opening
+            if opening is None:
+                raise AttributeError(name)
+            core = opening()
+            object.__setattr__(self, "_core", core)
+            object.__setattr__(self, "_opening", None)
+            return core
+        if name == "_opening":  # a subclass whose __init__ did not set it
+            return None
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def opened(self) -> bool:
+        """Whether the session's core was worked out (anything but making it was done)."""
+        return self._opening is None
+
+    def headers_out(self) -> None:
+        """Note that the response headers are committed (no ``Set-Cookie`` can follow)."""
+        opening = self._opening
+        if opening is None:
+            self._core.headers_sent = True
+            return
+
+        def sent() -> SessionCore:
+            core = opening()
+            core.headers_sent = True
+            return core
+
+        object.__setattr__(self, "_opening", sent)
 
     @property
     def id(self) -> str | None:

@@ -158,11 +158,14 @@ class StoreBase:
         """The cookie policy in force."""
         return self.config.cookie
 
-    def core_for(self, cookie_header: str | None, *, plain_local: bool = False) -> SessionCore:
+    def core_for(
+        self, cookie_header: str | None, *, plain_local: bool | Callable[[], bool] = False
+    ) -> SessionCore:
         """The sans-I/O session for a request's ``Cookie`` header (no Redis command).
 
         ``plain_local``: the request came over plain http to a loopback host (see
-        :func:`~hashsession.cookies.is_plain_local`); adapters work it out.
+        :func:`~hashsession.cookies.is_plain_local`); adapters work it out, or pass a
+        function that does, called only if the session is used.
         """
         config = self.config
         values = config.cookie.values_from_header(cookie_header)
@@ -178,7 +181,7 @@ class StoreBase:
             if values:
                 log.debug("ignoring a session cookie that is malformed or badly signed")
             core = self.core_class(config, None, had_cookie=bool(values))
-        core.plain_local = plain_local
+        core.plain_local = plain_local() if callable(plain_local) else plain_local
         return core
 
     def core_for_value(self, cookie_value: str | None, *, plain_local: bool = False) -> SessionCore:
@@ -196,6 +199,8 @@ class StoreBase:
     @staticmethod
     def response_headers(session: Session | AsyncSession) -> list[tuple[str, str]]:
         """``Set-Cookie`` and ``Vary`` headers the response must carry, as needed."""
+        if session._opening is not None:
+            return []  # never used: the cookie stands as it came
         return session.core.response_headers()
 
 
@@ -231,14 +236,19 @@ class SessionStore(StoreBase):
         """The redis-py client sessions talk through."""
         return self._client
 
-    def open(self, cookie_header: str | None = None, *, plain_local: bool = False) -> Session:
+    def open(
+        self, cookie_header: str | None = None, *, plain_local: bool | Callable[[], bool] = False
+    ) -> Session:
         """The session for a request, given its ``Cookie`` header; lazy, costs no round trip.
 
         ``plain_local=True`` says the request came over plain http to a loopback host,
         where the default cookie policy leaves ``Secure`` out.
         """
-        core = self.core_for(cookie_header, plain_local=plain_local)
-        return self.session_class(core, self.client)
+        session_class = self.session_class
+        if session_class.__init__ is Session.__init__:  # its core is worked out when needed
+            opening = partial(self.core_for, cookie_header, plain_local=plain_local)
+            return session_class(opening, self.client)
+        return session_class(self.core_for(cookie_header, plain_local=plain_local), self.client)
 
     def open_id(self, cookie_value: str | None, *, plain_local: bool = False) -> Session:
         """The session for a bare cookie value."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -47,7 +48,7 @@ class SessionMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         session = self.store.open(
-            environ.get("HTTP_COOKIE"), plain_local=environ_is_plain_local(environ)
+            environ.get("HTTP_COOKIE"), plain_local=partial(environ_is_plain_local, environ)
         )
         environ[self.environ_key] = session
         started = False
@@ -57,9 +58,10 @@ class SessionMiddleware:
         ) -> Callable[[bytes], object]:
             nonlocal started
             started = True
-            headers = list(headers)
-            headers.extend(session.core.response_headers())
-            session.core.headers_sent = True  # no Set-Cookie can follow these headers
+            ours = self.store.response_headers(session)
+            if ours:
+                headers = [*headers, *ours]
+            session.headers_out()  # no Set-Cookie can follow these headers
             if exc_info is None:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
