@@ -742,6 +742,17 @@ def keepalive_round(port: int, cookies: list[str], seconds: float, warm: int = 5
     return {"rps": total / elapsed, "requests": total, "set_cookie": sum(set_cookie) / total}
 
 
+def versions_of(*dists: str) -> dict[str, str]:
+    """Installed versions of the HTTP servers' packages (this venv is the main worker's)."""
+    from importlib import metadata
+
+    out = {}
+    for dist in dists:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
 def measure_http(run: Run) -> dict[str, Any]:
     """Requests/s of the typical request over real HTTP (waitress for WSGI, uvicorn for
     ASGI): hashsession's middleware against the floor app on the same server, keep-alive
@@ -755,6 +766,7 @@ def measure_http(run: Run) -> dict[str, Any]:
         "seconds": a.http_seconds,
         "rounds": a.http_rounds,
         "servers": {},
+        "versions": versions_of("waitress", "uvicorn", "h11", "httptools"),
     }
     if main is None:
         return out
@@ -795,9 +807,7 @@ def measure_http(run: Run) -> dict[str, Any]:
                     continue
                 for k in keys if r % 2 == 0 else keys[::-1]:
                     try:
-                        got = keepalive_round(
-                            entry["ports"][k], cookies[k], a.http_seconds
-                        )
+                        got = keepalive_round(entry["ports"][k], cookies[k], a.http_seconds)
                     except WorkerError as exc:
                         entry["error"] = str(exc)
                         run.fail(f"real HTTP ({server})", label_of(run.contenders[k]), str(exc))
