@@ -10,7 +10,8 @@ Flask, old Pyramid, old redis-py).
 What lives here: the request shapes and payloads every library runs, the "dialect"
 each library's session object is driven through, the framework glue (plain WSGI,
 Flask, Bottle, Pyramid, plain ASGI, Starlette, Tornado), in-process drivers, real
-servers for the race test, the raw redis-py floors, and round-trip counting.
+servers for the race test and the real-HTTP figure, the raw redis-py floors, and
+round-trip counting.
 """
 
 from __future__ import annotations

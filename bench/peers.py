@@ -13,8 +13,9 @@ coordinator:
 4. measures, interleaving the libraries round by round: per-operation time on an open
    session and per one-operation request; Redis commands per request shape (counted at
    the server with MONITOR, round trips at the client); in-process time per typical
-   request through each library's own framework integration; lost updates over real
-   HTTP servers; Redis memory per session;
+   request through each library's own framework integration; requests per second over
+   real HTTP (waitress, uvicorn) against the floor apps; lost updates over real HTTP
+   servers; Redis memory per session;
 5. writes ``docs/benchmarks.md``, ``docs/benchmarks.png`` and the raw results in
    ``bench/results/peers.json``.
 
