@@ -754,10 +754,23 @@ def versions_of(*dists: str) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def serving(w: WorkerProc, cid: str, server: str) -> Iterator[int]:
+    """One contender's app on a real server in its worker for the block; the port."""
+    port: int = w.call(cmd="serve", cid=cid, server=server, timeout=60)["port"]
+    try:
+        yield port
+    finally:
+        with contextlib.suppress(WorkerError):
+            w.call(cmd="unserve", cid=cid, timeout=60)
+
+
 def measure_http(run: Run) -> dict[str, Any]:
     """Requests/s of the typical request over real HTTP (waitress for WSGI, uvicorn for
     ASGI): hashsession's middleware against the floor app on the same server, keep-alive
-    clients in this process, rounds interleaved (floor first, then hashsession first)."""
+    clients in this process, rounds interleaved (floor first, then hashsession first).
+    Only the measured app's server runs: each is started for its turn and stopped after,
+    so no other server's threads share the worker process while one is measured."""
     from peerkit import cookie_from
 
     a = run.args
@@ -771,61 +784,54 @@ def measure_http(run: Run) -> dict[str, Any]:
     }
     if main is None:
         return out
-    served: list[str] = []
     cookies: dict[str, list[str]] = {}
-    pairs: list[tuple[str, list[str]]] = []
-    try:
-        for server, floor_id, hs_id in HTTP_PAIRS:
-            entry: dict[str, Any] = {
-                "floor": key_of(main, floor_id),
-                "hashsession": key_of(main, hs_id),
-                "rps": {},
-                "set_cookie": {},
-            }
-            out["servers"][server] = entry
-            try:
-                for cid in (floor_id, hs_id):
-                    port = main.call(cmd="serve", cid=cid, server=server, timeout=60)["port"]
-                    served.append(cid)
-                    k = key_of(main, cid)
-                    cookies[k] = []
+    pairs: list[tuple[str, list[tuple[str, str]]]] = []
+    for server, floor_id, hs_id in HTTP_PAIRS:
+        entry: dict[str, Any] = {
+            "floor": key_of(main, floor_id),
+            "hashsession": key_of(main, hs_id),
+            "rps": {},
+            "set_cookie": {},
+        }
+        out["servers"][server] = entry
+        try:
+            for cid in (floor_id, hs_id):
+                k = key_of(main, cid)
+                cookies[k] = []
+                with serving(main, cid, server) as port:
                     for _ in range(a.http_clients):
                         status, set_cookies, body = http_get(port, "/start", None)
                         cookie = cookie_from(set_cookies)
                         if status != 200 or not cookie:
                             raise WorkerError(f"/start over {server} answered {status} {body!r}")
                         cookies[k].append(cookie)
-                    entry["rps"][k], entry["set_cookie"][k] = [], []
-                    entry.setdefault("ports", {})[k] = port
-                pairs.append((server, [entry["floor"], entry["hashsession"]]))
-            except (WorkerError, KeyError, OSError) as exc:
-                entry["error"] = f"{type(exc).__name__}: {exc}"
-                run.fail(f"real HTTP ({server})", "server", entry["error"])
-        for r in range(a.http_rounds):
-            for server, keys in pairs:
-                entry = out["servers"][server]
-                if "error" in entry:
-                    continue
-                for k in keys if r % 2 == 0 else keys[::-1]:
-                    try:
-                        got = keepalive_round(entry["ports"][k], cookies[k], a.http_seconds)
-                    except WorkerError as exc:
-                        entry["error"] = str(exc)
-                        run.fail(f"real HTTP ({server})", label_of(run.contenders[k]), str(exc))
-                        break
-                    entry["rps"][k].append(got["rps"])
-                    entry["set_cookie"][k].append(got["set_cookie"])
-                if "error" not in entry:
-                    f, h = (entry["rps"][k][-1] for k in keys)
-                    print(
-                        f"  real HTTP {server}, round {r + 1}/{a.http_rounds}: floor {f:.0f}/s, "
-                        f"hashsession {h:.0f}/s ({h / f:.3f}x)",
-                        flush=True,
-                    )
-    finally:
-        for cid in served:
-            with contextlib.suppress(WorkerError):
-                main.call(cmd="unserve", cid=cid, timeout=60)
+                entry["rps"][k], entry["set_cookie"][k] = [], []
+            pairs.append((server, [(floor_id, entry["floor"]), (hs_id, entry["hashsession"])]))
+        except (WorkerError, KeyError, OSError) as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            run.fail(f"real HTTP ({server})", "server", entry["error"])
+    for r in range(a.http_rounds):
+        for server, apps in pairs:
+            entry = out["servers"][server]
+            if "error" in entry:
+                continue
+            for cid, k in apps if r % 2 == 0 else apps[::-1]:
+                try:
+                    with serving(main, cid, server) as port:
+                        got = keepalive_round(port, cookies[k], a.http_seconds)
+                except (WorkerError, OSError) as exc:
+                    entry["error"] = f"{type(exc).__name__}: {exc}"
+                    run.fail(f"real HTTP ({server})", label_of(run.contenders[k]), str(exc))
+                    break
+                entry["rps"][k].append(got["rps"])
+                entry["set_cookie"][k].append(got["set_cookie"])
+            if "error" not in entry:
+                f, h = (entry["rps"][k][-1] for _, k in apps)
+                print(
+                    f"  real HTTP {server}, round {r + 1}/{a.http_rounds}: floor {f:.0f}/s, "
+                    f"hashsession {h:.0f}/s ({h / f:.3f}x)",
+                    flush=True,
+                )
     return out
 
 
