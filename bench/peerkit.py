@@ -10,7 +10,8 @@ Flask, old Pyramid, old redis-py).
 What lives here: the request shapes and payloads every library runs, the "dialect"
 each library's session object is driven through, the framework glue (plain WSGI,
 Flask, Bottle, Pyramid, plain ASGI, Starlette, Tornado), in-process drivers, real
-servers for the race test, the raw redis-py floors, and round-trip counting.
+servers for the race test and the real-HTTP figure, the raw redis-py floors, and
+round-trip counting.
 """
 
 from __future__ import annotations
@@ -611,6 +612,25 @@ class WsgiServer:
         self.thread.join(10)
 
 
+class WaitressServer:
+    """waitress serving a WSGI app (its default 4 worker threads, HTTP/1.1 keep-alive), in a
+    thread: the real-HTTP throughput figure's WSGI server."""
+
+    def __init__(self, app: Any) -> None:
+        import waitress.server
+
+        self.server: Any = waitress.server.create_server(
+            app, host="127.0.0.1", port=0, threads=4, backlog=1024
+        )
+        self.port = int(self.server.effective_port)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.close()
+        self.thread.join(10)
+
+
 class UvicornServer:
     """uvicorn serving an ASGI app on its own event loop, in a thread."""
 
@@ -833,6 +853,9 @@ class Contender:
     framework = "WSGI"  # for comparing like with like: WSGI, ASGI, Flask, Bottle, ...
     floor = "sync"  # which raw floor the per-operation ratios use: sync | async
     memory = False  # the one integration per library whose memory per session is measured
+    #: Served only in the real-HTTP throughput figure (a floor app that the in-process
+    #: tables leave out).
+    http_only = False
     dists: tuple[str, ...] = ()
 
     def __init__(self, url: str) -> None:
@@ -913,6 +936,7 @@ class Worker:
                 "framework": c.framework,
                 "floor": c.floor,
                 "memory": c.memory,
+                "http_only": c.http_only,
                 "versions": versions(*c.dists),
             }
             for which in ("steady", "request"):
@@ -1059,7 +1083,9 @@ class Worker:
                     bad.append(str(reply.status))
         return {"ok": True, "errors": len(bad), "first_error": bad[0] if bad else None}
 
-    def serve(self, cid: str) -> dict[str, Any]:
+    def serve(self, cid: str, server: str = "") -> dict[str, Any]:
+        """A real HTTP server for one contender's app: the race test's default for its kind,
+        or the one named (``waitress``, ``uvicorn``, ``wsgiref``, ``tornado``)."""
         c = self.contenders[cid]
         app = c.build_app()  # a fresh app: asyncio clients must not cross event loops
         kinds: dict[str, Any] = {
@@ -1067,9 +1093,15 @@ class Worker:
             "asgi": UvicornServer,
             "tornado": TornadoServer,
         }
-        server = kinds[c.kind](app)
-        self.servers[cid] = server
-        return {"ok": True, "port": server.port}
+        named: dict[str, Any] = {
+            "waitress": WaitressServer,
+            "uvicorn": UvicornServer,
+            "wsgiref": WsgiServer,
+            "tornado": TornadoServer,
+        }
+        running = (named[server] if server else kinds[c.kind])(app)
+        self.servers[cid] = running
+        return {"ok": True, "port": running.port, "server": server or c.kind}
 
     def unserve(self, cid: str) -> dict[str, Any]:
         server = self.servers.pop(cid, None)
@@ -1095,7 +1127,7 @@ class Worker:
         if cmd == "fill":
             return self.fill(msg["cid"], msg["n"])
         if cmd == "serve":
-            return self.serve(msg["cid"])
+            return self.serve(msg["cid"], msg.get("server", ""))
         if cmd == "unserve":
             return self.unserve(msg["cid"])
         raise LookupError(f"unknown command {cmd!r}")

@@ -13,8 +13,9 @@ coordinator:
 4. measures, interleaving the libraries round by round: per-operation time on an open
    session and per one-operation request; Redis commands per request shape (counted at
    the server with MONITOR, round trips at the client); in-process time per typical
-   request through each library's own framework integration; lost updates over real
-   HTTP servers; Redis memory per session;
+   request through each library's own framework integration; requests per second over
+   real HTTP (waitress, uvicorn) against the floor apps; lost updates over real HTTP
+   servers; Redis memory per session;
 5. writes ``docs/benchmarks.md``, ``docs/benchmarks.png`` and the raw results in
    ``bench/results/peers.json``.
 
@@ -91,9 +92,10 @@ class Side:
     src: str | None = None
 
 
+MAIN_SIDE = "hashsession + raw floor"
 FLASK_1 = ["Flask==1.1.4", "Werkzeug==0.16.1", "Jinja2==2.11.3", "MarkupSafe==2.0.1"]
 SIDES = [
-    Side("hashsession + raw floor", None, "hashsession_peer.py"),
+    Side(MAIN_SIDE, None, "hashsession_peer.py"),
     Side("DRSession", Venv("drsession", ["drsession", "redis"]), "drsession_peer.py"),
     Side(
         "bottle-session",
@@ -366,7 +368,9 @@ class Run:
         self.failures.append({"who": who, "stage": stage, "error": error})
 
     def app_keys(self) -> list[str]:
-        return [k for k, c in self.contenders.items() if c["kind"]]
+        """Contenders with an app for the in-process request figures (not the floor apps
+        served only in the real-HTTP figure)."""
+        return [k for k, c in self.contenders.items() if c["kind"] and not c.get("http_only")]
 
 
 def key_of(w: WorkerProc, cid: str) -> str:
@@ -679,6 +683,158 @@ def measure_race(run: Run, keys: list[str]) -> dict[str, Any]:
     return out
 
 
+#: The real-HTTP throughput figure: (server, floor app, hashsession app), ids of the
+#: contenders in ``bench/peers/hashsession_peer.py``.
+HTTP_PAIRS = (("waitress", "raw", "hs-wsgi"), ("uvicorn", "raw-asgi", "hs-asgi"))
+
+
+def keepalive_round(port: int, cookies: list[str], seconds: float, warm: int = 5) -> dict[str, Any]:
+    """One round of keep-alive HTTP/1.1 load: a thread per cookie, each on its own new
+    connection (``warm`` untimed requests first), GET ``/typical`` until ``seconds`` have
+    passed; requests/s over the time until the last in-flight request came back."""
+    n = len(cookies)
+    ready = threading.Barrier(n + 1)
+    stop = threading.Event()
+    counts = [0] * n
+    set_cookie = [0] * n
+    errors: list[str] = []
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Cookie": cookies[i]}
+        try:
+            for _ in range(warm):
+                conn.request("GET", "/typical", headers=headers)
+                conn.getresponse().read()
+        except Exception as exc:
+            errors.append(f"warm-up: {type(exc).__name__}: {exc}")
+        try:
+            ready.wait(30)
+            done = sets = 0
+            while not stop.is_set():
+                conn.request("GET", "/typical", headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"/typical answered {resp.status}: {body[:120]!r}")
+                if resp.getheader("Set-Cookie"):
+                    sets += 1
+                done += 1
+            counts[i], set_cookie[i] = done, sets
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+            stop.set()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    ready.wait(60)
+    t0 = time.perf_counter()
+    stop.wait(seconds)
+    stop.set()
+    for t in threads:
+        t.join(120)
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise WorkerError(errors[0])
+    total = sum(counts)
+    return {"rps": total / elapsed, "requests": total, "set_cookie": sum(set_cookie) / total}
+
+
+def versions_of(*dists: str) -> dict[str, str]:
+    """Installed versions of the HTTP servers' packages (this venv is the main worker's)."""
+    from importlib import metadata
+
+    out = {}
+    for dist in dists:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[dist] = metadata.version(dist)
+    return out
+
+
+@contextlib.contextmanager
+def serving(w: WorkerProc, cid: str, server: str) -> Iterator[int]:
+    """One contender's app on a real server in its worker for the block; the port."""
+    port: int = w.call(cmd="serve", cid=cid, server=server, timeout=60)["port"]
+    try:
+        yield port
+    finally:
+        with contextlib.suppress(WorkerError):
+            w.call(cmd="unserve", cid=cid, timeout=60)
+
+
+def measure_http(run: Run) -> dict[str, Any]:
+    """Requests/s of the typical request over real HTTP (waitress for WSGI, uvicorn for
+    ASGI): hashsession's middleware against the floor app on the same server, keep-alive
+    clients in this process, rounds interleaved (floor first, then hashsession first).
+    Only the measured app's server runs: each is started for its turn and stopped after,
+    so no other server's threads share the worker process while one is measured."""
+    from peerkit import cookie_from
+
+    a = run.args
+    main = next((w for w in run.workers if w.side.label == MAIN_SIDE), None)
+    out: dict[str, Any] = {
+        "clients": a.http_clients,
+        "seconds": a.http_seconds,
+        "rounds": a.http_rounds,
+        "servers": {},
+        "versions": versions_of("waitress", "uvicorn", "h11", "httptools"),
+    }
+    if main is None:
+        return out
+    cookies: dict[str, list[str]] = {}
+    pairs: list[tuple[str, list[tuple[str, str]]]] = []
+    for server, floor_id, hs_id in HTTP_PAIRS:
+        entry: dict[str, Any] = {
+            "floor": key_of(main, floor_id),
+            "hashsession": key_of(main, hs_id),
+            "rps": {},
+            "set_cookie": {},
+        }
+        out["servers"][server] = entry
+        try:
+            for cid in (floor_id, hs_id):
+                k = key_of(main, cid)
+                cookies[k] = []
+                with serving(main, cid, server) as port:
+                    for _ in range(a.http_clients):
+                        status, set_cookies, body = http_get(port, "/start", None)
+                        cookie = cookie_from(set_cookies)
+                        if status != 200 or not cookie:
+                            raise WorkerError(f"/start over {server} answered {status} {body!r}")
+                        cookies[k].append(cookie)
+                entry["rps"][k], entry["set_cookie"][k] = [], []
+            pairs.append((server, [(floor_id, entry["floor"]), (hs_id, entry["hashsession"])]))
+        except (WorkerError, KeyError, OSError) as exc:
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+            run.fail(f"real HTTP ({server})", "server", entry["error"])
+    for r in range(a.http_rounds):
+        for server, apps in pairs:
+            entry = out["servers"][server]
+            if "error" in entry:
+                continue
+            for cid, k in apps if r % 2 == 0 else apps[::-1]:
+                try:
+                    with serving(main, cid, server) as port:
+                        got = keepalive_round(port, cookies[k], a.http_seconds)
+                except (WorkerError, OSError) as exc:
+                    entry["error"] = f"{type(exc).__name__}: {exc}"
+                    run.fail(f"real HTTP ({server})", label_of(run.contenders[k]), str(exc))
+                    break
+                entry["rps"][k].append(got["rps"])
+                entry["set_cookie"][k].append(got["set_cookie"])
+            if "error" not in entry:
+                f, h = (entry["rps"][k][-1] for _, k in apps)
+                print(
+                    f"  real HTTP {server}, round {r + 1}/{a.http_rounds}: floor {f:.0f}/s, "
+                    f"hashsession {h:.0f}/s ({h / f:.3f}x)",
+                    flush=True,
+                )
+    return out
+
+
 def memory_now(client: redis.Redis) -> tuple[int, int]:
     """(used_memory, mem_clients_normal) once the server has settled."""
     time.sleep(1.0)  # let clientsCron shrink buffers and expiry work finish
@@ -828,9 +984,18 @@ def main() -> int:
     parser.add_argument("--shape-requests", type=int, default=50, help="requests per shape (50)")
     parser.add_argument("--race", type=int, default=200, help="concurrent requests (200)")
     parser.add_argument("--sessions", type=int, default=10000, help="sessions for memory (10000)")
+    parser.add_argument("--http-rounds", type=int, default=6, help="real-HTTP rounds (6)")
+    parser.add_argument(
+        "--http-seconds", type=float, default=3.0, help="real-HTTP seconds per app per round (3)"
+    )
+    parser.add_argument(
+        "--http-clients", type=int, default=4, help="real-HTTP keep-alive clients (4)"
+    )
     parser.add_argument("--only", default="", help="comma-separated side labels to run")
     parser.add_argument(
-        "--skip", default="", help="figures to skip: ops,request,shapes,rps,race,memory,near"
+        "--skip",
+        default="",
+        help="figures to skip: ops,request,shapes,rps,http,race,memory,near",
     )
     parser.add_argument(
         "--near-rounds", type=int, default=1000, help="near cache: changes timed (1000)"
@@ -891,6 +1056,9 @@ def main() -> int:
                 if "rps" not in skip:
                     print("typical requests ...", flush=True)
                     run.results["rps"] = measure_rps(run, keys)
+                if "http" not in skip:
+                    print("requests per second over real HTTP ...", flush=True)
+                    run.results["http"] = measure_http(run)
                 if "race" not in skip:
                     print("race test ...", flush=True)
                     run.results["race"] = measure_race(run, keys)

@@ -28,6 +28,8 @@ RAW_APP = f"{MAIN}::raw"
 NEAR_OPS, NEAR_WSGI = f"{MAIN}::hs-near", f"{MAIN}::hs-wsgi-near"
 #: issue 17's acceptance for ``near_cache=True``: a read-only request on a warm session.
 NEAR_RATIO, NEAR_COMMANDS = 0.25, 0.02
+#: issue 17: real-HTTP requests/s of hashsession at least this share of the floor app's.
+HTTP_GOAL = 0.95
 
 
 def med_us(rounds: list[list[int]]) -> float:
@@ -359,6 +361,7 @@ def goals(res: dict[str, Any], steady_med: dict[str, dict[str, float]]) -> list[
         )
 
     rows += near_goals(res)
+    rows += http_goals(res)
     out = ["| goal | measured | met? |", "|---|---|---|"]
     for goal, measured, ok in rows:
         out.append(f"| {goal} | {measured} | {'-' if ok is None else yes(ok)} |")
@@ -415,6 +418,104 @@ def near_goals(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
             )
         )
     return rows
+
+
+def http_ratios(entry: dict[str, Any]) -> list[float]:
+    """hashsession's requests/s over the floor app's, round by round (same server)."""
+    hs, floor = entry["rps"].get(entry["hashsession"], []), entry["rps"].get(entry["floor"], [])
+    return [h / f for h, f in zip(hs, floor, strict=False) if f]
+
+
+def http_goals(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """issue 17: real-HTTP throughput >= 0.95x the floor app on waitress and on uvicorn."""
+    servers = res.get("http", {}).get("servers", {})
+    if not servers:
+        return []
+    parts, ok = [], True
+    for server, entry in servers.items():
+        ratios = http_ratios(entry)
+        if "error" in entry or not ratios:
+            parts.append(f"{server}: failed ({entry.get('error', 'no rounds')})")
+            ok = False
+            continue
+        r = statistics.median(ratios)
+        parts.append(
+            f"{server} {r:.3f}x (per-round {min(ratios):.2f}-{max(ratios):.2f}; "
+            f"{statistics.median(entry['rps'][entry['hashsession']]):.0f} vs "
+            f"{statistics.median(entry['rps'][entry['floor']]):.0f} req/s)"
+        )
+        ok = ok and r >= HTTP_GOAL
+    return [
+        (
+            f"real-HTTP throughput >= {HTTP_GOAL}x raw redis-py (waitress, uvicorn)",
+            "; ".join(parts),
+            ok,
+        )
+    ]
+
+
+def http_section(res: dict[str, Any]) -> list[str]:
+    """The real-HTTP requests/s tables: per server, floor app and hashsession round by round,
+    then hashsession / floor per round and the median."""
+    h = res.get("http", {})
+    servers = h.get("servers", {})
+    if not servers:
+        return []
+    contenders = res["contenders"]
+    v = h.get("versions", {})
+    out = [
+        "## Requests per second over real HTTP",
+        "",
+        "The typical request (read one key, increment one counter) on a warm session, over "
+        f"real HTTP/1.1 with keep-alive: {h['clients']} client threads (stdlib `http.client`, "
+        "one connection and one session each, a new connection per round) in the "
+        "coordinator, the server and redis-server on the workers' CPU. Each round runs each "
+        f"app for {h['seconds']:g} s, floor app and hashsession interleaved (the first app "
+        f"alternates by round), {h['rounds']} rounds. waitress (its default 4 threads) serves "
+        "the floor WSGI app (raw redis-py `HGET` + `HINCRBY`, hand-parsed cookie) and "
+        "hashsession's WSGI middleware; uvicorn serves the floor ASGI app (the same with raw "
+        "`redis.asyncio`) and hashsession's ASGI middleware. Requests/s: requests completed "
+        "over the time until the last one came back; the ratio is hashsession over the floor "
+        "app in the same round. Set-Cookie share: timed responses that set a cookie (a warm "
+        "session needs none).",
+        "",
+    ]
+    if v:
+        out += ["Servers: " + ", ".join(f"{d} {ver}" for d, ver in v.items()) + ".", ""]
+    out += [
+        "| server | app | requests/s per round | median requests/s | Set-Cookie share |",
+        "|---|---|---|---:|---:|",
+    ]
+    ratio_rows = []
+    for server, entry in servers.items():
+        for role in ("floor", "hashsession"):
+            k = entry[role]
+            rps = entry["rps"].get(k, [])
+            name = label(contenders[k]) if k in contenders else k
+            sc = entry["set_cookie"].get(k, [])
+            med = f"{statistics.median(rps):.0f}" if rps else "-"
+            out.append(
+                f"| {server} | {name} | {', '.join(f'{x:.0f}' for x in rps) or '-'} | "
+                f"{med} | {f'{max(sc):.0%}' if sc else '-'} |"
+            )
+        ratios = http_ratios(entry)
+        err = f" (failed: {entry['error']})" if "error" in entry else ""
+        mr = statistics.median(ratios) if ratios else None
+        ratio_rows.append(
+            f"| {server} | {', '.join(f'{r:.3f}' for r in ratios) or '-'}{err} | "
+            f"{'-' if mr is None else f'{mr:.3f}'} | "
+            f"{'-' if mr is None else yes(mr >= HTTP_GOAL)} |"
+        )
+    out += [
+        "",
+        f"hashsession / floor app, round by round (goal: median >= {HTTP_GOAL}x):",
+        "",
+        "| server | per round | median | met? |",
+        "|---|---|---:|---|",
+        *ratio_rows,
+        "",
+    ]
+    return out
 
 
 def near_section(res: dict[str, Any]) -> list[str]:
@@ -606,6 +707,8 @@ def render(res: dict[str, Any], png_name: str) -> str:
                 f"{'-' if zl is None else ('yes' if zl else 'NO')} |"
             )
         out.append("")
+
+    out += http_section(res)
 
     mem = res.get("memory", {})
     if mem:

@@ -271,6 +271,55 @@ class RawApp(Contender):
         return app
 
 
+class RawAsgiApp(Contender):
+    """The asyncio floor app for the real-HTTP figure: a bare ASGI app doing the request
+    shapes with raw ``redis.asyncio`` on one hash, cookie parsed by hand, no session library;
+    the same commands per shape as :class:`RawApp`."""
+
+    library = "raw redis.asyncio (floor)"
+    integration = "bare ASGI app, hand-rolled cookie"
+    kind = "asgi"
+    framework = "ASGI"
+    floor = "async"
+    http_only = True
+    dists = ("redis",)
+
+    def build_app(self) -> Any:
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(self.url)  # connects on first use, in the server's loop
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            action = scope["path"].strip("/")
+            cookie = next((v for k, v in scope["headers"] if k == b"cookie"), b"").decode()
+            jar = dict(p.strip().split("=", 1) for p in cookie.split(";") if "=" in p)
+            headers = [(b"content-type", b"text/plain")]
+            key = "raw:" + jar.get("raw", "")
+            if action == "start":
+                sid = new_id()
+                key = "raw:" + sid
+                pipe = r.pipeline(transaction=False)
+                pipe.hset(key, mapping={USER: json.dumps("alice"), COUNTER: 0})
+                pipe.expire(key, TTL)
+                await pipe.execute()
+                headers.append((b"set-cookie", f"raw={sid}; Path=/; HttpOnly".encode()))
+            elif action == "read":
+                await r.hget(key, USER)
+            elif action == "write":
+                await r.hset(key, USER, '"alice"')
+            elif action == "typical":
+                await r.hget(key, USER)
+                await r.hincrby(key, COUNTER, 1)
+            else:
+                raise LookupError(action)
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        return app
+
+
 # ------------------------------------------------------------------ integrations
 
 
@@ -495,6 +544,7 @@ def contenders() -> dict[str, Callable[[str], Contender]]:
     assert hashsession.__version__
     return {
         "raw": RawApp,
+        "raw-asgi": RawAsgiApp,
         "hashsession": HsOps,
         "hs-near": HsNearOps,
         "same": SameCommands,
