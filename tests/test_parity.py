@@ -42,6 +42,7 @@ SYNC_ONLY_MIXINS: frozenset[str] = frozenset({"popitem", "__eq__"})
 CLASS_MACHINERY: frozenset[str] = frozenset(
     {
         "__init__",
+        "__getattr__",
         "__repr__",
         "__doc__",
         "__hash__",

@@ -183,6 +183,15 @@ class State(Enum):
     LIVE = "live"  # known to exist in this request; its TTL was slid already
 
 
+def _before(created: bytes, lifetime_ms: int) -> bool:
+    """Whether a session created at ``created`` (ms, decimal) is still within its
+    absolute lifetime now (``False`` too for junk that is no number)."""
+    try:
+        return int(created) + lifetime_ms > _now_ms()
+    except ValueError:
+        return False
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -1057,9 +1066,15 @@ class SessionCore:
         cmd: Command = ("HMGET", key, field, CREATED_FIELD, TTL_FIELD, LIFETIME_FIELD)
 
         def read(reply: Any) -> Any:
-            if reply[1] is None or reply[2] is not None or reply[3] is not None:
+            created = reply[1]
+            if (
+                created is None
+                or reply[2] is not None
+                or reply[3] is not None
+                or (c.absolute_ms and not _before(created, c.absolute_ms))
+            ):
                 c.slid.pop(key, None)  # type: ignore[arg-type]
-                return AGAIN  # not (or no longer) plain: the quick script decides
+                return AGAIN  # not (or no longer) plain, or past its end: the script decides
             self._enter(State.LIVE)
             self.lifetime, self.lifetime_known = None, True
             return reply[0] if op == "get" else reply[0] is not None
@@ -2010,13 +2025,9 @@ class SessionView:
             return None
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    @property
-    def opened(self) -> bool:
-        """Whether the session's core was worked out (anything but making it was done)."""
-        return self._opening is None
-
-    def headers_out(self) -> None:
-        """Note that the response headers are committed (no ``Set-Cookie`` can follow)."""
+    def _headers_out(self) -> None:
+        """Note that the response headers are committed (no ``Set-Cookie`` can follow);
+        for adapters, like :attr:`core`, without working the core out if it is not yet."""
         opening = self._opening
         if opening is None:
             self._core.headers_sent = True
