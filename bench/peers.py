@@ -451,6 +451,28 @@ def op_columns(run: Run, table: str) -> list[tuple[Column, str | None]]:
     return cols
 
 
+def measure_untouched(run: Run) -> dict[str, Any]:
+    """hashsession's own time for a request that never uses its session: the WSGI
+    middleware around a bare app, and the bare app, timed in interleaved rounds."""
+    mains = [w for w in run.workers if "hashsession" in {c["id"] for c in w.hello["contenders"]}]
+    if not mains:
+        return {}
+    w = mains[0]  # the checkout's (a --baseline worker comes after it)
+    out: dict[str, list[list[int]]] = {"untouched": [], "untouched-bare": []}
+    try:
+        for r in range(run.args.rounds):
+            pair = (
+                ("untouched", "untouched-bare") if r % 2 == 0 else ("untouched-bare", "untouched")
+            )
+            for op in pair:
+                ns = w.call(cmd="time", cid="hashsession", table="request", op=op, n=run.args.iters)
+                out[op].append(ns["ns"])
+    except WorkerError as exc:
+        run.fail("hashsession", "untouched request", str(exc))
+        return {"error": str(exc)}
+    return out
+
+
 def measure_ops(run: Run, table: str) -> dict[str, Any]:
     """Rounds x batches of individually timed calls per column and op, interleaved."""
     rounds, iters = run.args.rounds, run.args.iters
@@ -1049,6 +1071,7 @@ def main() -> int:
                 if "request" not in skip:
                     print("per operation, one-operation request ...", flush=True)
                     run.results["request"] = measure_ops(run, "request")
+                    run.results["untouched"] = measure_untouched(run)
                 keys = start_sessions(run)
                 if "shapes" not in skip:
                     print("commands per request ...", flush=True)

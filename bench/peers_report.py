@@ -360,12 +360,82 @@ def goals(res: dict[str, Any], steady_med: dict[str, dict[str, float]]) -> list[
             )
         )
 
+    rows += request_goals(res)
     rows += near_goals(res)
     rows += http_goals(res)
     out = ["| goal | measured | met? |", "|---|---|---|"]
     for goal, measured, ok in rows:
         out.append(f"| {goal} | {measured} | {'-' if ok is None else yes(ok)} |")
     return out
+
+
+#: issue 17's goals without the near cache: open + one operation within this of the
+#: floor; an untouched request under this many µs of our own time; this many bytes.
+REQUEST_RATIO, UNTOUCHED_US, MEMORY_BYTES = 1.15, 1.5, 200
+
+
+def request_goals(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """issue 17's goals for a request without the near cache: open + one read or write
+    against the floor and DRSession, an untouched request's own time, Redis memory."""
+    rows: list[tuple[str, str, bool]] = []
+    contenders = res["contenders"]
+    samples = res.get("request", {}).get("samples", {})
+    columns = res.get("request", {}).get("columns", [])
+    hs, floor = samples.get(HS, {}), samples.get(FLOOR, {})
+    drs = next(
+        (k for k, c in contenders.items() if c["library"] == "DRSession" and k in samples), None
+    )
+    for op, what in (("get", "read"), ("set", "write")):
+        if op not in hs or op not in floor:
+            continue
+        r = med_us(hs[op]) / med_us(floor[op])
+        text = f"{op}: {med_us(hs[op]):.1f} µs = {r:.2f}x the floor ({med_us(floor[op]):.1f} µs)"
+        ok = r <= REQUEST_RATIO
+        if drs is not None and op in samples[drs]:
+            d = samples[drs][op]
+            col = next((c for c in columns if c["key"] == drs), None)
+            dfloor = samples.get((col or {}).get("floor") or "", {}).get(op)
+            dr = med_us(d) / med_us(dfloor) if dfloor else None
+            text += f"; DRSession {med_us(d):.1f} µs" + (f" = {dr:.2f}x its floor" if dr else "")
+            ok = ok and (dr is None or r <= dr)
+        rows.append(
+            (
+                f"open + one {what}: at most {REQUEST_RATIO}x the floor and no slower than "
+                "DRSession (ratios to each one's own floor)",
+                text,
+                ok,
+            )
+        )
+    un = res.get("untouched", {})
+    if un.get("untouched") and un.get("untouched-bare"):
+        own = med_us(un["untouched"]) - med_us(un["untouched-bare"])
+        rows.append(
+            (
+                f"an untouched request under {UNTOUCHED_US} µs of our own time",
+                f"{own:.2f} µs (WSGI middleware {med_us(un['untouched']):.2f} µs, the bare app "
+                f"{med_us(un['untouched-bare']):.2f} µs)",
+                own < UNTOUCHED_US,
+            )
+        )
+    mem = res.get("memory", {})
+    ours = next(
+        (
+            v
+            for k, v in mem.items()
+            if contenders[k]["library"] == "hashsession" and "error" not in v
+        ),
+        None,
+    )
+    if ours:
+        rows.append(
+            (
+                f"memory per session at most {MEMORY_BYTES} B (the common payload)",
+                f"{ours['bytes_per_session']:.0f} B on "
+                f"{server_name(res.get('machine', {}).get('redis_server'))}",
+                ours["bytes_per_session"] <= MEMORY_BYTES,
+            )
+        )
+    return rows
 
 
 def near_goals(res: dict[str, Any]) -> list[tuple[str, str, bool]]:

@@ -45,6 +45,8 @@ from peerkit import (
 )
 
 HS_DISTS = ("hashsession", "redis")
+#: The untouched-request pair of hashsession's one-operation table (``peers.py`` times it).
+UNTOUCHED, UNTOUCHED_BARE = "untouched", "untouched-bare"
 #: The settings of the near-cache contenders (issue 17): the default bounds.
 NEAR = {"near_cache": True}
 #: The library name in the tables; ``peers.py --baseline`` runs an earlier hashsession
@@ -163,12 +165,31 @@ class HsOps(Contender):
             s.incr(COUNTER)
             headers(s)
 
+        # An untouched request through the WSGI middleware, and the same app bare: the
+        # difference is our own time for a request that never uses its session.
+        def bare_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok"]
+
+        wrapped = WsgiSessionMiddleware(bare_app, store=store)
+        environ = {
+            "HTTP_COOKIE": f"_ga=GA1.2.3; {cookie}; theme=dark",
+            "wsgi.url_scheme": "https",
+            "HTTP_HOST": "example.com",
+            "PATH_INFO": "/",
+        }
+
+        def started(status: str, headers: Any, exc_info: Any = None) -> None:
+            return None
+
         return {
             "set": Op(r_set),
             "get": Op(r_get),
             "in": Op(r_in),
             "delete": Op(r_delete, bare.sender("HSET", key, FIELD, enc)),
             "incr": Op(r_incr),
+            UNTOUCHED: Op(lambda: wrapped(environ, started)),
+            UNTOUCHED_BARE: Op(lambda: bare_app(environ, started)),
         }
 
 

@@ -1999,6 +1999,13 @@ def _bytes_of(raw: Any) -> bytes:
     raise TypeError(f"the codec returned {type(raw).__name__}, not str or bytes")
 
 
+def _after_headers(opening: Callable[[], SessionCore]) -> SessionCore:
+    """A session core worked out after the response headers went: it knows they did."""
+    core = opening()
+    core.headers_sent = True
+    return core
+
+
 class SessionView:
     """The request-level facts both session flavours expose, read from their core.
 
@@ -2031,14 +2038,8 @@ class SessionView:
         opening = self._opening
         if opening is None:
             self._core.headers_sent = True
-            return
-
-        def sent() -> SessionCore:
-            core = opening()
-            core.headers_sent = True
-            return core
-
-        object.__setattr__(self, "_opening", sent)
+        else:
+            object.__setattr__(self, "_opening", partial(_after_headers, opening))
 
     @property
     def id(self) -> str | None:
