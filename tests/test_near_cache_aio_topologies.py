@@ -27,8 +27,8 @@ from hashsession import BackendError, ConfigurationError
 from hashsession.aio import AsyncSessionStore
 from hashsession.aionear import AsyncClusterLinks, AsyncTracker
 from hashsession.nearcache import NearCache
-from test_near_cache_aio import WRITER, new_session, read
 from hashsession.topology import parse
+from test_near_cache_aio import WRITER, new_session, read
 from topologies import ClusterSetup, SentinelSetup, start_sentinel, wait_for
 
 both = pytest.mark.parametrize("redis_topology", ["sentinel", "cluster"], indirect=True)
@@ -304,7 +304,7 @@ async def test_a_replica_or_ready_client_is_refused(
     service = sentinel_setup.service
     client = sentinel.slave_for(service) if kind == "replica" else sentinel.master_for(service)
     try:
-        with pytest.raises(ConfigurationError, match="near_cache.*(replica|URL)"):
+        with pytest.raises(ConfigurationError, match=r"near_cache.*(replica|URL)"):
             AsyncSessionStore(redis=client, near_cache=True)
     finally:
         await client.aclose()
