@@ -592,6 +592,7 @@ class AsyncSessionStore(StoreBase):
         watch = self._watch
         if watch is None or not pool.is_master:  # follow() gives every master pool one
             raise TypeError("needs the Sentinel master's client (not a replica's)")
+        locate = watch.locate
         if getattr(pool, "watch", None) is not watch:
             # Its idle connections keep reading the old master after a switch (the
             # listener cannot close them from its thread): values cached off it would
@@ -602,7 +603,7 @@ class AsyncSessionStore(StoreBase):
             )
 
         def to_master() -> Any:
-            host, port = watch.locate()
+            host, port = locate()
             return kind(**{**settings, "host": host, "port": port})
 
         return to_master
