@@ -438,9 +438,3 @@ async def test_a_tracker_needs_a_resp3_connection(redis_url: str) -> None:
 def test_bad_settings_name_near_cache(redis_url: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match="near_cache"):
         AsyncSessionStore(redis=redis_url, near_cache=value)
-
-
-@pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
-def test_refused_on_sentinel_and_cluster(topology: str, topology_url: str) -> None:
-    with pytest.raises(ConfigurationError, match="near_cache"):
-        AsyncSessionStore(redis=topology_url, near_cache=True)

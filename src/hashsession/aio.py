@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import NoScriptError
 
-from hashsession.aionear import AsyncTracker, link_settings
+from hashsession.aionear import AsyncClusterLinks, AsyncTracker, cluster_mirror, link_settings
 from hashsession.errors import ConfigurationError, ValueTypeError
 from hashsession.nearcache import NearCache, NearLink
 from hashsession.protocol import (
@@ -500,7 +500,7 @@ class AsyncSessionStore(StoreBase):
         if is_cluster(self._clients.fixed):
             self._on_cluster()
         self._unwatch = self._follow(self._clients.fixed)
-        self._tracker: AsyncTracker | None = None
+        self._tracker: AsyncTracker | AsyncClusterLinks | None = None
         if self.config.near_cache is not None:
             try:
                 self._near = self._start_near(self._clients.fixed)
@@ -562,29 +562,64 @@ class AsyncSessionStore(StoreBase):
         )
 
     def _start_near(self, client: Any) -> NearLink:
-        """The near cache and its tracking link (a RESP3 connection to the pool's server,
-        kept by :class:`~hashsession.aionear.AsyncTracker`)."""
+        """The near cache and its tracking link(s), kept by a task on the running loop
+        (:mod:`hashsession.aionear`): a RESP3 connection to the pool's server or to the
+        Sentinel master (following its switches), or one to every node of a cluster."""
         settings = self.config.near_cache
         assert settings is not None
-        pool = getattr(client, "connection_pool", None)
-        if is_cluster(client) or isinstance(pool, SentinelConnectionPool) or pool is None:
-            where = "a Redis Cluster" if is_cluster(client) or pool is None else "Sentinel"
-            raise ConfigurationError(
-                "near_cache", f"is not supported on {where} by the asyncio store yet"
-            )
+        cache = NearCache(settings.max_sessions, settings.max_bytes)
+        prefix = self.config.prefix
+        link: AsyncTracker | AsyncClusterLinks
         try:
-            kind, kwargs = link_settings(pool.connection_class, pool.connection_kwargs)
+            if is_cluster(client):
+                mirror, connect = cluster_mirror(client)
+                link = AsyncClusterLinks(
+                    cache, mirror, connect, prefix, clients=self._cluster_clients
+                )
+            else:
+                link = AsyncTracker(cache, self._link_maker(client), prefix, fence=self._watch)
+            link = link.start()
         except TypeError as exc:
             raise ConfigurationError("near_cache", str(exc)) from None
-        cache = NearCache(settings.max_sessions, settings.max_bytes)
-        try:
-            tracker = AsyncTracker(cache, lambda: kind(**kwargs), self.config.prefix).start()
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError) as exc:
             raise ConfigurationError(
                 "near_cache", f"needs client tracking (Redis 6.0+ or Valkey): {exc}"
             ) from exc
-        self._tracker = tracker
-        return NearLink(cache, tracker, b"%d" % round(settings.refresh_share * 1000))
+        self._tracker = link
+        return NearLink(cache, link, b"%d" % round(settings.refresh_share * 1000))
+
+    def _link_maker(self, client: Any) -> Callable[[], Any]:
+        """How to make a sync RESP3 link to the server ``client``'s pool talks to: on
+        Sentinel, to the master this process follows now (:meth:`Watch.locate`)."""
+        pool = getattr(client, "connection_pool", None)
+        if pool is None:
+            raise TypeError("the client has no connection pool")
+        kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
+        kind, settings = link_settings(pool.connection_class, kwargs)
+        if not isinstance(pool, SentinelConnectionPool):
+            return lambda: kind(**settings)
+        watch = self._watch
+        if watch is None or not pool.is_master:  # follow() gives every master pool one
+            raise TypeError("needs the Sentinel master's client (not a replica's)")
+        locate = watch.locate
+        if getattr(pool, "watch", None) is not watch:
+            # Its idle connections keep reading the old master after a switch (the
+            # listener cannot close them from its thread): values cached off it would
+            # outlive the failover, as no link reports the old master's data.
+            raise TypeError(
+                "on Sentinel, the asyncio store needs a redis+sentinel:// URL (a ready"
+                " master_for() client reads the old master for a while after a failover)"
+            )
+
+        def to_master() -> Any:
+            host, port = locate()
+            return kind(**{**settings, "host": host, "port": port})
+
+        return to_master
+
+    def _cluster_clients(self) -> list[Any]:
+        """The asyncio cluster clients sessions use (the near cache checks their nodes)."""
+        return [self._clients.fixed, *list(self._clients.per_loop.values())]
 
     async def aclose(self) -> None:
         """Close the running loop's client; one built from a URL also drops its pool.

@@ -175,6 +175,24 @@ class Watch:
         if waker is not None:
             waker.close()
 
+    def locate(self) -> Address:
+        """The master as this process follows it now (asking the sentinels if the
+        listener has not heard yet); a near cache's tracking link connects there."""
+        with self._lock:
+            known = self.ahead or self.master
+        if known is not None:
+            return known
+        for address in self.sentinels:
+            client = self._client(address)
+            try:
+                host, port = client.sentinel_get_master_addr_by_name(self.service)  # type: ignore[misc]
+                return _text(host), int(port)
+            except (redis.RedisError, OSError, TypeError, ValueError):
+                continue
+            finally:
+                client.close()
+        raise RedisConnectionError(f"no sentinel names the master of {self.service!r}")
+
     def on_switch(self, callback: Callable[[Address, bool], None]) -> None:
         """Call ``callback(new_master, ahead)`` (in the listener thread) at every switch;
         ``ahead``: the sentinels have not announced it yet."""

@@ -1,7 +1,7 @@
 """A near cache of session fields, kept true by Redis's client-side tracking (issue 17).
 
-Enabled by the store setting ``near_cache`` (sync stores on one server, Sentinel and
-Cluster; asyncio stores on one server through :mod:`hashsession.aionear`; see
+Enabled by the store setting ``near_cache`` (sync and asyncio stores on one server, Sentinel and
+Cluster; the asyncio links are kept by :mod:`hashsession.aionear`; see
 docs/near-cache.md; on Sentinel the link follows the master, on a Cluster
 :mod:`hashsession.nearcluster` keeps one per node). :class:`NearCache` is a bounded LRU
 of session keys, each holding the raw values of the fields this process read and until

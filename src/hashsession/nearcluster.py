@@ -78,18 +78,21 @@ class ClusterLinks:
         """The links by node name (``host:port``), for tests and tools."""
         return dict(self._links)
 
-    def start(self) -> ClusterLinks:
-        """Link every node (raising if one refuses) and start the thread."""
+    def start(self, *, thread: bool = True) -> ClusterLinks:
+        """Link every node (raising if one refuses) and, with ``thread``, start the thread
+        that drains and relinks (an asyncio store drives :meth:`_healthy` and
+        :meth:`_repair` from a task instead: :mod:`hashsession.aionear`)."""
         try:
             if not self._link_all(strict=True):
                 raise ConnectionError("the cluster's node list changed while it was linked")
         except BaseException:
             self.close()  # the links opened before the one that failed
             raise
-        self._thread = threading.Thread(
-            target=self._run, name="hashsession-tracker-cluster", daemon=True
-        )
-        self._thread.start()
+        if thread:
+            self._thread = threading.Thread(
+                target=self._run, name="hashsession-tracker-cluster", daemon=True
+            )
+            self._thread.start()
         return self
 
     def close(self) -> None:
@@ -106,8 +109,7 @@ class ClusterLinks:
 
     def drain(self) -> bool:
         """Apply every invalidation received on every link; whether the cache may serve."""
-        nodes = self._manager.nodes_cache
-        if nodes is not self._nodes or len(nodes) != self._count:
+        if not self._current():
             if self.cache.on:
                 log.info("near cache: the cluster's node list changed; cache off until linked")
                 self.cache.switch(False)
@@ -137,7 +139,17 @@ class ClusterLinks:
             return self._client.execute_command(*args)
         return link.execute(*args)
 
-    # ---------------------------------------------------------------- the thread
+    # ---------------------------------------------------------------- the driver
+
+    def _current(self) -> bool:
+        """Whether the client's node list is the one the links were made for."""
+        nodes = self._manager.nodes_cache
+        return nodes is self._nodes and len(nodes) == self._count and self._agrees()
+
+    def _agrees(self) -> bool:
+        """Whether the clients sessions use know no node beyond the links (here the
+        client is that one; an asyncio store checks its own clients)."""
+        return True
 
     def _gate(self, up: bool) -> None:
         """A link went down (``False``): the cache empties and is off; a link coming up
@@ -176,6 +188,8 @@ class ClusterLinks:
             if self._manager.nodes_cache is not nodes or len(nodes) != count:
                 return False  # changed meanwhile: linked again on the next turn
             self._nodes, self._count = nodes, count
+            if not self._agrees():
+                return False  # the node list is asked again (:meth:`_repair`)
             if not self.cache.on:
                 self.cache.switch(True)
                 # A link that dropped before the switch left it on: check after it.
@@ -185,19 +199,26 @@ class ClusterLinks:
                 log.info("near cache: every cluster node linked; cache on")
             return True
 
+    def _healthy(self) -> bool:
+        """Drain every link (never blocks); whether the cache is on and current."""
+        drained = all([link.drain() for link in self._all])
+        return drained and self._current() and self.cache.on
+
+    def _repair(self) -> bool:
+        """Link the node list again (blocks while connecting); whether the node list
+        should be asked for again (a node stayed unlinked: a dead one stays listed)."""
+        if self._link_all():
+            return False
+        now = time.monotonic()
+        if now - self._refreshed < _REFRESH_EVERY:
+            return False
+        self._refreshed = now
+        return True
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                drained = all([link.drain() for link in self._all])
-                nodes = self._manager.nodes_cache
-                same = nodes is self._nodes and len(nodes) == self._count
-                if drained and same and self.cache.on:
-                    continue
-                if self._link_all():
-                    continue
-                now = time.monotonic()
-                if now - self._refreshed >= _REFRESH_EVERY:  # a dead node stays listed
-                    self._refreshed = now
+                if not self._healthy() and self._repair():
                     self._manager.initialize()
             except Exception as exc:  # the thread must outlive any one failure
                 log.debug("near cache: linking the cluster failed: %s", exc)
