@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -237,6 +238,9 @@ class Tracker:
         #: Whether nothing is buffered on the link: the last drain emptied it and nothing
         #: was read since (then a poll of its socket tells whether a drain is due).
         self._clean = False
+        #: The socket ``_poller`` watches (a new one after a reconnect).
+        self._polled: Any = None
+        self._poller: Any = None
         #: Told ``True`` when the link comes up and ``False`` when it goes down; the
         #: cache's own switch, unless several links share the cache (a cluster).
         self._gate = cache.switch if gate is None else gate
@@ -286,6 +290,16 @@ class Tracker:
                 log.warning("near cache: the Sentinel master changed; cache off until linked to it")
                 self._drop()
                 return False
+            sock = conn._sock
+            if self._clean and sock is not None:
+                # Nothing buffered since the last drain: one poll of the socket tells
+                # whether anything arrived (redis-py's can_read costs three syscalls).
+                if self._polled is not sock:
+                    self._poller = select.poll()
+                    self._poller.register(sock, select.POLLIN)
+                    self._polled = sock
+                if not self._poller.poll(0):
+                    return True
             self._clean = False
             try:
                 while conn.can_read(timeout=0):
