@@ -106,13 +106,13 @@ class _Clients:
 class AsyncSession(SessionView):
     """One request's session for asyncio code: every change is written when awaited."""
 
-    __slots__ = ("_client", "_core", "_execute", "_opening")
+    __slots__ = ("_client", "_core", "_execute", "_late", "_opening")
 
     def __init__(self, core: SessionCore | Callable[[], SessionCore], client: AsyncClient) -> None:
         if isinstance(core, SessionCore):
             self._core, self._opening = core, None
         else:  # worked out when first needed (see SessionView)
-            self._opening = core
+            self._opening, self._late = core, False
         self._client = client
         self._execute: Callable[..., Awaitable[Any]] = client.execute_command
 

@@ -1999,13 +1999,6 @@ def _bytes_of(raw: Any) -> bytes:
     raise TypeError(f"the codec returned {type(raw).__name__}, not str or bytes")
 
 
-def _after_headers(opening: Callable[[], SessionCore]) -> SessionCore:
-    """A session core worked out after the response headers went: it knows they did."""
-    core = opening()
-    core.headers_sent = True
-    return core
-
-
 class SessionView:
     """The request-level facts both session flavours expose, read from their core.
 
@@ -2018,6 +2011,8 @@ class SessionView:
     _core: SessionCore
     #: What makes the core when it is first needed, or ``None`` once it is made.
     _opening: Callable[[], SessionCore] | None
+    #: The response headers went before the core was made (it is told when made).
+    _late: bool
 
     def __getattr__(self, name: str) -> Any:
         if name == "_core":  # the slot is unset until the core is needed
@@ -2025,21 +2020,22 @@ class SessionView:
             if opening is None:
                 raise AttributeError(name)
             core = opening()
+            if self._late:  # made after the response headers went: it knows they did
+                core.headers_sent = True
             object.__setattr__(self, "_core", core)
             object.__setattr__(self, "_opening", None)
             return core
-        if name == "_opening":  # a subclass whose __init__ did not set it
-            return None
+        if name in ("_opening", "_late"):  # a subclass whose __init__ did not set them
+            return None if name == "_opening" else False
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _headers_out(self) -> None:
         """Note that the response headers are committed (no ``Set-Cookie`` can follow);
         for adapters, like :attr:`core`, without working the core out if it is not yet."""
-        opening = self._opening
-        if opening is None:
+        if self._opening is None:
             self._core.headers_sent = True
         else:
-            object.__setattr__(self, "_opening", partial(_after_headers, opening))
+            self._late = True  # type: ignore[misc]  # (a slot of each concrete class)
 
     @property
     def id(self) -> str | None:

@@ -73,13 +73,13 @@ class Session(SessionView, MutableMapping[str, Any]):
     each other's updates.
     """
 
-    __slots__ = ("_client", "_core", "_execute", "_opening", "_snapshot")
+    __slots__ = ("_client", "_core", "_execute", "_late", "_opening", "_snapshot")
 
     def __init__(self, core: SessionCore | Callable[[], SessionCore], client: SyncClient) -> None:
         if isinstance(core, SessionCore):
             self._core, self._opening = core, None
         else:  # worked out when first needed (see SessionView)
-            self._opening = core
+            self._opening, self._late = core, False
         self._client = client
         self._execute: Callable[..., Any] = client.execute_command
         # Values fetched by keys()'s HGETALL, each served once to the __getitem__ that
