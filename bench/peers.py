@@ -440,6 +440,10 @@ def op_columns(run: Run, table: str) -> list[tuple[Column, str | None]]:
     cols: list[tuple[Column, str | None]] = []
     for w in run.workers:
         mine = [c for c in w.hello["contenders"] if any(v is True for v in c[table].values())]
+        for c in w.hello["contenders"]:
+            failed = {str(v) for v in c[table].values() if str(v).startswith("set-up failed")}
+            if c not in mine and failed:  # a whole table that could not be built
+                run.fail(f"{w.side.label}: {c['id']}", table, "; ".join(sorted(failed)))
         floors = sorted({c["floor"] for c in mine})
         for f in floors:
             cid = "floor" if f == "sync" else "afloor"
@@ -487,6 +491,10 @@ def measure_ops(run: Run, table: str) -> dict[str, Any]:
             for op in OPS:
                 if item[table][op] is True:
                     available[op].append(col)
+                elif str(item[table][op]).startswith("set-up failed"):
+                    run.fail(
+                        f"{col.worker.side.label}: {col.cid}", f"{table} {op}", str(item[table][op])
+                    )
     samples: dict[str, dict[str, list[list[int]]]] = {col.key: {} for col, _ in cols}
     trips: dict[str, dict[str, float]] = {col.key: {} for col, _ in cols}
     broken: dict[str, dict[str, str]] = {col.key: {} for col, _ in cols}
