@@ -74,7 +74,7 @@ LIFETIME_FIELD = "\x00k"
 # `keep`, the session's own cookie lifetime, if it has one.
 _STATE = r"""
 local owner, good, fresh, live, keep = false, 0, 0, false, false"""
-_FIELDS = r"""
+_BARE = r"""
 -- Whether the session holds nothing but the core's own bookkeeping (created, timeout,
 -- seen, indexed): no user key and no adapter metadata (an owner, flash, CSRF token...).
 local function bare(k)
@@ -82,14 +82,16 @@ local function bare(k)
     if not (f == '\0c' or f == '\0t' or f == '\0s' or f == '\0i') then return false end
   end
   return true
-end
+end"""
+_USERS = r"""
 local function users(k)
   local n = 0
   for _, f in ipairs(redis.call('HKEYS', k)) do
     if string.byte(f, 1) ~= 0 then n = n + 1 end
   end
   return n
-end
+end"""
+_OVER = r"""
 -- The first of the new fields that would take the session past lim user keys, or false.
 local function over(k, n, lim, fields, removed)
   removed = removed or 0
@@ -103,6 +105,7 @@ local function over(k, n, lim, fields, removed)
   end
   return false
 end"""
+_FIELDS = _BARE + _USERS + _OVER
 _SLIDE = r"""
 -- Slide the TTL; for an owned session, note the visit and whether its index entry is due
 -- (it must always outlast the session: it gets idle * 1.5, refreshed once idle / 2 is used up).
@@ -867,7 +870,7 @@ if redis.call('HSET', k, ARGV[5], ARGV[6]) == 1 then
     return {err = 'HASHSESSION_LIMIT ' .. ARGV[5]}
   end
 end""",
-    _FIELDS,
+    _USERS,
 )
 # limit, field, amount
 QUICK["incr"] = _quick(
@@ -879,7 +882,7 @@ if not m[6] then
   if full then return full end
 end
 local r = redis.call('HINCRBY', k, ARGV[5], ARGV[6])""",
-    _FIELDS,
+    _USERS + _OVER,
 )
 # field -> 0 (not there), 1 (deleted), {1} (deleted, and the emptied session with it)
 QUICK["delete"] = _quick(
@@ -894,7 +897,7 @@ if m[6] then
     return {{1}}
   end
 end""",
-    _FIELDS,
+    _BARE,
 )
 
 #: The first write of a request on a plain session this process slid lately, so that no
@@ -906,10 +909,10 @@ end""",
 PLAIN: dict[str, Script] = {}
 
 
-def _plain(name: str, field: str, body: str) -> Script:
+def _plain(name: str, field: str, body: str, helpers: str) -> Script:
     return _script(
         f"plain_{name}",
-        _FIELDS
+        helpers
         + r"""
 local k = KEYS[1]
 local m = redis.call('HMGET', k, '\0c', '\0t', '\0k', """
@@ -935,6 +938,7 @@ if not m[4] then
 end
 return 1
 """,
+    _USERS,
 )
 # limit, field, amount
 PLAIN["incr"] = _plain(
@@ -946,6 +950,7 @@ PLAIN["incr"] = _plain(
 end
 return redis.call('HINCRBY', k, ARGV[2], ARGV[3])
 """,
+    _USERS + _OVER,
 )
 # field -> 0 (not there), 1 (deleted), {1} (deleted, and the emptied session with it)
 PLAIN["delete"] = _plain(
@@ -959,6 +964,7 @@ if bare(k) then
 end
 return 1
 """,
+    _BARE,
 )
 
 #: The first read of a request served by the near cache (``get`` or ``has`` of one field):
