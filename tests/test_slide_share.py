@@ -284,3 +284,20 @@ async def test_asyncio_reads_a_slid_session_with_one_hmget(
 def test_scripts_named() -> None:
     assert set(QUICK) == {"get", "has", "set", "incr", "delete"}
     assert set(PLAIN) == {"set", "incr", "delete"}
+
+
+def test_a_session_without_created_at_is_never_taken_as_plain(
+    store: SessionStore, counted: Any, redis_client: redis.Redis
+) -> None:
+    """A hash another tool wrote (no ``\\x00c``) slides on each request, in one round trip:
+    it is not remembered as slid, which would cost an HMGET and then the script."""
+    s = store.open(None)
+    s["a"] = 1
+    key = s.core.key
+    assert key is not None
+    redis_client.hdel(key, "\x00c")
+    cookie = cookie_of(store, s)
+    for _ in range(3):
+        counted.reset()
+        assert store.open(cookie)["a"] == 1
+        assert counted.commands == ["EVALSHA"]

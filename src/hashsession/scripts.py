@@ -805,9 +805,10 @@ OPEN = _script("open", _open_source())
 #: operation, with one ``HMGET`` reading the metadata and the field together and no
 #: closures beyond what the operation needs (the server runs about half the Lua per
 #: request). Arguments: idle ms, now ms, absolute ms, then the operation's own. The reply
-#: is the operation's bare result for a plain session (no timeout, owner or cookie
-#: lifetime of its own; ``get``: the value, or 0 for a missing field), ``OPEN``'s table
-#: ``{r, owner, good, keep}`` for any other, and false when the session is gone.
+#: is the operation's bare result for a plain session (a created-at, and no timeout,
+#: owner or cookie lifetime of its own; ``get``: the value, or 0 for a missing field),
+#: ``OPEN``'s table ``{r, owner, good, keep}`` for any other, and false when the session
+#: is gone.
 QUICK: dict[str, Script] = {}
 
 
@@ -847,7 +848,7 @@ end
 """
         + body
         + r"""
-if not m[2] and not m[3] and not keep then return r end
+if m[1] and not m[2] and not m[3] and not keep then return r end
 if r == 0 and bare_zero then r = false end
 if owner and redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
 return {r, owner, good, keep}
