@@ -301,3 +301,26 @@ def test_a_session_without_created_at_is_never_taken_as_plain(
         counted.reset()
         assert store.open(cookie)["a"] == 1
         assert counted.commands == ["EVALSHA"]
+
+
+def test_idle_timeout_bounds_hold(redis_url: str, redis_client: redis.Redis, warm: None) -> None:
+    """Used steadily, a session never expires; left alone, it lives at least
+    ``(1 - slide_share) * ttl`` after its last request and at most ``ttl``."""
+    store = SessionStore(redis=redis_url, ttl=3, slide_share=0.25)  # cut: 750 ms
+    try:
+        s = store.open(None)
+        s["a"] = 1
+        key = s.core.key
+        cookie = cookie_of(store, s)
+        for _ in range(20):  # 2 s of requests, 100 ms apart: two cuts go by
+            assert store.open(cookie)["a"] == 1
+            assert redis_client.pttl(key) > 2_000  # slid less than a cut (+ a pause) ago
+            time.sleep(0.1)
+        last = time.monotonic()
+        assert store.open(cookie)["a"] == 1
+        time.sleep(max(0.0, last + 1.5 - time.monotonic()))
+        assert redis_client.exists(key)  # (1 - 0.25) * 3 s = 2.25 s after it at least
+        time.sleep(max(0.0, last + 3.3 - time.monotonic()))
+        assert not redis_client.exists(key)  # never past ttl after the last slide
+    finally:
+        store.close()
