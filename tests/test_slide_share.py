@@ -314,7 +314,7 @@ def test_idle_timeout_bounds_hold(redis_url: str, redis_client: redis.Redis, war
         cookie = cookie_of(store, s)
         for _ in range(20):  # 2 s of requests, 100 ms apart: two cuts go by
             assert store.open(cookie)["a"] == 1
-            assert redis_client.pttl(key) > 2_000  # slid less than a cut (+ a pause) ago
+            assert redis_client.pttl(key) > 1_500  # slid less than a cut (+ a pause) ago
             time.sleep(0.1)
         last = time.monotonic()
         assert store.open(cookie)["a"] == 1
