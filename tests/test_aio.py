@@ -535,7 +535,7 @@ async def test_edit_gives_up_with_conflict_error(
 async def test_edit_waits_with_asyncio_sleep_until_edit_timeout(
     make_store: StoreFactory, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = make_store(edit_timeout=0.3)
+    store = make_store(edit_timeout=1.0)  # room for many tries on a loaded machine
     s = store.open(None)
     await s.set("c", [0])
     key = s.core.key
@@ -571,8 +571,8 @@ async def test_edit_waits_with_asyncio_sleep_until_edit_timeout(
     results = await asyncio.gather(edit(), ticker(), return_exceptions=True)
     took = time.monotonic() - started
     assert isinstance(results[0], ConflictError), results
-    assert "edit_timeout=0.3 s" in str(results[0])
-    assert 0.3 <= took < 3
+    assert "edit_timeout=1 s" in str(results[0])
+    assert 1.0 <= took < 6
     assert tries > 5
     assert ticks > tries  # the loop ran other tasks while the edit waited
     assert await store.open(cookie).get("c") == [-tries]

@@ -528,7 +528,7 @@ def test_a_losing_edit_retries_until_edit_timeout(
     make_store: StoreFactory, redis_client: redis.Redis, how: str
 ) -> None:
     """With no edit_retries cap, only the time budget ends the retries."""
-    store = make_store(edit_timeout=0.3)
+    store = make_store(edit_timeout=1.0)  # room for many tries on a loaded machine
     s = store.open(None)
     s["c"] = [0]
     cookie = cookie_of(store, s)
@@ -556,8 +556,8 @@ def test_a_losing_edit_retries_until_edit_timeout(
                 c.extend(Meddler())
     took = time.monotonic() - start
     assert info.value.key == "c"
-    assert "edit_timeout=0.3 s" in str(info.value)
-    assert 0.3 <= took < 3
+    assert "edit_timeout=1 s" in str(info.value)
+    assert 1.0 <= took < 6
     assert tries > 5  # many tries in the budget, not a fixed few
     assert store.open(cookie)["c"] == [-tries]  # the losing edit wrote nothing
 
