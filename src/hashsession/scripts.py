@@ -109,8 +109,14 @@ _FIELDS = _BARE + _USERS + _OVER
 _SLIDE = r"""
 -- Slide the TTL; for an owned session, note the visit and whether its index entry is due
 -- (it must always outlast the session: it gets idle * 1.5, refreshed once idle / 2 is used up).
-local function slide(k, idle, now, abs, force)
-  local m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i', '\0k')
+-- With extra (a field), its value is read by the same HMGET: m[6] of the second result.
+local function slide(k, idle, now, abs, force, extra)
+  local m
+  if extra then
+    m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i', '\0k', extra)
+  else
+    m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i', '\0k')
+  end
   if not m[1] and redis.call('EXISTS', k) == 0 then return false end
   keep = m[5]
   if m[2] then idle = tonumber(m[2]) end
@@ -136,7 +142,7 @@ local function slide(k, idle, now, abs, force)
       owner, good = m[3], known
     end
   end
-  return ttl
+  return ttl, m
 end
 -- The reply of an op that slid the session: {r}, or {r, owner, good, keep} when the
 -- owner's index entry is due (its new good-until is recorded first; owner is nil when it
@@ -817,41 +823,19 @@ def _quick(name: str, field: str, body: str, helpers: str = "") -> Script:
         f"quick_{name}",
         _STATE
         + helpers
+        + _SLIDE
         + r"""
 local k = KEYS[1]
-local idle, now, abs = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local m = redis.call('HMGET', k, '\0c', '\0t', '\0u', '\0i', '\0k', """
+local ttl, m = slide(k, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), false, """
         + field
         + r""")
-if not m[1] and redis.call('EXISTS', k) == 0 then return false end
-if m[2] then idle = tonumber(m[2]) end
-local ttl, deadline = idle, false
-if abs > 0 and m[1] then
-  deadline = tonumber(m[1]) + abs
-  local left = deadline - now
-  if left <= 0 then
-    redis.call('DEL', k)
-    return false
-  end
-  if left < ttl then ttl = left end
-end
-redis.call('PEXPIRE', k, ttl)
-keep = m[5]
-if m[3] then
-  redis.call('HSET', k, '\0s', now)
-  if tonumber(m[4] or 0) < now + ttl then
-    fresh = now + idle + math.floor(idle / 2)
-    if deadline and deadline < fresh then fresh = deadline end
-    owner, good = m[3], fresh
-  end
-end
+if not ttl then return false end
 """
         + body
         + r"""
 if m[1] and not m[2] and not m[3] and not keep then return r end
 if r == 0 and bare_zero then r = false end
-if owner and redis.call('EXISTS', k) == 1 then redis.call('HSET', k, '\0i', good) end
-return {r, owner, good, keep}
+return report(k, r)
 """,
     )
 
