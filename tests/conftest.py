@@ -261,3 +261,13 @@ def make_server() -> Iterator[Callable[..., EmbeddedRedis]]:
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def private_sentinel() -> Iterator[SentinelSetup]:
+    """A Sentinel deployment of the test module's own, for tests that fail it over."""
+    setup = start_sentinel()
+    try:
+        yield setup
+    finally:
+        setup.stop()

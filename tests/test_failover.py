@@ -1,6 +1,6 @@
 """Stores follow a Sentinel failover at once (``hashsession.failover``), sync and asyncio.
 
-A private deployment (one master, one replica, three sentinels) for this module, so
+A private private_sentinel (one master, one replica, three sentinels) for this module, so
 the shared ``sentinel_setup`` fixture is never failed over. Each test runs a real
 ``SENTINEL FAILOVER`` while a store writes and checks that the store's commands reach
 the new master while the old one is still a master (Sentinel demotes it about ten
@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,28 +24,11 @@ from hashsession import BackendError, SessionStore
 from hashsession.aio import AsyncSessionStore
 from hashsession.embedded import EmbeddedRedis
 from hashsession.failover import Watch
-from topologies import SentinelSetup, start_sentinel, wait_for
-
-
-@pytest.fixture(scope="module")
-def deployment() -> Iterator[SentinelSetup]:
-    setup = start_sentinel()
-    try:
-        yield setup
-    finally:
-        setup.stop()
+from topologies import SentinelSetup, role_of, wait_for
 
 
 def _listeners() -> int:
     return sum(1 for t in threading.enumerate() if t.name.startswith("hashsession-sentinel-"))
-
-
-def _role(server: EmbeddedRedis) -> str:
-    client = server.client()
-    try:
-        return str(client.execute_command("ROLE")[0].decode())
-    finally:
-        client.close()
 
 
 def _port_of(store: SessionStore) -> int:
@@ -62,7 +44,7 @@ def _settled(setup: SentinelSetup) -> None:
     """Wait until the old master follows the new one and the sentinels see it healthy."""
 
     def one_master() -> bool:
-        roles = sorted(_role(server) for server in setup.servers)
+        roles = sorted(role_of(server) for server in setup.servers)
         return roles == ["master"] + ["slave"] * (len(roles) - 1)
 
     wait_for("the old master to follow the new one", one_master, 60)
@@ -76,9 +58,9 @@ def _watch(store: SessionStore | AsyncSessionStore) -> Watch:
 
 
 def test_writes_reach_the_new_master_before_the_old_one_is_demoted(
-    deployment: SentinelSetup,
+    private_sentinel: SentinelSetup,
 ) -> None:
-    setup = deployment
+    setup = private_sentinel
     setup.ready_for_failover()
     before = _listeners()
     store = SessionStore(redis=setup.url, ttl=100)
@@ -107,7 +89,7 @@ def test_writes_reach_the_new_master_before_the_old_one_is_demoted(
         assert new_port != old_master.port
         # The store writes to the new master while the old one is still a master.
         assert _port_of(store) == new_port
-        assert _role(old_master) == "master"
+        assert role_of(old_master) == "master"
         store.open_id(cookie)["after"] = 1
         for victim in victims:
             try:
@@ -130,8 +112,8 @@ def test_writes_reach_the_new_master_before_the_old_one_is_demoted(
     assert _listeners() == before
 
 
-def test_the_listener_survives_a_sentinel_going_away(deployment: SentinelSetup) -> None:
-    setup = deployment
+def test_the_listener_survives_a_sentinel_going_away(private_sentinel: SentinelSetup) -> None:
+    setup = private_sentinel
     _settled(setup)
     before = _listeners()
     store = SessionStore(redis=setup.url, ttl=100)
@@ -176,8 +158,8 @@ def restart_sentinel(setup: SentinelSetup, index: int, master: tuple[str, int]) 
         client.close()
 
 
-async def test_async_store_follows_the_switch(deployment: SentinelSetup) -> None:
-    setup = deployment
+async def test_async_store_follows_the_switch(private_sentinel: SentinelSetup) -> None:
+    setup = private_sentinel
     _settled(setup)
     before = _listeners()
     store = AsyncSessionStore(redis=setup.url, ttl=100)
@@ -203,7 +185,7 @@ async def test_async_store_follows_the_switch(deployment: SentinelSetup) -> None
             assert connection.port == watch.master[1]
         finally:
             await pool.release(connection)
-        assert _role(old_master) == "master"
+        assert role_of(old_master) == "master"
         victim = store.open()
         await victim.set("x", 1)
         await victim.invalidate()

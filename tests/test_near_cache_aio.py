@@ -15,7 +15,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,23 +33,7 @@ from hashsession.aio import AsyncSessionStore
 from hashsession.aionear import AsyncTracker, link_settings
 from hashsession.embedded import EmbeddedRedis
 from hashsession.nearcache import NearCache
-
-# Another process: a sync store without the near cache, one change per line of stdin,
-# "ok" once Redis acknowledged it.
-WRITER = r"""
-import sys
-from hashsession import SessionStore
-store = SessionStore(redis=sys.argv[1], ttl=100, user_key="k" * 32)
-for line in sys.stdin:
-    op, arg, n = line.split()
-    if op == "set":
-        store.open(arg)["cart"] = int(n)
-    elif op == "del":
-        store.open(arg).invalidate()
-    else:
-        store.revoke_user(arg)
-    print("ok", flush=True)
-"""
+from near_writer import Writer
 
 
 @pytest.fixture
@@ -132,29 +115,19 @@ async def test_writes_through_this_process_are_seen_at_once(near: AsyncSessionSt
 async def test_a_change_in_another_process_is_seen_1_ms_after_its_ack(
     near: AsyncSessionStore, redis_url: str, op: str
 ) -> None:
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, redis_url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert writer.stdin is not None and writer.stdout is not None
     stale = 0
-    try:
+    with Writer(redis_url) as writer:
         for n in range(200):
             user = f"u{n}"
             cookie = await new_session(near, cart=-1, user=user if op == "revoke_user" else None)
             for _ in range(2):  # warm: the next read comes from memory
                 assert await read(near, cookie) == -1
-            line = {"set": f"set {cookie} {n}", "logout": f"del {cookie} 0"}.get(op)
-            writer.stdin.write(f"{line or f'revoke {user} 0'}\n")
-            writer.stdin.flush()
-            assert writer.stdout.readline().strip() == "ok"  # acknowledged
+            if op == "revoke_user":
+                writer.ask(f"revoke {user} 0")  # acknowledged
+            else:
+                writer.change(op, cookie, n)
             await asyncio.sleep(0.001)
             stale += await read(near, cookie) != (n if op == "set" else None)
-    finally:
-        writer.stdin.close()
-        writer.wait(timeout=10)
     assert stale == 0
 
 

@@ -4,7 +4,7 @@ The asyncio twin of tests/test_near_cache_topologies.py: round trips are counted
 client (:class:`AsyncCounter`; the tracking links are connections of their own, the TTL
 refreshes go through the counted client); changes come from another process or another
 client; links are killed with CLIENT KILL; the Sentinel failover runs on a private
-deployment (the shared one is never failed over). No wall-clock assertion: waits are
+private_sentinel (the shared one is never failed over). No wall-clock assertion: waits are
 bounded polls.
 """
 
@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -28,8 +26,15 @@ from hashsession.aio import AsyncSessionStore
 from hashsession.aionear import AsyncClusterLinks, AsyncTracker
 from hashsession.nearcache import NearCache
 from hashsession.topology import parse
-from test_near_cache_aio import WRITER, new_session, read
-from topologies import ClusterSetup, SentinelSetup, start_sentinel, wait_for
+from near_writer import Writer
+from test_near_cache_aio import new_session, read
+from topologies import (
+    ClusterSetup,
+    SentinelSetup,
+    master_serving,
+    role_of,
+    wait_for,
+)
 
 both = pytest.mark.parametrize("redis_topology", ["sentinel", "cluster"], indirect=True)
 cluster = pytest.mark.parametrize("redis_topology", ["cluster"], indirect=True)
@@ -108,29 +113,17 @@ async def test_a_warm_read_costs_no_round_trip(
 async def test_a_change_in_another_process_is_seen_1_ms_after_its_ack(
     near: AsyncSessionStore, redis_url: str, op: str
 ) -> None:
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, redis_url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert writer.stdin is not None and writer.stdout is not None
     stale = served = 0
     cache = _cache(near)
-    try:
+    with Writer(redis_url) as writer:
         for n in range(200):
             cookie = await new_session(near, cart=-1)
             for _ in range(2):  # warm: the next read comes from memory
                 assert await read(near, cookie) == -1
             served += cache.on
-            writer.stdin.write(f"{'set' if op == 'set' else 'del'} {cookie} {n}\n")
-            writer.stdin.flush()
-            assert writer.stdout.readline().strip() == "ok"  # acknowledged
+            writer.change(op, cookie, n)  # acknowledged
             await asyncio.sleep(0.001)
             stale += await read(near, cookie) != (n if op == "set" else None)
-    finally:
-        writer.stdin.close()
-        writer.wait(timeout=20)
     assert stale == 0
     assert served == 200  # the cache was on throughout: the reads were really cached
 
@@ -155,18 +148,6 @@ def _links(store: AsyncSessionStore) -> AsyncClusterLinks:
     return near.tracker
 
 
-def _owner(setup: ClusterSetup, slot: int) -> Any:
-    client = setup.masters[0].client()
-    try:
-        for first, last, *nodes in client.execute_command("CLUSTER SLOTS"):
-            if int(first) <= slot <= int(last):
-                port = int(nodes[0][1])
-                return next(m for m in setup.masters if m.port == port)
-    finally:
-        client.close()
-    raise AssertionError(f"slot {slot} is not served")
-
-
 @cluster
 async def test_cluster_links_every_node_from_a_task(
     near: AsyncSessionStore, cluster_setup: ClusterSetup
@@ -186,7 +167,7 @@ async def test_a_killed_node_link_turns_the_cache_off_until_it_is_back(
     cookie = await new_session(near, cart=1)
     await _warm(near, cookie, 1)
     key = next(k for k in redis_client.keys("hs:*"))
-    owner = _owner(cluster_setup, key_slot(key))
+    owner = master_serving(cluster_setup, key_slot(key))
     admin = owner.client()
     try:
         # This store's link to that node (other tests' stores may link it too).
@@ -224,25 +205,8 @@ async def test_a_url_store_links_the_cluster(redis_url: str) -> None:
 # ----------------------------------------------------------------------- Sentinel
 
 
-@pytest.fixture(scope="module")
-def deployment() -> Iterator[SentinelSetup]:
-    setup = start_sentinel()
-    try:
-        yield setup
-    finally:
-        setup.stop()
-
-
-def _role(server: Any) -> str:
-    client = server.client()
-    try:
-        return str(client.execute_command("ROLE")[0].decode())
-    finally:
-        client.close()
-
-
-async def test_a_sentinel_failover_leaves_no_stale_read(deployment: SentinelSetup) -> None:
-    setup = deployment
+async def test_a_sentinel_failover_leaves_no_stale_read(private_sentinel: SentinelSetup) -> None:
+    setup = private_sentinel
     setup.ready_for_failover()
     stores = [AsyncSessionStore(redis=setup.url, ttl=100, near_cache=True)]
     old = setup.master()
@@ -295,7 +259,7 @@ async def test_a_sentinel_failover_leaves_no_stale_read(deployment: SentinelSetu
     finally:
         for store in stores:
             await store.aclose()
-        wait_for("the old master to follow the new one", lambda: _role(old) == "slave", 60)
+        wait_for("the old master to follow the new one", lambda: role_of(old) == "slave", 60)
 
 
 @pytest.mark.parametrize("kind", ["replica", "ready master"])

@@ -7,8 +7,6 @@ assertion: waits are bounded polls.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,20 +17,7 @@ import redis
 from counting import Counted
 from hashsession import ConfigurationError, SessionStore
 from hashsession.config import NearCacheSettings
-
-WRITER = r"""
-import sys
-from hashsession import SessionStore
-store = SessionStore(redis=sys.argv[1], ttl=100)
-for line in sys.stdin:
-    op, cookie, n = line.split()
-    session = store.open(cookie)
-    if op == "set":
-        session["cart"] = int(n)
-    else:
-        session.invalidate()
-    print("ok", flush=True)
-"""
+from near_writer import Writer
 
 
 @pytest.fixture
@@ -88,27 +73,15 @@ def test_writes_through_this_process_are_seen_at_once(near: SessionStore, counte
 def test_a_change_in_another_process_is_seen_1_ms_after_its_ack(
     near: SessionStore, redis_url: str, op: str
 ) -> None:
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, redis_url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert writer.stdin is not None and writer.stdout is not None
     stale = 0
-    try:
+    with Writer(redis_url) as writer:
         for n in range(200):
             cookie = new_session(near, cart=-1)
             for _ in range(2):  # warm: the next read comes from memory
                 assert read(near, cookie) == -1
-            writer.stdin.write(f"{'set' if op == 'set' else 'del'} {cookie} {n}\n")
-            writer.stdin.flush()
-            assert writer.stdout.readline().strip() == "ok"  # acknowledged
+            writer.change(op, cookie, n)  # acknowledged
             time.sleep(0.001)
             stale += read(near, cookie) != (n if op == "set" else None)
-    finally:
-        writer.stdin.close()
-        writer.wait(timeout=10)
     assert stale == 0
 
 

@@ -2,7 +2,7 @@
 
 Round trips are counted at the client (the tracking links' commands included); changes
 come from another process or another client; links are killed with CLIENT KILL; the
-Sentinel failover runs on a private deployment (the shared one is never failed over);
+Sentinel failover runs on a private private_sentinel (the shared one is never failed over);
 the slot migration moves a slot of the shared cluster and moves it back. No wall-clock
 assertion: waits are bounded polls.
 """
@@ -10,8 +10,6 @@ assertion: waits are bounded polls.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,13 +22,15 @@ from counting import Counted
 from hashsession import BackendError, ConfigurationError, SessionStore
 from hashsession.nearcache import NearCache
 from hashsession.nearcluster import ClusterLinks
-from test_near_cache_store import WRITER, new_session, read
+from near_writer import Writer
+from test_near_cache_store import new_session, read
 from topologies import (
     ClusterSetup,
     SentinelSetup,
+    master_serving,
     migrate_slot,
     node_id,
-    start_sentinel,
+    role_of,
     wait_for,
 )
 
@@ -80,29 +80,17 @@ def test_a_warm_read_costs_no_round_trip(near: SessionStore, counted: Counted) -
 def test_a_change_in_another_process_is_seen_1_ms_after_its_ack(
     near: SessionStore, redis_url: str, op: str
 ) -> None:
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, redis_url],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert writer.stdin is not None and writer.stdout is not None
     stale = served = 0
     cache = _cache(near)
-    try:
+    with Writer(redis_url) as writer:
         for n in range(200):
             cookie = new_session(near, cart=-1)
             for _ in range(2):  # warm: the next read comes from memory
                 assert read(near, cookie) == -1
             served += cache.on
-            writer.stdin.write(f"{'set' if op == 'set' else 'del'} {cookie} {n}\n")
-            writer.stdin.flush()
-            assert writer.stdout.readline().strip() == "ok"  # acknowledged
+            writer.change(op, cookie, n)  # acknowledged
             time.sleep(0.001)
             stale += read(near, cookie) != (n if op == "set" else None)
-    finally:
-        writer.stdin.close()
-        writer.wait(timeout=20)
     assert stale == 0
     assert served == 200  # the cache was on throughout: the reads were really cached
 
@@ -127,18 +115,6 @@ def _links(store: SessionStore) -> ClusterLinks:
     return near.tracker
 
 
-def _owner(setup: ClusterSetup, slot: int) -> Any:
-    client = setup.masters[0].client()
-    try:
-        for first, last, *nodes in client.execute_command("CLUSTER SLOTS"):
-            if int(first) <= slot <= int(last):
-                port = int(nodes[0][1])
-                return next(m for m in setup.masters if m.port == port)
-    finally:
-        client.close()
-    raise AssertionError(f"slot {slot} is not served")
-
-
 @pytest.mark.parametrize("redis_topology", ["cluster"], indirect=True)
 def test_cluster_links_every_node(near: SessionStore, cluster_setup: ClusterSetup) -> None:
     links = _links(near)
@@ -153,7 +129,7 @@ def test_a_killed_node_link_turns_the_cache_off_until_it_is_back(
     cookie = new_session(near, cart=1)
     _warm(near, cookie, 1)
     key = next(k for k in redis_client.keys("hs:*"))
-    owner = _owner(cluster_setup, key_slot(key))
+    owner = master_serving(cluster_setup, key_slot(key))
     admin = owner.client()
     try:
         links = [c["id"] for c in admin.client_list() if "t" in c["flags"]]
@@ -181,11 +157,11 @@ def test_a_migrated_slot_leaves_no_stale_read(
     sid = near.open(cookie).id
     assert sid is not None
     slot = key_slot(near.config.key_of(sid).encode())
-    source = _owner(cluster_setup, slot)
+    source = master_serving(cluster_setup, slot)
     target = next(m for m in cluster_setup.masters if m is not source)
     try:
         migrate_slot(slot, source, target, cluster_setup.masters, pause=0)
-        assert _owner(cluster_setup, slot) is target
+        assert master_serving(cluster_setup, slot) is target
         for n in range(1, 30):
             assert read(near, cookie) == n - 1  # from memory, or from the new node
             other.open(cookie)["cart"] = n  # written on the new node, acknowledged
@@ -196,33 +172,16 @@ def test_a_migrated_slot_leaves_no_stale_read(
         assert counted.commands == []  # served from memory again, the slot on its new node
     finally:
         other.close()
-        if _owner(cluster_setup, slot) is not source:
+        if master_serving(cluster_setup, slot) is not source:
             migrate_slot(slot, target, source, cluster_setup.masters, pause=0)
-    assert node_id(_owner(cluster_setup, slot)) == node_id(source)
+    assert node_id(master_serving(cluster_setup, slot)) == node_id(source)
 
 
 # ----------------------------------------------------------------------- Sentinel
 
 
-@pytest.fixture(scope="module")
-def deployment() -> Iterator[SentinelSetup]:
-    setup = start_sentinel()
-    try:
-        yield setup
-    finally:
-        setup.stop()
-
-
-def _role(server: Any) -> str:
-    client = server.client()
-    try:
-        return str(client.execute_command("ROLE")[0].decode())
-    finally:
-        client.close()
-
-
-def test_a_sentinel_failover_leaves_no_stale_read(deployment: SentinelSetup) -> None:
-    setup = deployment
+def test_a_sentinel_failover_leaves_no_stale_read(private_sentinel: SentinelSetup) -> None:
+    setup = private_sentinel
     setup.ready_for_failover()
     ready = Counted(setup.url)  # a ready master_for() client
     stores = [
@@ -271,7 +230,7 @@ def test_a_sentinel_failover_leaves_no_stale_read(deployment: SentinelSetup) -> 
         for store in stores:
             store.close()
         ready.close()
-        wait_for("the old master to follow the new one", lambda: _role(old) == "slave", 60)
+        wait_for("the old master to follow the new one", lambda: role_of(old) == "slave", 60)
 
 
 @pytest.mark.parametrize("redis_topology", ["sentinel"], indirect=True)

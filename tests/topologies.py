@@ -406,3 +406,25 @@ def admin_client(topology: str, target: SentinelSetup | ClusterSetup | EmbeddedR
     if isinstance(target, SentinelSetup):
         return redis.Redis.from_url(target.master().url)
     return redis.Redis.from_url(target.url)
+
+
+def role_of(server: EmbeddedRedis) -> str:
+    """What ``ROLE`` says ``server`` is: ``master``, ``slave``..."""
+    client = server.client()
+    try:
+        return str(client.execute_command("ROLE")[0].decode())
+    finally:
+        client.close()
+
+
+def master_serving(setup: ClusterSetup, slot: int) -> EmbeddedRedis:
+    """The master that ``CLUSTER SLOTS`` says serves ``slot``."""
+    client = setup.masters[0].client()
+    try:
+        for first, last, *nodes in client.execute_command("CLUSTER SLOTS"):
+            if int(first) <= slot <= int(last):
+                port = int(nodes[0][1])
+                return next(m for m in setup.masters if m.port == port)
+    finally:
+        client.close()
+    raise AssertionError(f"slot {slot} is not served")
