@@ -71,17 +71,19 @@ class SessionMiddleware:
         host = next((v for k, v in headers if k == b"host"), b"").decode("latin-1")
         local = is_plain_local(scope.get("scheme", "http"), host or _server_host(scope))
         session = self.store.open(cookie.decode("latin-1") if cookie else None, plain_local=local)
-        session.core.cookie_policy = self.cookie_policy(scope)
+        policy = self.cookie_policy(scope)
+        if policy is not None:  # (else the store's: the session is worked out when used)
+            session.core.cookie_policy = policy
         scope[self.scope_key] = session
         if kind == "websocket":  # no Set-Cookie can be sent: writes need an existing session
-            session.core.headers_sent = True
+            self.store.headers_sent(session)
             await self.app(scope, receive, send)
             return
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra = session.core.response_headers()
-                session.core.headers_sent = True  # no Set-Cookie can follow these headers
+                extra = self.store.response_headers(session)
+                self.store.headers_sent(session)  # no Set-Cookie can follow these headers
                 if extra:
                     headers = list(message.get("headers", ()))
                     headers += [

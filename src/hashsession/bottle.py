@@ -150,7 +150,7 @@ def _takes(route: Any, keyword: str) -> bool:
 def _add_headers(target: Any, session: Session) -> None:
     for name, value in SessionStore.response_headers(session):
         target.add_header(name, value)
-    session.core.headers_sent = True  # the route is done: a generator body runs after this
+    SessionStore.headers_sent(session)  # the route is done: a generator body runs after this
 
 
 def _internal_error(environ: dict[str, Any], exc: Exception, session: Session) -> Any:

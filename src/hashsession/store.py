@@ -203,6 +203,12 @@ class StoreBase:
             return []  # never used: the cookie stands as it came
         return session.core.response_headers()
 
+    @staticmethod
+    def headers_sent(session: Session | AsyncSession) -> None:
+        """Note that the response headers are committed: a step that would need a
+        ``Set-Cookie`` raises from now on (a session not used yet learns it when it is)."""
+        session._headers_out()
+
 
 class SessionStore(StoreBase):
     """Where sessions live, and how they are named, signed, encoded and expired.

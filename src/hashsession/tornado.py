@@ -108,7 +108,7 @@ class SessionMixin(RequestHandler):
             store = store_for(self.application)
             session = self._hashsession = store.open(cookie or None, plain_local=local)
             if self._headers_written:  # too late for a cookie: the browser keeps its own
-                session.core.headers_sent = True
+                store.headers_sent(session)
         return session
 
     def flush(self, include_footers: bool = False) -> Future[None]:
@@ -118,12 +118,12 @@ class SessionMixin(RequestHandler):
         return super().flush(include_footers)
 
     def _add_session_headers(self, session: AsyncSession) -> None:
-        for name, value in session.core.response_headers():
+        for name, value in AsyncSessionStore.response_headers(session):
             if name.lower() == "vary":
                 self._merge_vary(value)
             else:
                 self.add_header(name, value)
-        session.core.headers_sent = True  # this flush sends them; no cookie can follow
+        AsyncSessionStore.headers_sent(session)  # this flush sends them; no cookie can follow
 
     def _merge_vary(self, token: str) -> None:
         current = self._headers.get("Vary")

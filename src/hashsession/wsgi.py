@@ -61,7 +61,7 @@ class SessionMiddleware:
             ours = self.store.response_headers(session)
             if ours:
                 headers = [*headers, *ours]
-            session._headers_out()  # no Set-Cookie can follow these headers
+            self.store.headers_sent(session)  # no Set-Cookie can follow these headers
             if exc_info is None:
                 return start_response(status, headers)
             return start_response(status, headers, exc_info)
