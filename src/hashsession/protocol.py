@@ -1022,10 +1022,15 @@ class SessionCore:
         if sha is None or not c.slide_cut_ms or len(args) != _PLAIN_ARGS[op]:
             return None
         key = self._key
-        slid = c.slid.get(key)  # type: ignore[arg-type]
-        if slid is None or _now_ms() - slid >= c.slide_cut_ms:
+        if not self._slid_lately(key):
             return None
         return ("EVALSHA", sha, 1, key, *args)
+
+    def _slid_lately(self, key: str | None) -> bool:
+        """Whether this process slid the (plain) session ``key`` less than ``slide_share``
+        of the idle timeout ago, so that its first command need not slide it."""
+        slid = self.config.slid.get(key)  # type: ignore[arg-type]
+        return slid is not None and _now_ms() - slid < self.config.slide_cut_ms
 
     def _as_plain(self, finish: Callable[[Any], Any], reply: Any) -> Any:
         """A ``PLAIN`` script's reply: the write's result, or (false: gone or no longer
@@ -1060,8 +1065,7 @@ class SessionCore:
     def _skip_slide(self, field: str, op: str) -> Step | None:
         c = self.config
         key = self._key
-        slid = c.slid.get(key)  # type: ignore[arg-type]
-        if slid is None or _now_ms() - slid >= c.slide_cut_ms:
+        if not self._slid_lately(key):
             return None
         cmd: Command = ("HMGET", key, field, CREATED_FIELD, TTL_FIELD, LIFETIME_FIELD)
 
@@ -2025,8 +2029,6 @@ class SessionView:
             object.__setattr__(self, "_core", core)
             object.__setattr__(self, "_opening", None)
             return core
-        if name in ("_opening", "_late"):  # a subclass whose __init__ did not set them
-            return None if name == "_opening" else False
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _headers_out(self) -> None:
