@@ -124,8 +124,10 @@ class Env:
 
     def close(self) -> None:
         for child in self.children:
-            if child.poll() is None:
-                child.kill()
+            try:  # the whole group: a reloader's or a supervisor's children too
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             child.wait()
 
 
@@ -425,12 +427,14 @@ def test_uvicorn_workers_share_sessions(env: Env) -> None:
     _wait_for_http(port, server)
     cookie: str | None = None
     counts, workers = [], set()
-    for _ in range(80):
+    # The port answers once the first worker listens; go on until both have answered.
+    deadline = time.monotonic() + 60
+    while len(counts) < 80 or (len(workers) < 2 and time.monotonic() < deadline):
         body, cookie = _get(port, cookie)
         counts.append(body["visits"])
         workers.add(body["worker"])
     assert len(workers) == 2, "one worker answered every request; the test shows nothing"
-    assert counts == list(range(1, 81))  # one session, whichever worker answered
+    assert counts == list(range(1, len(counts) + 1))  # one session, whichever worker answered
     (state,) = env.states()
     _stop_and_check(env, server, {int(str(state["server_pid"]))})
 
@@ -459,6 +463,9 @@ def test_a_flask_reload_keeps_the_session(env: Env) -> None:
         return body["worker"] != first["worker"]
 
     assert _eventually(reloaded, timeout=30), "the reloader did not restart the app"
-    assert seen[-1]["visits"] == len(seen) + 1  # the first child's session lives on
+    # The first child's session lives on: the new child counts on from every answer the old
+    # one gave (a request the reload cut off mid-answer may have counted too, so ">=").
+    assert seen[-1]["visits"] >= len(seen) + 1
+    assert seen[-1]["visits"] > max(body["visits"] for body in [first, *seen[:-1]])
     (state,) = env.states()
     _stop_and_check(env, server, {int(str(state["server_pid"]))})
