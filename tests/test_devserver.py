@@ -7,6 +7,7 @@ is left afterwards by process id and path: no server, no keeper, no state, no so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,10 +125,8 @@ class Env:
 
     def close(self) -> None:
         for child in self.children:
-            try:  # the whole group: a reloader's or a supervisor's children too
-                os.killpg(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            with contextlib.suppress(ProcessLookupError):  # the whole group: a reloader's
+                os.killpg(child.pid, signal.SIGKILL)  # or a supervisor's children too
             child.wait()
 
 
