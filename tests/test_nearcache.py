@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from hashsession.embedded import EmbeddedRedis
-from hashsession.nearcache import NearCache, Tracker
+from hashsession.nearcache import NearCache, Tracker, invalidations
 
 PREFIX = "hs:"
 
@@ -222,3 +222,101 @@ def test_an_off_cache_serves_nothing(server: EmbeddedRedis) -> None:
     assert cache.get("k", "f") == (False, None)
     with pytest.raises(ValueError):
         NearCache(max_entries=0)
+
+
+# ------------------------------------------------ reading the link's pushes ourselves
+
+
+def _push(keys: list[bytes] | None) -> bytes:
+    """An invalidation push as tracking sends it over RESP3."""
+    head = b">2\r\n$10\r\ninvalidate\r\n"
+    if keys is None:
+        return head + b"_\r\n"
+    return head + b"*%d\r\n" % len(keys) + b"".join(b"$%d\r\n%s\r\n" % (len(k), k) for k in keys)
+
+
+def test_pushes_are_read_whole_and_a_cut_one_is_left_for_the_next_read() -> None:
+    pushes: list[list[bytes] | None] = [[b"hs:a"], None, [b"hs:b\r\n", b"", b"hs:" + b"c" * 300]]
+    stream = b"".join(_push(p) for p in pushes)
+    assert invalidations(stream) == (pushes, len(stream))
+    for cut in range(len(stream) + 1):  # cut anywhere, then the rest arrives
+        first = invalidations(stream[:cut])
+        assert first is not None, cut
+        got, end = first
+        assert end <= cut and stream[:end] == b"".join(_push(p) for p in got)
+        rest = invalidations(stream[end:])
+        assert rest is not None and got + rest[0] == pushes and end + rest[1] == len(stream)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"+OK\r\n",
+        b">3\r\n$10\r\ninvalidate\r\n*0\r\n",
+        b">2\r\n$7\r\nmessage\r\n*0\r\n",
+        b">2\r\n$10\r\ninvalidate\r\n:1\r\n",
+        b">2\r\n$10\r\ninvalidate\r\n*x\r\n",
+        b">2\r\n$10\r\ninvalidate\r\n*1\r\n:4\r\nhs:a\r\n",
+        b">2\r\n$10\r\ninvalidate\r\n*1\r\n$2\r\nhs:a\r\n",
+        _push([b"hs:a"]) + b"-ERR\r\n",
+    ],
+)
+def test_anything_but_invalidation_pushes_is_refused(data: bytes) -> None:
+    assert invalidations(data) is None
+
+
+@pytest.fixture
+def link(server: EmbeddedRedis) -> Iterator[tuple[NearCache, Tracker]]:
+    """A tracking link no thread drains: only the test reads it."""
+    pool = redis.ConnectionPool.from_url(server.url, protocol=3)
+    cache = NearCache(max_entries=100_000, max_bytes=1 << 30)
+    tracker = Tracker(cache, pool.make_connection, PREFIX).start(thread=False)
+    try:
+        yield cache, tracker
+    finally:
+        tracker.close()
+        pool.disconnect()
+
+
+def _arrived(tracker: Tracker) -> None:
+    """Wait until the link's socket has something to read."""
+    import select
+
+    assert select.select([tracker._conn._sock], [], [], 10)[0]
+
+
+def test_a_burst_of_pushes_longer_than_one_read_is_applied_whole(
+    server: EmbeddedRedis, link: tuple[NearCache, Tracker]
+) -> None:
+    cache, tracker = link
+    assert tracker._raw  # a plain TCP link: read by the tracker itself
+    keys = [f"{PREFIX}{n:05d}-" + "k" * 100 for n in range(4000)]  # about 500 kB of pushes
+    for key in keys:
+        fill(cache, key)
+    tracker.drain()  # marks the link clean: the next drains take the fast path
+    writer = server.client().pipeline(transaction=False)
+    for key in keys:
+        writer.hset(key, "cart", "[2]")
+    writer.execute()
+    assert until(lambda: not any(cached(cache, key) for key in keys), tracker)
+    assert tracker.up
+
+
+def test_a_push_read_in_part_is_finished_by_the_next_drain_or_command(
+    server: EmbeddedRedis, link: tuple[NearCache, Tracker]
+) -> None:
+    cache, tracker = link
+    writer = server.client()
+    for finish in ("drain", "command"):
+        key = f"{PREFIX}{finish}"
+        fill(cache, key)
+        tracker.drain()
+        writer.hset(key, "cart", "[3]")
+        _arrived(tracker)
+        tracker._partial = tracker._conn._sock.recv(9)  # as a read that got only this far
+        if finish == "drain":
+            assert until(lambda key=key: not cached(cache, key), tracker)
+        else:
+            assert tracker.execute("PING") in (b"PONG", "PONG")
+            assert not cached(cache, key)
+        assert tracker._partial == b"" and tracker.up
