@@ -145,8 +145,9 @@ def test_the_ttl_is_slid_once_per_refresh_share_and_the_session_lives_while_used
     counted: Counted, redis_client: redis.Redis
 ) -> None:
     # idle 2 s, refreshed after a quarter (0.5 s): used for 5 s, it must stay alive, and
-    # OPEN_NEAR must go at most twice per share (the slide, then once more because the
-    # slide's own change comes back as an invalidation): 5 s / 0.5 s = 10 shares.
+    # Redis must be asked at most twice per share (OPEN_NEAR slides, then an HMGET checks
+    # the session again because the slide's own change comes back as an invalidation):
+    # 5 s / 0.5 s = 10 shares.
     store = SessionStore(
         redis=counted.client, ttl=2, near_cache={"refresh_share": 0.25}, absolute_ttl=None
     )
@@ -159,9 +160,10 @@ def test_the_ttl_is_slid_once_per_refresh_share_and_the_session_lives_while_used
             assert read(store, cookie) == 1
             requests += 1
             time.sleep(0.002)
-        refreshes = counted.commands.count("EVALSHA")
-        assert set(counted.commands) <= {"EVALSHA"}
-        assert 1 <= refreshes <= 24 and refreshes < requests / 20
+        refreshes = len(counted.commands)
+        assert set(counted.commands) <= {"EVALSHA", "HMGET"}
+        assert 1 <= counted.commands.count("EVALSHA") <= 12
+        assert refreshes <= 24 and refreshes < requests / 20
         key = next(redis_client.scan_iter("hs:*"))
         assert redis_client.pttl(key) > 2000 * 0.75 - 500  # slid within the last share
     finally:
@@ -196,3 +198,58 @@ def test_settings(redis_url: str) -> None:
         assert store.near_cache is not None and store.near_cache.max_entries == 5
     finally:
         store.close()
+
+
+def test_a_read_after_a_write_is_one_plain_hmget(near: SessionStore, counted: Counted) -> None:
+    # A write drops the session from the cache (here at once, elsewhere by its push); the
+    # next request's read, with no slide due, checks with one HMGET that the session
+    # still lives and is plain instead of running OPEN_NEAR again.
+    cookie = new_session(near, cart=0)
+    for _ in range(2):  # OPEN_NEAR tells it alive and plain (once the creation's push is in)
+        assert read(near, cookie) == 0
+    session = near.open(cookie)
+    assert session["cart"] == 0 and session.incr("cart") == 1  # (its script loaded)
+    for n in range(2, 30):
+        counted.reset()
+        session = near.open(cookie)
+        assert session["cart"] == n - 1
+        assert session.incr("cart") == n
+        assert counted.commands == ["HMGET", "EVALSHA"], n
+    assert read(near, cookie) == 29
+
+
+@pytest.mark.parametrize("change", ["own timeout", "cookie lifetime", "logout", "deadline"])
+def test_a_session_no_longer_plain_goes_through_open_near(
+    counted: Counted, redis_url: str, change: str
+) -> None:
+    absolute = 1 if change == "deadline" else 3600
+    near = SessionStore(redis=counted.client, ttl=100, near_cache=True, absolute_ttl=absolute)
+    other = SessionStore(redis=redis_url, ttl=100, absolute_ttl=absolute)
+    try:
+        cookie = new_session(near, cart=0)
+        assert read(near, cookie) == 0 and read(near, cookie) == 0
+        near.open(cookie)["cart"] = 1  # dropped from the cache; known plain
+        elsewhere = other.open(cookie)
+        if change == "own timeout":
+            elsewhere.touch(30)
+        elif change == "cookie lifetime":
+            elsewhere.set_cookie_lifetime(3600)
+        elif change == "logout":
+            elsewhere.invalidate()
+        else:
+            time.sleep(1.1)  # past the absolute deadline
+        time.sleep(0.001)
+        counted.reset()
+        gone = change in ("logout", "deadline")
+        session = near.open(cookie)
+        assert session.get("cart") == (None if gone else 1)
+        assert session.new == gone  # a gone session is never served as live
+        if change in ("own timeout", "cookie lifetime"):
+            assert counted.commands == ["HMGET", "EVALSHA"]  # checked, then slid and told
+            counted.reset()
+            near.open(cookie)["cart"] = 5
+            assert read(near, cookie) == 5
+            assert "HMGET" not in counted.commands  # no longer taken for plain
+    finally:
+        near.close()
+        other.close()

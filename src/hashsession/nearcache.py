@@ -17,7 +17,10 @@ goes through redis-py. The
 sessions' TTL refreshes are sent on that same link (:meth:`Tracker.execute`). ``NOLOOP``
 spares plain commands sent there; a script's writes still come back (the server runs
 them as its own script client), so the slide a refresh makes invalidates the session
-once and the next request reads it again: two round trips per refresh share.
+once and the next request reads it again: two round trips per refresh share. An
+invalidation drops a session's values but not when its next slide is due
+(:meth:`NearCache.slide_due`): the read after it checks with one ``HMGET`` that a plain
+session still lives, instead of running the script again.
 
 Never stale: a reader calls :meth:`Tracker.drain` before it answers from the cache,
 which applies every invalidation already received; Redis queues the invalidation
@@ -146,6 +149,10 @@ class NearCache:
         #: served without a round trip, and its own cookie lifetime (or ``None``).
         self._until: dict[str, tuple[int, int | None]] = {}
         self._bytes = 0
+        #: Plain sessions (no owner, own timeout or cookie lifetime) and until when their
+        #: TTL needs no slide. Kept when a session's values are invalidated: a read that
+        #: finds it still live and plain may serve it again without sliding it.
+        self._slides: dict[str, int] = {}
         #: Bumped by every invalidation and outage; a put carries the value it read before.
         self._generation = 0
         self._on = False
@@ -187,12 +194,25 @@ class NearCache:
             self._entries.move_to_end(key)
             return until
 
-    def opened(self, key: str, until_ms: int, lifetime: int | None, stamp: int | None) -> bool:
-        """Note that ``key`` may be served until ``until_ms``, unless the cache changed
-        since ``stamp`` (taken before the command that told so was sent); whether kept."""
+    def opened(
+        self,
+        key: str,
+        until_ms: int,
+        lifetime: int | None,
+        stamp: int | None,
+        *,
+        plain: bool = False,
+    ) -> bool:
+        """Note that ``key`` may be served until ``until_ms`` (for a ``plain`` session,
+        that no slide is due before then), unless the cache changed since ``stamp``
+        (taken before the command that told so was sent); whether kept."""
         with self._lock:
             if stamp is None or stamp != self._generation or not self._on:
                 return False
+            if plain:
+                if len(self._slides) >= self.max_entries:
+                    self._slides.clear()
+                self._slides[key] = until_ms
             if key not in self._entries:
                 self._entries[key] = {}
                 self._sizes[key] = _ENTRY_COST
@@ -201,6 +221,16 @@ class NearCache:
             if key in self._entries:
                 self._until[key] = (until_ms, lifetime)
             return True
+
+    def slide_due(self, key: str, now_ms: int) -> int | None:
+        """For a plain session: until when no slide is due, if that is after ``now_ms``
+        (then a read need only check that it still lives and is plain), else ``None``."""
+        until = self._slides.get(key)
+        return until if until is not None and until > now_ms and self._on else None
+
+    def not_plain(self, key: str) -> None:
+        """Forget that ``key`` was a plain session (a read found it gone or changed)."""
+        self._slides.pop(key, None)
 
     def drop(self, key: str) -> None:
         """Forget one session at once (a write through this process changed it)."""
@@ -258,10 +288,21 @@ class NearCache:
                 self._drop_all()
 
     def _drop_all(self) -> None:
+        self._slides.clear()
         self._entries.clear()
         self._sizes.clear()
         self._until.clear()
         self._bytes = 0
+
+
+def _buffered(conn: Any) -> bool:
+    """Whether redis-py holds bytes it read from ``conn`` and has not parsed yet (pushes
+    that came after a reply), or cannot tell: then the next drain reads through it."""
+    buffer = getattr(conn._parser, "_buffer", None)
+    try:
+        return buffer is None or buffer.unread_bytes() > 0
+    except Exception:
+        return True
 
 
 class Tracker:
@@ -448,6 +489,7 @@ class Tracker:
                     "the Sentinel master changed while the command was in flight"
                     " (it reached the old master)"
                 )
+            self._clean = not _buffered(conn)
             return reply
 
     def reopen(self) -> bool:

@@ -73,7 +73,7 @@ from hashsession.errors import (
     NotReplicatedError,
     ValueTypeError,
 )
-from hashsession.nearcache import NearLink, TrackingLink
+from hashsession.nearcache import NearCache, NearLink, TrackingLink
 from hashsession.scripts import (
     CREATE,
     CREATED_FIELD,
@@ -815,6 +815,9 @@ class SessionCore:
             return ("HGET", key, field), kept, None
         c = self.config
         now = _now_ms()
+        until = cache.slide_due(key, now)
+        if until is not None:
+            return self._near_check(cache, stamp, key, until, op, field)
         b = b"%d"
         cmd: Command = ("EVALSHA", OPEN_NEAR.sha, 1, key, b % c.idle_ms, b % now)
         cmd += (b % c.absolute_ms, near.share, op.encode(), field)
@@ -824,13 +827,41 @@ class SessionCore:
             out = self._opened(reply)
             if out is AGAIN:
                 return AGAIN
-            cache.opened(key, now + int(reply[4]), self.lifetime, stamp)
+            plain = reply[1] is None and reply[3] is None and reply[5] == 0
+            cache.opened(key, now + int(reply[4]), self.lifetime, stamp, plain=plain)
             if op == "get":
                 cache.put(key, field, out, stamp)
             return out
 
         self._near_finish = opened
         return cmd, opened, None
+
+    def _near_check(
+        self, cache: NearCache, stamp: int, key: str, until: int, op: str, field: str
+    ) -> Step:
+        """A near-cache miss on a plain session with no slide due (a write dropped it, here
+        or elsewhere): one ``HMGET`` of the field with the metadata that tells it still
+        lives and is plain, as :meth:`_skip_slide`; otherwise ``OPEN_NEAR`` decides."""
+        c = self.config
+
+        def checked(reply: Any) -> Any:
+            created = reply[1]
+            if (
+                created is None
+                or reply[2] is not None
+                or reply[3] is not None
+                or (c.absolute_ms and not _before(created, c.absolute_ms))
+            ):
+                cache.not_plain(key)
+                return AGAIN  # planned again: OPEN_NEAR slides and tells
+            self._enter(State.LIVE)
+            self.lifetime, self.lifetime_known = None, True
+            cache.opened(key, until, None, stamp, plain=True)
+            cache.put(key, field, reply[0], stamp)
+            return reply[0] if op == "get" else reply[0] is not None
+
+        self._near_finish = checked
+        return ("HMGET", key, field, CREATED_FIELD, TTL_FIELD, LIFETIME_FIELD), checked, None
 
     def near_sent(self, finish: Callable[[Any], Any] | None) -> None:
         """After a step was sent while the near cache is in use: anything but one of its

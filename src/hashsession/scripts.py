@@ -956,9 +956,9 @@ return 1
 #: idle ms, now ms, absolute ms, refresh share in thousandths, op name, field. It slides
 #: the TTL only when at least 7/8 of that share of the idle timeout has passed since the
 #: last slide (told by the TTL left), so a TTL refresh costs one round trip per share. Answers
-#: false when the session is gone, else ``{r, owner or nil, good, lifetime or nil, due}``:
-#: due is how many ms from now the session may be served without asking (no slide due,
-#: and never past its expiry).
+#: false when the session is gone, else ``{r, owner or nil, good, lifetime or nil, due,
+#: own}``: due is how many ms from now the session may be served without asking (no slide
+#: due, and never past its expiry); own is 1 if the session has an idle timeout of its own.
 OPEN_NEAR = _script(
     "open_near",
     _STATE
@@ -989,7 +989,7 @@ end
 local r = redis.call(ARGV[5] == 'get' and 'HGET' or 'HEXISTS', k, ARGV[6])
 local due = left - target + cut
 if due > left then due = left end
-return {r, owner, good, keep, due}
+return {r, owner, good, keep, due, m[2] and 1 or 0}
 """,
 )
 
