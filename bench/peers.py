@@ -144,7 +144,7 @@ def baseline_side(rev: str) -> Side:
         ["git", "-C", str(REPO), "archive", rev, "src"], capture_output=True, check=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
-    ids = "hashsession,hs-wsgi,hs-asgi"
+    ids = "hashsession,hs-near,hs-wsgi,hs-wsgi-near,hs-asgi"
     return Side(f"hashsession @ {rev}", None, "hashsession_peer.py", ids, str(out / "src"))
 
 
