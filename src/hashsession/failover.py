@@ -51,6 +51,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
+from hashsession.direct import AsyncDirectRedis, DirectRedis
+
 __all__ = ["CHANNELS", "Watch", "follow", "master_client", "watch"]
 
 log = logging.getLogger("hashsession")
@@ -568,12 +570,15 @@ def master_client(
         manager: Any = _WatchedSentinel(list(sentinels), sentinel_kwargs=dict(sentinel_options))
         pool_class: Any = _BlockingSentinelPool
         connection_class: Any = _FencedSSLConnection if ssl else _FencedConnection
+        client_class: Any = DirectRedis
     else:
         manager = _AsyncWatchedSentinel(list(sentinels), sentinel_kwargs=dict(sentinel_options))
         pool_class = _AsyncBlockingSentinelPool
         connection_class = _AsyncFencedSSLConnection if ssl else _AsyncFencedConnection
+        client_class = AsyncDirectRedis
     client = manager.master_for(
         service,
+        redis_class=client_class,
         connection_pool_class=pool_class,
         connection_class=connection_class,
         **options,

@@ -60,6 +60,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
+from hashsession.direct import AsyncDirectRedis, DirectRedis
 from hashsession.errors import BackendError, ConfigurationError
 from hashsession.failover import master_client
 
@@ -315,7 +316,7 @@ def sync_client(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> SyncClie
             )
         except ValueError as exc:
             raise _bad(str(exc)) from exc
-        return redis.Redis(connection_pool=pool)
+        return DirectRedis(connection_pool=pool)
     if topology.kind == "sentinel":
         assert topology.service is not None
         master: redis.Redis = master_client(
@@ -366,7 +367,7 @@ def async_client(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> AsyncCl
             )
         except ValueError as exc:
             raise _bad(str(exc)) from exc
-        return aioredis.Redis(connection_pool=pool)
+        return AsyncDirectRedis(connection_pool=pool)
     if topology.kind == "sentinel":
         assert topology.service is not None
         master: aioredis.Redis = master_client(
