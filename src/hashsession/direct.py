@@ -1,13 +1,13 @@
 """The clients hashsession builds from URLs (one server or a Sentinel master) send plainly.
 
-redis-py's ``execute_command`` wraps every command: a retry policy (which the clients
-built from URLs turn off: nothing is resent, see :mod:`hashsession.transport`), metrics
-events, then the reply's conversion. Nearly every command hashsession sends (``EVALSHA``,
-``HGET``, ``HMGET``, ``HSET``...) has no conversion, so :class:`DirectRedis` and
-:class:`AsyncDirectRedis` send those straight on a connection from the client's own pool
-and read the reply there: the same pool, connections, Sentinel fencing and errors, about
-7 µs less per command (docs/benchmarks-core.md). Anything else (a command redis-py
-converts, keyword options, a single-connection client) goes through redis-py as before.
+redis-py's ``execute_command`` wraps every command in a retry policy (which the clients
+built from URLs turn off: nothing is resent, see :mod:`hashsession.transport`) and
+metrics events. :class:`DirectRedis` and :class:`AsyncDirectRedis` send a command
+straight on a connection from the client's own pool, read the reply there and convert
+it as redis-py would (its response callback): the same pool, connections, Sentinel
+fencing, errors and replies, a few microseconds less per command
+(docs/benchmarks-core.md). A command with keyword options (redis-py's own command
+methods pass some) and a single-connection client go through redis-py as before.
 Clients that users pass in are used as they are.
 """
 
@@ -34,43 +34,41 @@ _SYNC_ARGS = _pool_args(redis.ConnectionPool.get_connection)
 _ASYNC_ARGS = _pool_args(aioredis.ConnectionPool.get_connection)
 
 
-def _converted(client: Any, args: tuple[Any, ...], options: dict[str, Any]) -> bool:
-    """Whether redis-py must send this command itself: it converts the reply, takes
-    options, or the client keeps a single connection."""
-    name = args[0]
-    return (
-        bool(options)
-        or type(name) is not str
-        or client.connection is not None
-        or name in client.response_callbacks
-    )
+def _wrapped(client: Any, args: tuple[Any, ...], options: dict[str, Any]) -> bool:
+    """Whether redis-py must send this command itself: it takes options (its own command
+    methods pass some), or the client keeps a single connection."""
+    return bool(options) or type(args[0]) is not str or client.connection is not None
 
 
 class DirectRedis(redis.Redis):
-    """``redis.Redis`` sending unconverted commands straight on a pooled connection."""
+    """``redis.Redis`` sending commands straight on a pooled connection."""
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        if _converted(self, args, options):
+        if _wrapped(self, args, options):
             return super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         pool = self.connection_pool
         conn = pool.get_connection(*_SYNC_ARGS)
         try:  # a connection that fails mid-command disconnects itself (redis-py)
             conn.send_command(*args)  # type: ignore[no-untyped-call]
-            return conn.read_response()
+            reply = conn.read_response()
         finally:
             pool.release(conn)
+        convert = self.response_callbacks.get(args[0])  # type: ignore[no-untyped-call]
+        return reply if convert is None else convert(reply)
 
 
 class AsyncDirectRedis(aioredis.Redis):
-    """``redis.asyncio.Redis`` sending unconverted commands straight on a pooled connection."""
+    """``redis.asyncio.Redis`` sending commands straight on a pooled connection."""
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        if _converted(self, args, options):
+        if _wrapped(self, args, options):
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         pool = self.connection_pool
         conn = await pool.get_connection(*_ASYNC_ARGS)  # type: ignore[no-untyped-call]
         try:  # a connection that fails or is cancelled mid-command disconnects itself
             await conn.send_command(*args)
-            return await conn.read_response()
+            reply = await conn.read_response()
         finally:
             await pool.release(conn)
+        convert = self.response_callbacks.get(args[0])
+        return reply if convert is None else convert(reply)
