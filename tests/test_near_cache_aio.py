@@ -180,6 +180,7 @@ async def test_the_ttl_is_slid_once_per_refresh_share_and_the_session_lives_whil
     )
     try:
         cookie = await new_session(store, cart=1)
+        assert await read(store, cookie) == 1  # (OPEN_NEAR loaded on the server, if new)
         counter.reset()
         requests = 0
         end = time.monotonic() + 5

@@ -153,6 +153,7 @@ def test_the_ttl_is_slid_once_per_refresh_share_and_the_session_lives_while_used
     )
     try:
         cookie = new_session(store, cart=1)
+        assert read(store, cookie) == 1  # (OPEN_NEAR loaded on the server, if new)
         counted.reset()
         requests = 0
         end = time.monotonic() + 5

@@ -842,26 +842,14 @@ class SessionCore:
         """A near-cache miss on a plain session with no slide due (a write dropped it, here
         or elsewhere): one ``HMGET`` of the field with the metadata that tells it still
         lives and is plain, as :meth:`_skip_slide`; otherwise ``OPEN_NEAR`` decides."""
-        c = self.config
 
-        def checked(reply: Any) -> Any:
-            created = reply[1]
-            if (
-                created is None
-                or reply[2] is not None
-                or reply[3] is not None
-                or (c.absolute_ms and not _before(created, c.absolute_ms))
-            ):
-                cache.not_plain(key)
-                return AGAIN  # planned again: OPEN_NEAR slides and tells
-            self._enter(State.LIVE)
-            self.lifetime, self.lifetime_known = None, True
+        def keep(raw: bytes | None) -> None:
             cache.opened(key, until, None, stamp, plain=True)
-            cache.put(key, field, reply[0], stamp)
-            return reply[0] if op == "get" else reply[0] is not None
+            cache.put(key, field, raw, stamp)
 
-        self._near_finish = checked
-        return ("HMGET", key, field, CREATED_FIELD, TTL_FIELD, LIFETIME_FIELD), checked, None
+        step = self._plain_read(key, field, op, partial(cache.not_plain, key), keep)
+        self._near_finish = step[1]
+        return step
 
     def near_sent(self, finish: Callable[[Any], Any] | None) -> None:
         """After a step was sent while the near cache is in use: anything but one of its
@@ -1094,11 +1082,23 @@ class SessionCore:
     # plain live session goes through the quick script, which slides and tells.
 
     def _skip_slide(self, field: str, op: str) -> Step | None:
-        c = self.config
         key = self._key
         if not self._slid_lately(key):
             return None
-        cmd: Command = ("HMGET", key, field, CREATED_FIELD, TTL_FIELD, LIFETIME_FIELD)
+        return self._plain_read(key, field, op, partial(self.config.slid.pop, key, None))
+
+    def _plain_read(
+        self,
+        key: Any,
+        field: str,
+        op: str,
+        forget: Callable[[], Any],
+        keep: Callable[[bytes | None], None] | None = None,
+    ) -> Step:
+        """One ``HMGET`` of ``field`` with the metadata that tells the session still lives
+        and is plain (and before its absolute deadline): then LIVE, the value kept by
+        ``keep``; otherwise ``forget()`` and the step is planned again (a script decides)."""
+        c = self.config
 
         def read(reply: Any) -> Any:
             created = reply[1]
@@ -1108,13 +1108,15 @@ class SessionCore:
                 or reply[3] is not None
                 or (c.absolute_ms and not _before(created, c.absolute_ms))
             ):
-                c.slid.pop(key, None)  # type: ignore[arg-type]
-                return AGAIN  # not (or no longer) plain, or past its end: the script decides
+                forget()
+                return AGAIN  # not (or no longer) plain, or past its end
             self._enter(State.LIVE)
             self.lifetime, self.lifetime_known = None, True
+            if keep is not None:
+                keep(reply[0])
             return reply[0] if op == "get" else reply[0] is not None
 
-        return cmd, read, None
+        return ("HMGET", key, field, CREATED_FIELD, TTL_FIELD, LIFETIME_FIELD), read, None
 
     # ------------------------------------------------------------------ reads
 
