@@ -425,16 +425,7 @@ class Tracker:
         try:
             while True:
                 chunk = sock.recv(_CHUNK, socket.MSG_DONTWAIT)
-                if not chunk:
-                    raise ConnectionError("the server closed the tracking link")
-                data = self._partial + chunk if self._partial else chunk
-                parsed = invalidations(data)
-                if parsed is None:
-                    raise ConnectionError("the tracking link sent something else than pushes")
-                pushes, end = parsed
-                self._partial = data[end:]
-                for keys in pushes:
-                    self.cache.forget(keys)
+                self._take(chunk)
                 if len(chunk) < _CHUNK:  # all that had arrived: every push sent before
                     return True  # this drain began is applied
         except BlockingIOError:
@@ -448,16 +439,21 @@ class Tracker:
         """Before redis-py reads the link again: read the rest of a push of which
         :meth:`_read_pushes` kept a part (the server writes pushes whole, so it is due)."""
         while self._partial:
-            chunk = conn._sock.recv(_CHUNK)
-            if not chunk:
-                raise ConnectionError("the server closed the tracking link")
-            parsed = invalidations(self._partial + chunk)
-            if parsed is None:
-                raise ConnectionError("the tracking link sent something else than pushes")
-            pushes, end = parsed
-            self._partial = (self._partial + chunk)[end:]
-            for keys in pushes:
-                self.cache.forget(keys)
+            self._take(conn._sock.recv(_CHUNK))
+
+    def _take(self, chunk: bytes) -> None:
+        """Apply the pushes ``chunk`` completes (after the part kept so far), keeping the
+        part of one it cuts short."""
+        if not chunk:
+            raise ConnectionError("the server closed the tracking link")
+        data = self._partial + chunk if self._partial else chunk
+        parsed = invalidations(data)
+        if parsed is None:
+            raise ConnectionError("the tracking link sent something else than pushes")
+        pushes, end = parsed
+        self._partial = data[end:]
+        for keys in pushes:
+            self.cache.forget(keys)
 
     def execute(self, *args: Any) -> Any:
         """Send one command on the link and return its reply (pushes met are applied).
