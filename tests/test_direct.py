@@ -21,15 +21,19 @@ pytestmark = pytest.mark.all_topologies
 
 # Busy for ARGV[1] rounds, then answers "late".
 SLOW = "local x = 0 for i = 1, tonumber(ARGV[1]) do x = x + i end return 'late'"
-#: The timeout the late reply misses; the script is made to run about 1 s.
+#: The timeout the late reply misses; the script is made to run about 1.5 s.
 TIMEOUT = 0.4
 
 
 def _rounds_for_a_second(client: Any) -> int:
-    """How many rounds of :data:`SLOW` take about 1 s on this server and machine."""
-    started = time.perf_counter()
-    client.execute_command("EVAL", SLOW, 1, "hs:late", 5_000_000)
-    return int(5_000_000 / max(time.perf_counter() - started, 0.001))
+    """How many rounds of :data:`SLOW` take about 1.5 s on this server and machine, by
+    the fastest of three timings (a busy moment only makes the script run longer)."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        client.execute_command("EVAL", SLOW, 1, "hs:late", 2_000_000)
+        best = min(best, time.perf_counter() - started)
+    return int(1.5 * 2_000_000 / max(best, 0.0005))
 
 
 COMMANDS: list[tuple[Any, ...]] = [
